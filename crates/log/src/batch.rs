@@ -1,0 +1,615 @@
+//! The Kafka RecordBatch v2 (magic 2) byte format: a borrowing view over a batch, its
+//! validation, and the borrowing record iterator used by readers.
+//!
+//! ```text
+//! offset size field
+//!      0    8 baseOffset            rewritten by the log on append (outside the CRC)
+//!      8    4 batchLength           bytes after this field
+//!     12    4 partitionLeaderEpoch  rewritten by the log on append (outside the CRC)
+//!     16    1 magic                 2
+//!     17    4 crc                   CRC-32C (Castagnoli) of bytes 21..end
+//!     21    2 attributes            bits 0-2 compression, 3 timestamp type, 4 transactional, 5 control
+//!     23    4 lastOffsetDelta
+//!     27    8 baseTimestamp
+//!     35    8 maxTimestamp
+//!     43    8 producerId
+//!     51    2 producerEpoch
+//!     53    4 baseSequence
+//!     57    4 recordsCount
+//!     61    - records (compressed as a whole when the codec is not none)
+//! ```
+//! Each record: `length` varint, `attributes` i8, `timestampDelta` varlong, `offsetDelta` varint,
+//! `keyLength` varint (-1 = null), key, `valueLength` varint (-1 = null), value, `headerCount`
+//! varint, then per header `keyLength` varint, key (UTF-8), `valueLength` varint (-1 = null), value.
+//! All fixed-width integers are big-endian.
+
+use std::borrow::Cow;
+
+use crate::compression::Compression;
+use crate::error::BatchError;
+use crate::varint::{VarintError, get_varint, get_varlong};
+
+/// Size of the fixed batch header, up to and including `recordsCount`.
+pub const BATCH_HEADER_LEN: usize = 61;
+/// Bytes before `batchLength`'s coverage starts (`baseOffset` + `batchLength`).
+pub const LOG_OVERHEAD: usize = 12;
+/// Smallest valid `batchLength`.
+pub const MIN_BATCH_LENGTH: i32 = (BATCH_HEADER_LEN - LOG_OVERHEAD) as i32;
+/// Largest records section a compressed batch may expand to.
+pub const MAX_DECOMPRESSED_BYTES: usize = 256 << 20;
+/// The only magic value accepted.
+pub const MAGIC_V2: i8 = 2;
+
+pub(crate) const BASE_OFFSET_POS: usize = 0;
+pub(crate) const LENGTH_POS: usize = 8;
+pub(crate) const LEADER_EPOCH_POS: usize = 12;
+pub(crate) const MAGIC_POS: usize = 16;
+pub(crate) const CRC_POS: usize = 17;
+pub(crate) const ATTRIBUTES_POS: usize = 21;
+pub(crate) const LAST_OFFSET_DELTA_POS: usize = 23;
+pub(crate) const BASE_TIMESTAMP_POS: usize = 27;
+pub(crate) const MAX_TIMESTAMP_POS: usize = 35;
+pub(crate) const PRODUCER_ID_POS: usize = 43;
+pub(crate) const PRODUCER_EPOCH_POS: usize = 51;
+pub(crate) const BASE_SEQUENCE_POS: usize = 53;
+pub(crate) const RECORDS_COUNT_POS: usize = 57;
+
+const COMPRESSION_MASK: i16 = 0x07;
+const TIMESTAMP_TYPE_BIT: i16 = 0x08;
+const TRANSACTIONAL_BIT: i16 = 0x10;
+const CONTROL_BIT: i16 = 0x20;
+
+/// Whether a batch's timestamps were set by the producer or by the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampType {
+    /// Set by the producer when the record was created.
+    CreateTime,
+    /// Set by the broker when the batch was appended.
+    LogAppendTime,
+}
+
+/// How strictly [`RecordBatch::validate`] checks a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validation {
+    /// Framing, size and CRC only: for replicated batches and recovery, whose records a leader
+    /// already checked.
+    Crc,
+    /// Everything: every record decoded, counts, offset deltas and max timestamp consistent;
+    /// no transactional or control batches. For batches from producers.
+    Full,
+}
+
+/// A borrowed view of one record batch whose framing (length and magic) has been checked.
+#[derive(Clone, Copy)]
+pub struct RecordBatch<'a> {
+    buf: &'a [u8],
+}
+
+impl std::fmt::Debug for RecordBatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordBatch")
+            .field("base_offset", &self.base_offset())
+            .field("last_offset_delta", &self.last_offset_delta())
+            .field("records_count", &self.records_count())
+            .field("size", &self.size())
+            .field("compression", &self.compression_id())
+            .finish()
+    }
+}
+
+/// Reads the total size (`batchLength` + 12) of the batch starting at `buf`, checking only the
+/// length field.
+///
+/// # Errors
+/// [`BatchError::ShortBuffer`] when fewer than 12 bytes are present, [`BatchError::BadLength`]
+/// when `batchLength` is below the header size.
+pub fn batch_size(buf: &[u8]) -> Result<usize, BatchError> {
+    if buf.len() < LOG_OVERHEAD {
+        return Err(BatchError::ShortBuffer {
+            needed: LOG_OVERHEAD,
+            available: buf.len(),
+        });
+    }
+    let length = read_i32(buf, LENGTH_POS);
+    if length < MIN_BATCH_LENGTH {
+        return Err(BatchError::BadLength {
+            length,
+            min: MIN_BATCH_LENGTH,
+        });
+    }
+    Ok(LOG_OVERHEAD + length as usize)
+}
+
+impl<'a> RecordBatch<'a> {
+    /// Parses the batch at the front of `buf`, checking its framing: enough bytes for the header
+    /// and for `batchLength`, and magic 2. Returns the batch and the bytes after it. The CRC and
+    /// records are not checked: see [`RecordBatch::validate`].
+    ///
+    /// # Errors
+    /// [`BatchError::ShortBuffer`], [`BatchError::BadLength`] or [`BatchError::BadMagic`].
+    pub fn parse(buf: &'a [u8]) -> Result<(Self, &'a [u8]), BatchError> {
+        let size = batch_size(buf)?;
+        if buf.len() < BATCH_HEADER_LEN.max(size) {
+            return Err(BatchError::ShortBuffer {
+                needed: BATCH_HEADER_LEN.max(size),
+                available: buf.len(),
+            });
+        }
+        let magic = buf[MAGIC_POS] as i8;
+        if magic != MAGIC_V2 {
+            return Err(BatchError::BadMagic { magic });
+        }
+        let (batch, rest) = buf.split_at(size);
+        Ok((RecordBatch { buf: batch }, rest))
+    }
+
+    /// Parses `buf` as exactly one batch (no trailing bytes allowed).
+    ///
+    /// # Errors
+    /// As [`RecordBatch::parse`], or [`BatchError::BadLength`] when bytes follow the batch.
+    pub fn parse_exact(buf: &'a [u8]) -> Result<Self, BatchError> {
+        let (batch, rest) = Self::parse(buf)?;
+        if !rest.is_empty() {
+            return Err(BatchError::BadLength {
+                length: read_i32(buf, LENGTH_POS),
+                min: (buf.len() - LOG_OVERHEAD).min(i32::MAX as usize) as i32,
+            });
+        }
+        Ok(batch)
+    }
+
+    /// The whole batch's bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    /// Size of the batch in bytes, header included.
+    pub fn size(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Offset of the first record.
+    pub fn base_offset(&self) -> i64 {
+        read_i64(self.buf, BASE_OFFSET_POS)
+    }
+
+    /// Offset of the last record: `base_offset + last_offset_delta`.
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset() + i64::from(self.last_offset_delta())
+    }
+
+    /// The offset after this batch.
+    pub fn next_offset(&self) -> i64 {
+        self.last_offset() + 1
+    }
+
+    /// Leader epoch of the leader that appended the batch.
+    pub fn partition_leader_epoch(&self) -> i32 {
+        read_i32(self.buf, LEADER_EPOCH_POS)
+    }
+
+    /// The CRC stored in the batch.
+    pub fn stored_crc(&self) -> u32 {
+        read_i32(self.buf, CRC_POS) as u32
+    }
+
+    /// CRC-32C computed over `attributes..end`.
+    pub fn computed_crc(&self) -> u32 {
+        crc32c::crc32c(&self.buf[ATTRIBUTES_POS..])
+    }
+
+    /// The raw attributes field.
+    pub fn attributes(&self) -> i16 {
+        read_i16(self.buf, ATTRIBUTES_POS)
+    }
+
+    /// The codec id in the attributes (0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd).
+    pub fn compression_id(&self) -> u8 {
+        (self.attributes() & COMPRESSION_MASK) as u8
+    }
+
+    /// The compression codec.
+    ///
+    /// # Errors
+    /// [`BatchError::UnsupportedCompression`] for snappy and unknown codecs.
+    pub fn compression(&self) -> Result<Compression, BatchError> {
+        Compression::from_id(self.compression_id())
+    }
+
+    /// Whether timestamps are create time or log append time.
+    pub fn timestamp_type(&self) -> TimestampType {
+        if self.attributes() & TIMESTAMP_TYPE_BIT != 0 {
+            TimestampType::LogAppendTime
+        } else {
+            TimestampType::CreateTime
+        }
+    }
+
+    /// Part of a transaction.
+    pub fn is_transactional(&self) -> bool {
+        self.attributes() & TRANSACTIONAL_BIT != 0
+    }
+
+    /// A control batch (transaction markers).
+    pub fn is_control(&self) -> bool {
+        self.attributes() & CONTROL_BIT != 0
+    }
+
+    /// `lastOffsetDelta`.
+    pub fn last_offset_delta(&self) -> i32 {
+        read_i32(self.buf, LAST_OFFSET_DELTA_POS)
+    }
+
+    /// Timestamp of the first record.
+    pub fn base_timestamp(&self) -> i64 {
+        read_i64(self.buf, BASE_TIMESTAMP_POS)
+    }
+
+    /// Largest record timestamp in the batch.
+    pub fn max_timestamp(&self) -> i64 {
+        read_i64(self.buf, MAX_TIMESTAMP_POS)
+    }
+
+    /// Producer id, -1 when the producer is not idempotent.
+    pub fn producer_id(&self) -> i64 {
+        read_i64(self.buf, PRODUCER_ID_POS)
+    }
+
+    /// Producer epoch, -1 when the producer is not idempotent.
+    pub fn producer_epoch(&self) -> i16 {
+        read_i16(self.buf, PRODUCER_EPOCH_POS)
+    }
+
+    /// Sequence number of the first record, -1 when the producer is not idempotent.
+    pub fn base_sequence(&self) -> i32 {
+        read_i32(self.buf, BASE_SEQUENCE_POS)
+    }
+
+    /// `recordsCount`.
+    pub fn records_count(&self) -> i32 {
+        read_i32(self.buf, RECORDS_COUNT_POS)
+    }
+
+    /// Checks the CRC.
+    ///
+    /// # Errors
+    /// [`BatchError::CrcMismatch`].
+    pub fn verify_crc(&self) -> Result<(), BatchError> {
+        let (expected, actual) = (self.stored_crc(), self.computed_crc());
+        if expected != actual {
+            return Err(BatchError::CrcMismatch { expected, actual });
+        }
+        Ok(())
+    }
+
+    /// Validates the batch: size against `max_batch_bytes`, CRC, and with
+    /// [`Validation::Full`] every record.
+    ///
+    /// # Errors
+    /// The [`BatchError`] for the first check that fails.
+    pub fn validate(&self, max_batch_bytes: usize, level: Validation) -> Result<(), BatchError> {
+        if self.size() > max_batch_bytes {
+            return Err(BatchError::TooLarge {
+                size: self.size(),
+                max: max_batch_bytes,
+            });
+        }
+        self.verify_crc()?;
+        if level == Validation::Crc {
+            return Ok(());
+        }
+        if self.is_control() {
+            return Err(BatchError::Unsupported {
+                what: "control batch from a producer",
+            });
+        }
+        if self.is_transactional() {
+            return Err(BatchError::Unsupported {
+                what: "transactional batch",
+            });
+        }
+        let count = self.records_count();
+        if count <= 0 {
+            return Err(BatchError::InvalidRecordCount { count });
+        }
+        if self.last_offset_delta() != count - 1 {
+            return Err(BatchError::OffsetDeltaMismatch {
+                what: "lastOffsetDelta".to_string(),
+                expected: i64::from(count - 1),
+                actual: i64::from(self.last_offset_delta()),
+            });
+        }
+        let records = self.records()?;
+        let mut seen: i32 = 0;
+        let mut max_timestamp = i64::MIN;
+        for record in records.iter() {
+            let record = record?;
+            if seen == count {
+                return Err(BatchError::RecordCountMismatch {
+                    header: count,
+                    actual: seen + 1,
+                });
+            }
+            if record.offset_delta != seen {
+                return Err(BatchError::OffsetDeltaMismatch {
+                    what: format!("record {seen} offsetDelta"),
+                    expected: i64::from(seen),
+                    actual: i64::from(record.offset_delta),
+                });
+            }
+            max_timestamp = max_timestamp.max(self.base_timestamp() + record.timestamp_delta);
+            seen += 1;
+        }
+        if seen != count {
+            return Err(BatchError::RecordCountMismatch {
+                header: count,
+                actual: seen,
+            });
+        }
+        if self.timestamp_type() == TimestampType::CreateTime
+            && max_timestamp != self.max_timestamp()
+        {
+            return Err(BatchError::MaxTimestampMismatch {
+                header: self.max_timestamp(),
+                actual: max_timestamp,
+            });
+        }
+        Ok(())
+    }
+
+    /// The records section, decompressed when needed (to at most
+    /// [`MAX_DECOMPRESSED_BYTES`], so a decompression bomb cannot exhaust memory).
+    ///
+    /// # Errors
+    /// [`BatchError::UnsupportedCompression`] or [`BatchError::Decompression`].
+    pub fn records(&self) -> Result<Records<'a>, BatchError> {
+        let raw = &self.buf[BATCH_HEADER_LEN..];
+        let data = match self.compression()? {
+            Compression::None => Cow::Borrowed(raw),
+            codec => Cow::Owned(codec.decompress(raw, MAX_DECOMPRESSED_BYTES)?),
+        };
+        Ok(Records {
+            data,
+            count: self.records_count(),
+            base_offset: self.base_offset(),
+            base_timestamp: self.base_timestamp(),
+        })
+    }
+}
+
+/// The records section of a batch, decompressed if it was compressed. Iterate with
+/// [`Records::iter`]; records borrow from this value.
+#[derive(Debug)]
+pub struct Records<'a> {
+    data: Cow<'a, [u8]>,
+    count: i32,
+    base_offset: i64,
+    base_timestamp: i64,
+}
+
+impl Records<'_> {
+    /// Record count from the batch header.
+    pub fn count(&self) -> i32 {
+        self.count
+    }
+
+    /// A borrowing iterator over the records.
+    pub fn iter(&self) -> RecordIter<'_> {
+        RecordIter {
+            rest: &self.data,
+            index: 0,
+            base_offset: self.base_offset,
+            base_timestamp: self.base_timestamp,
+        }
+    }
+}
+
+/// One record header: a UTF-8 key (kept as bytes) and an optional value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// Header key.
+    pub key: &'a [u8],
+    /// Header value, `None` for null.
+    pub value: Option<&'a [u8]>,
+}
+
+/// A record borrowed from a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// Absolute offset: the batch's base offset plus `offset_delta`.
+    pub offset: i64,
+    /// Absolute timestamp in ms: the batch's base timestamp plus `timestamp_delta`.
+    pub timestamp: i64,
+    /// `offsetDelta` as stored.
+    pub offset_delta: i32,
+    /// `timestampDelta` as stored.
+    pub timestamp_delta: i64,
+    /// Key, `None` for null.
+    pub key: Option<&'a [u8]>,
+    /// Value, `None` for null (a tombstone in compacted topics).
+    pub value: Option<&'a [u8]>,
+    /// Headers in order.
+    pub headers: Vec<Header<'a>>,
+}
+
+/// Iterator over the records of a batch; yields an error and then stops at the first record
+/// that cannot be decoded.
+#[derive(Debug)]
+pub struct RecordIter<'a> {
+    rest: &'a [u8],
+    index: i32,
+    base_offset: i64,
+    base_timestamp: i64,
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<Record<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let index = self.index;
+        self.index += 1;
+        match decode_record(self.rest, self.base_offset, self.base_timestamp) {
+            Ok((record, used)) => {
+                self.rest = &self.rest[used..];
+                Some(Ok(record))
+            }
+            Err(reason) => {
+                self.rest = &[];
+                Some(Err(BatchError::MalformedRecord { index, reason }))
+            }
+        }
+    }
+}
+
+/// A cursor over a record's bytes that turns every failure into a message.
+struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn varint(&mut self, field: &str) -> Result<i32, String> {
+        let (v, n) = get_varint(self.buf).map_err(|e| varint_msg(field, e))?;
+        self.buf = &self.buf[n..];
+        Ok(v)
+    }
+
+    fn varlong(&mut self, field: &str) -> Result<i64, String> {
+        let (v, n) = get_varlong(self.buf).map_err(|e| varint_msg(field, e))?;
+        self.buf = &self.buf[n..];
+        Ok(v)
+    }
+
+    fn bytes(&mut self, len: usize, field: &str) -> Result<&'a [u8], String> {
+        if self.buf.len() < len {
+            return Err(format!(
+                "{field} needs {len} bytes, {} left",
+                self.buf.len()
+            ));
+        }
+        let (head, tail) = self.buf.split_at(len);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    /// A varint length followed by that many bytes; -1 means null.
+    fn nullable_bytes(&mut self, field: &str) -> Result<Option<&'a [u8]>, String> {
+        match self.varint(field)? {
+            -1 => Ok(None),
+            len if len < 0 => Err(format!("{field} length {len} is negative")),
+            len => self.bytes(len as usize, field).map(Some),
+        }
+    }
+}
+
+fn varint_msg(field: &str, e: VarintError) -> String {
+    match e {
+        VarintError::Truncated => format!("{field} varint is truncated"),
+        VarintError::Overflow => format!("{field} varint overflows"),
+    }
+}
+
+fn decode_record<'a>(
+    buf: &'a [u8],
+    base_offset: i64,
+    base_timestamp: i64,
+) -> Result<(Record<'a>, usize), String> {
+    let mut outer = Cursor { buf };
+    let length = outer.varint("length")?;
+    if length < 0 {
+        return Err(format!("record length {length} is negative"));
+    }
+    let header_len = buf.len() - outer.buf.len();
+    let body = outer.bytes(length as usize, "record body")?;
+    let mut c = Cursor { buf: body };
+    let _attributes = c.bytes(1, "attributes")?;
+    let timestamp_delta = c.varlong("timestampDelta")?;
+    let offset_delta = c.varint("offsetDelta")?;
+    let key = c.nullable_bytes("key")?;
+    let value = c.nullable_bytes("value")?;
+    let header_count = c.varint("headerCount")?;
+    if header_count < 0 {
+        return Err(format!("header count {header_count} is negative"));
+    }
+    let mut headers = Vec::new();
+    for h in 0..header_count {
+        let key_len = c.varint("header key length")?;
+        if key_len < 0 {
+            return Err(format!("header {h} key length {key_len} is negative"));
+        }
+        let key = c.bytes(key_len as usize, "header key")?;
+        let value = c.nullable_bytes("header value")?;
+        headers.push(Header { key, value });
+    }
+    if !c.buf.is_empty() {
+        return Err(format!(
+            "{} bytes left after the record's fields",
+            c.buf.len()
+        ));
+    }
+    let record = Record {
+        offset: base_offset + i64::from(offset_delta),
+        timestamp: base_timestamp.wrapping_add(timestamp_delta),
+        offset_delta,
+        timestamp_delta,
+        key,
+        value,
+        headers,
+    };
+    Ok((record, header_len + length as usize))
+}
+
+/// Iterates over the batches laid back to back in `buf`, checking each one's framing.
+pub fn batches(buf: &[u8]) -> BatchIter<'_> {
+    BatchIter { rest: buf }
+}
+
+/// Iterator returned by [`batches`]; yields an error and stops at the first bad frame.
+#[derive(Debug)]
+pub struct BatchIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for BatchIter<'a> {
+    type Item = Result<RecordBatch<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        match RecordBatch::parse(self.rest) {
+            Ok((batch, rest)) => {
+                self.rest = rest;
+                Some(Ok(batch))
+            }
+            Err(e) => {
+                self.rest = &[];
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Writes `base_offset` and `leader_epoch` into the header of the batch at the front of `buf`.
+/// Both fields are outside the CRC, so the batch stays valid.
+///
+/// # Panics
+/// If `buf` is shorter than 16 bytes.
+pub fn set_offset_and_epoch(buf: &mut [u8], base_offset: i64, leader_epoch: i32) {
+    buf[BASE_OFFSET_POS..BASE_OFFSET_POS + 8].copy_from_slice(&base_offset.to_be_bytes());
+    buf[LEADER_EPOCH_POS..LEADER_EPOCH_POS + 4].copy_from_slice(&leader_epoch.to_be_bytes());
+}
+
+pub(crate) fn read_i64(buf: &[u8], pos: usize) -> i64 {
+    i64::from_be_bytes(buf[pos..pos + 8].try_into().expect("8 bytes"))
+}
+
+pub(crate) fn read_i32(buf: &[u8], pos: usize) -> i32 {
+    i32::from_be_bytes(buf[pos..pos + 4].try_into().expect("4 bytes"))
+}
+
+pub(crate) fn read_i16(buf: &[u8], pos: usize) -> i16 {
+    i16::from_be_bytes(buf[pos..pos + 2].try_into().expect("2 bytes"))
+}

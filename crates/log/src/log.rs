@@ -1,0 +1,1156 @@
+//! [`Log`]: one partition replica's log, a directory of segments with a single writer and any
+//! number of concurrent readers.
+//!
+//! Concurrency: every mutation happens while holding the `writer` mutex, so there is one
+//! writer at a time. Batch bytes are written to the file *before* they are published in
+//! `state` (segment sizes, indexes, log end offset) under its write lock; readers take the read
+//! lock, see only published sizes, and so never observe a partially written batch. Bytes below
+//! a published size never change except through truncation, which holds the write lock.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::IoSlice;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use tracing::{info, warn};
+
+use crate::batch::{BatchIter, LEADER_EPOCH_POS, RecordBatch, TimestampType, Validation, batches};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{FlushPolicy, LogConfig};
+use crate::epoch::{EpochEntry, LeaderEpochCache, sync_dir};
+use crate::error::{BatchError, LogError, io_err};
+use crate::segment::{
+    BatchHeader, LOG_SUFFIX, Segment, SegmentFile, remove_if_exists, segment_file_name,
+};
+
+/// Marker file written by [`Log::close`]; its presence at open means the indexes on disk are
+/// complete and the tail needs no CRC scan.
+pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+
+/// Largest number of buffers handed to one `pwritev` call (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// What an append wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record written.
+    pub first_offset: i64,
+    /// Offset of the last record written.
+    pub last_offset: i64,
+    /// Largest record timestamp among the appended batches.
+    pub max_timestamp: i64,
+    /// Wall-clock time of the append, in ms.
+    pub log_append_time_ms: i64,
+    /// Number of batches written.
+    pub batch_count: usize,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+/// A byte range of a segment file covering whole batches, ready for `sendfile(2)` or to be
+/// copied into memory. Holds the file open: it stays readable even if the segment is deleted.
+#[derive(Debug, Clone)]
+pub struct FileRegion {
+    file: Arc<SegmentFile>,
+    position: u64,
+    len: u64,
+    first_offset: i64,
+    next_offset: i64,
+}
+
+impl FileRegion {
+    /// The segment file.
+    pub fn file(&self) -> &fs::File {
+        self.file.file()
+    }
+
+    /// Byte position of the first batch in the file.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Length in bytes; 0 when there was nothing to read.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the region holds no batch.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Base offset of the first batch (may be below the offset asked for: batches are whole).
+    pub fn first_offset(&self) -> i64 {
+        self.first_offset
+    }
+
+    /// The offset to read next: one past the last record of the region.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// Copies the region into memory, checking that it still holds whole batches (it could
+    /// not if the log was truncated under the reader).
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when the file cannot be read, [`LogError::Corrupt`] when the bytes are
+    /// not whole batches.
+    pub fn read_to_bytes(&self) -> Result<Bytes, LogError> {
+        let mut buf = vec![0u8; self.len as usize];
+        use std::os::unix::fs::FileExt;
+        self.file
+            .file()
+            .read_exact_at(&mut buf, self.position)
+            .map_err(io_err("read", self.file.path()))?;
+        for batch in batches(&buf) {
+            if let Err(e) = batch {
+                return Err(LogError::Corrupt {
+                    path: self.file.path().to_path_buf(),
+                    reason: format!(
+                        "region at position {} changed under the read: {e}",
+                        self.position
+                    ),
+                });
+            }
+        }
+        Ok(Bytes::from(buf))
+    }
+}
+
+/// The answer to a read: the region plus the log's bounds at the time of the read.
+#[derive(Debug, Clone)]
+pub struct LogRead {
+    /// The batches.
+    pub region: FileRegion,
+    /// First offset of the log.
+    pub log_start_offset: i64,
+    /// Next offset to be written.
+    pub log_end_offset: i64,
+}
+
+/// The first record at or after a timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampOffset {
+    /// The record's offset.
+    pub offset: i64,
+    /// The record's timestamp.
+    pub timestamp: i64,
+}
+
+/// What a retention run deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Base offsets of the deleted segments.
+    pub deleted_segments: Vec<i64>,
+    /// Bytes freed.
+    pub deleted_bytes: u64,
+    /// The log start offset afterwards.
+    pub log_start_offset: i64,
+}
+
+struct Writer {
+    /// Time of the last fsync, ms.
+    last_flush_ms: i64,
+    /// Every offset below this is on disk.
+    flushed_offset: i64,
+    closed: bool,
+}
+
+struct State {
+    config: LogConfig,
+    segments: BTreeMap<i64, Segment>,
+    log_start_offset: i64,
+    log_end_offset: i64,
+    epochs: LeaderEpochCache,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
+    }
+
+    fn out_of_range(&self, requested: i64) -> LogError {
+        LogError::OffsetOutOfRange {
+            requested,
+            log_start: self.log_start_offset,
+            log_end: self.log_end_offset,
+        }
+    }
+}
+
+/// A batch of an append, validated, with where it sits in the caller's buffer.
+struct Pending<'a> {
+    batch: RecordBatch<'a>,
+}
+
+/// A partition replica's log. `Send + Sync`: share it with an `Arc`.
+pub struct Log {
+    dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    writer: Mutex<Writer>,
+    state: RwLock<State>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("log_start_offset", &self.log_start_offset())
+            .field("log_end_offset", &self.log_end_offset())
+            .finish()
+    }
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, recovering from an unclean shutdown.
+    ///
+    /// # Errors
+    /// [`LogError::Config`] for a bad config, [`LogError::Io`] or [`LogError::Corrupt`] when the
+    /// directory cannot be read or holds damage that truncating the tail cannot repair.
+    pub fn open(dir: impl Into<PathBuf>, config: LogConfig) -> Result<Self, LogError> {
+        Self::open_with_clock(dir, config, Arc::new(SystemClock))
+    }
+
+    /// [`Log::open`] with an explicit clock (tests move time by hand).
+    ///
+    /// # Errors
+    /// As [`Log::open`].
+    pub fn open_with_clock(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, LogError> {
+        config.validate()?;
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean = marker.exists();
+        if clean {
+            // From here on a crash must be seen as unclean.
+            fs::remove_file(&marker).map_err(io_err("remove", &marker))?;
+            sync_dir(&dir)?;
+        }
+        let now = clock.now_ms();
+        let mut segments = recover_segments(&dir, &config, clean)?;
+        if segments.is_empty() {
+            let segment = Segment::create(&dir, 0)?;
+            sync_dir(&dir)?;
+            segments.insert(0, segment);
+        }
+        let log_start_offset = *segments.keys().next().expect("not empty");
+        let active = segments.values_mut().next_back().expect("not empty");
+        if !active.is_empty() {
+            active.roll_base_ms = Some(now);
+        }
+        let log_end_offset = active.next_offset;
+        let mut epochs = LeaderEpochCache::load(&dir)?;
+        epochs.truncate_from_end(log_end_offset)?;
+        epochs.truncate_from_start(log_start_offset)?;
+        info!(
+            dir = %dir.display(),
+            clean,
+            segments = segments.len(),
+            log_start_offset,
+            log_end_offset,
+            "opened log"
+        );
+        Ok(Log {
+            dir,
+            clock,
+            writer: Mutex::new(Writer {
+                last_flush_ms: now,
+                flushed_offset: log_end_offset,
+                closed: false,
+            }),
+            state: RwLock::new(State {
+                config,
+                segments,
+                log_start_offset,
+                log_end_offset,
+                epochs,
+            }),
+        })
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> LogConfig {
+        self.read_state().config
+    }
+
+    /// Replaces the configuration (e.g. after an `AlterTopicConfig`); applies from the next
+    /// append or retention run.
+    ///
+    /// # Errors
+    /// [`LogError::Config`] when the new config is invalid; the old one stays.
+    pub fn set_config(&self, config: LogConfig) -> Result<(), LogError> {
+        config.validate()?;
+        let _w = self.lock_writer()?;
+        self.write_state().config = config;
+        Ok(())
+    }
+
+    /// First offset in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.read_state().log_start_offset
+    }
+
+    /// Offset the next record will get.
+    pub fn log_end_offset(&self) -> i64 {
+        self.read_state().log_end_offset
+    }
+
+    /// Every offset below this has been fsynced.
+    pub fn flushed_offset(&self) -> i64 {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .flushed_offset
+    }
+
+    /// Total bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.read_state().segments.values().map(|s| s.size).sum()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        self.read_state().segments.keys().copied().collect()
+    }
+
+    /// The leader-epoch checkpoint's entries.
+    pub fn epoch_entries(&self) -> Vec<EpochEntry> {
+        self.read_state().epochs.entries().to_vec()
+    }
+
+    /// The newest leader epoch that appended to this log.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.read_state().epochs.latest().map(|e| e.epoch)
+    }
+
+    /// Kafka's `OffsetsForLeaderEpoch`: the largest epoch at most `epoch` and the offset where
+    /// it ended in this log. See [`LeaderEpochCache::end_offset_for`].
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        let st = self.read_state();
+        st.epochs.end_offset_for(epoch, st.log_end_offset)
+    }
+
+    /// Appends batches sent by a producer to the leader: `batches` holds one or more v2 batches
+    /// back to back. Every batch is fully validated first; then offsets are assigned from the
+    /// log end offset and `leader_epoch` is stamped, by rewriting the two header fields that lie
+    /// outside the CRC, and all batches are written with one vectored write. All or nothing.
+    ///
+    /// # Errors
+    /// [`LogError::InvalidBatch`] for the first bad batch (nothing written),
+    /// [`LogError::EpochRegression`] when `leader_epoch` is older than the log's latest epoch
+    /// (a deposed leader), [`LogError::Io`] when the write fails.
+    pub fn append(&self, batches: &[u8], leader_epoch: i32) -> Result<AppendInfo, LogError> {
+        let max_batch_bytes = self.read_state().config.max_batch_bytes;
+        let pending = parse_all(batches, |b| b.validate(max_batch_bytes, Validation::Full))?;
+        let mut w = self.lock_writer()?;
+        if let Some(latest) = self.read_state().epochs.latest()
+            && leader_epoch < latest.epoch
+        {
+            return Err(LogError::EpochRegression {
+                latest: latest.epoch,
+                got: leader_epoch,
+            });
+        }
+        let records: i64 = pending
+            .iter()
+            .map(|p| i64::from(p.batch.last_offset_delta()) + 1)
+            .sum();
+        let base = self.read_state().log_end_offset;
+        self.maybe_roll(&mut w, base, base + records - 1, batches.len() as u64)?;
+
+        let (position, file) = self.active_position();
+        let mut headers = Vec::with_capacity(pending.len());
+        let mut offset = base;
+        let mut pos = position;
+        for p in &pending {
+            headers.push(BatchHeader::of(&p.batch, pos, offset, leader_epoch));
+            offset += i64::from(p.batch.last_offset_delta()) + 1;
+            pos += p.batch.size() as u64;
+        }
+        let prefixes: Vec<[u8; LEADER_EPOCH_POS + 4]> = pending
+            .iter()
+            .zip(&headers)
+            .map(|(p, h)| {
+                let mut prefix = [0u8; LEADER_EPOCH_POS + 4];
+                prefix.copy_from_slice(&p.batch.as_bytes()[..LEADER_EPOCH_POS + 4]);
+                crate::batch::set_offset_and_epoch(&mut prefix, h.base_offset, leader_epoch);
+                prefix
+            })
+            .collect();
+        let mut slices = Vec::with_capacity(pending.len() * 2);
+        for (p, prefix) in pending.iter().zip(&prefixes) {
+            slices.push(IoSlice::new(prefix));
+            slices.push(IoSlice::new(&p.batch.as_bytes()[LEADER_EPOCH_POS + 4..]));
+        }
+        self.write_and_publish(
+            &mut w,
+            &file,
+            position,
+            &mut slices,
+            &headers,
+            &[(leader_epoch, base)],
+        )
+    }
+
+    /// Appends batches fetched from the leader, as they are: offsets and leader epochs are
+    /// kept. Checks framing, size and CRC of each batch, that offsets only grow from the log
+    /// end offset, and that epochs never go back.
+    ///
+    /// # Errors
+    /// [`LogError::InvalidBatch`], [`LogError::NonContiguousAppend`] when the first batch starts
+    /// below the log end offset, [`LogError::EpochRegression`], [`LogError::Io`].
+    pub fn append_replicated(&self, batches: &[u8]) -> Result<AppendInfo, LogError> {
+        let max_batch_bytes = self.read_state().config.max_batch_bytes;
+        let pending = parse_all(batches, |b| {
+            b.validate(max_batch_bytes, Validation::Crc)?;
+            if b.last_offset_delta() < 0 {
+                return Err(BatchError::OffsetDeltaMismatch {
+                    what: "lastOffsetDelta".into(),
+                    expected: 0,
+                    actual: i64::from(b.last_offset_delta()),
+                });
+            }
+            Ok(())
+        })?;
+        let mut w = self.lock_writer()?;
+        let (log_end, latest_epoch) = {
+            let st = self.read_state();
+            (
+                st.log_end_offset,
+                st.epochs.latest().map_or(i32::MIN, |e| e.epoch),
+            )
+        };
+        let mut expected = log_end;
+        let mut epoch = latest_epoch;
+        let mut new_epochs = Vec::new();
+        for (index, p) in pending.iter().enumerate() {
+            let b = &p.batch;
+            if b.base_offset() < expected {
+                return Err(if index == 0 {
+                    LogError::NonContiguousAppend {
+                        expected,
+                        got: b.base_offset(),
+                    }
+                } else {
+                    LogError::InvalidBatch {
+                        index,
+                        source: BatchError::OffsetDeltaMismatch {
+                            what: "baseOffset".into(),
+                            expected,
+                            actual: b.base_offset(),
+                        },
+                    }
+                });
+            }
+            if b.partition_leader_epoch() < epoch {
+                return Err(LogError::EpochRegression {
+                    latest: epoch,
+                    got: b.partition_leader_epoch(),
+                });
+            }
+            if b.partition_leader_epoch() > epoch {
+                epoch = b.partition_leader_epoch();
+                new_epochs.push((epoch, b.base_offset()));
+            }
+            expected = b.next_offset();
+        }
+        let first = pending[0].batch.base_offset();
+        self.maybe_roll(&mut w, first, expected - 1, batches.len() as u64)?;
+        let (position, file) = self.active_position();
+        let mut pos = position;
+        let headers: Vec<BatchHeader> = pending
+            .iter()
+            .map(|p| {
+                let h = BatchHeader::of(
+                    &p.batch,
+                    pos,
+                    p.batch.base_offset(),
+                    p.batch.partition_leader_epoch(),
+                );
+                pos += h.size;
+                h
+            })
+            .collect();
+        let mut slices = vec![IoSlice::new(batches)];
+        self.write_and_publish(&mut w, &file, position, &mut slices, &headers, &new_epochs)
+    }
+
+    /// Writes `slices` at `position` of the active segment, then publishes `headers` and the
+    /// leader epochs that start in this append.
+    fn write_and_publish(
+        &self,
+        w: &mut Writer,
+        file: &Arc<SegmentFile>,
+        position: u64,
+        slices: &mut [IoSlice<'_>],
+        headers: &[BatchHeader],
+        epochs: &[(i32, i64)],
+    ) -> Result<AppendInfo, LogError> {
+        let bytes: u64 = headers.iter().map(|h| h.size).sum();
+        if !epochs.is_empty() {
+            // Persisted before the data: after a crash in between, open drops the entry as it
+            // starts at the log end; the other order could leave data with no epoch entry.
+            let mut st = self.write_state();
+            for &(epoch, start) in epochs {
+                st.epochs.assign(epoch, start)?;
+            }
+        }
+        if let Err(e) = write_all_at(file.file(), slices, position) {
+            // Drop whatever part of the write landed, so the file ends at the last whole batch,
+            // and the epochs that would have started in it.
+            let _ = file.file().set_len(position);
+            let mut st = self.write_state();
+            let end = st.log_end_offset;
+            st.epochs.truncate_from_end(end)?;
+            return Err(io_err("write", file.path())(e));
+        }
+        let now = self.clock.now_ms();
+        let last = headers.last().expect("an append has at least one batch");
+        let end = last.last_offset + 1;
+        let flush_now = match self.read_state().config.flush {
+            FlushPolicy::EveryAppend => true,
+            FlushPolicy::IntervalMs(ms) => now - w.last_flush_ms >= ms as i64,
+            FlushPolicy::PageCache => false,
+        };
+        if flush_now {
+            file.file()
+                .sync_data()
+                .map_err(io_err("fsync", file.path()))?;
+        }
+        let mut st = self.write_state();
+        let interval = st.config.index_interval_bytes;
+        let active = st.active_mut();
+        if active.roll_base_ms.is_none() {
+            active.roll_base_ms = Some(now);
+        }
+        for h in headers {
+            active.observe(h, interval);
+        }
+        st.log_end_offset = end;
+        drop(st);
+        if flush_now {
+            w.last_flush_ms = now;
+            w.flushed_offset = end;
+        }
+        Ok(AppendInfo {
+            first_offset: headers[0].base_offset,
+            last_offset: last.last_offset,
+            max_timestamp: headers.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+            log_append_time_ms: now,
+            batch_count: headers.len(),
+            bytes,
+        })
+    }
+
+    fn active_position(&self) -> (u64, Arc<SegmentFile>) {
+        let st = self.read_state();
+        let active = st.active();
+        (active.size, Arc::clone(&active.file))
+    }
+
+    /// Rolls to a new segment based at `first` when an append of `bytes` ending at offset
+    /// `last` does not belong in the active one (size, age, or 32-bit relative offsets).
+    fn maybe_roll(
+        &self,
+        w: &mut Writer,
+        first: i64,
+        last: i64,
+        bytes: u64,
+    ) -> Result<(), LogError> {
+        let now = self.clock.now_ms();
+        let roll = {
+            let st = self.read_state();
+            let active = st.active();
+            let config = &st.config;
+            !active.is_empty()
+                && (active.size + bytes > config.segment_bytes
+                    || config.segment_ms.is_some_and(|ms| {
+                        active
+                            .roll_base_ms
+                            .is_some_and(|base| now - base >= ms as i64)
+                    })
+                    || last - active.base_offset > i64::from(u32::MAX))
+        };
+        if roll { self.roll(w, first) } else { Ok(()) }
+    }
+
+    /// Seals the active segment (final time index entry, index files written, everything
+    /// fsynced, so that only the new active segment can ever need recovery) and starts a new
+    /// one at `base_offset`.
+    fn roll(&self, w: &mut Writer, base_offset: i64) -> Result<(), LogError> {
+        {
+            let mut st = self.write_state();
+            st.active_mut().seal_time_index();
+        }
+        self.read_state().active().persist(&self.dir)?;
+        let segment = Segment::create(&self.dir, base_offset)?;
+        sync_dir(&self.dir)?;
+        let mut st = self.write_state();
+        w.flushed_offset = st.log_end_offset;
+        info!(dir = %self.dir.display(), base_offset, "rolled segment");
+        st.segments.insert(base_offset, segment);
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one that contains `offset`, up to `max_bytes`
+    /// (always at least one batch, so a batch larger than `max_bytes` is still delivered), from
+    /// a single segment, stopping before any batch that reaches `upper_bound` (exclusive; the
+    /// high watermark for consumers) or the log end.
+    ///
+    /// # Errors
+    /// [`LogError::OffsetOutOfRange`] when `offset` is below the log start or above the log end;
+    /// [`LogError::Io`] or [`LogError::Corrupt`] when the segment cannot be read.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper_bound: Option<i64>,
+    ) -> Result<LogRead, LogError> {
+        let st = self.read_state();
+        if offset < st.log_start_offset || offset > st.log_end_offset {
+            return Err(st.out_of_range(offset));
+        }
+        let bound = upper_bound.map_or(st.log_end_offset, |b| b.min(st.log_end_offset));
+        let empty = |seg: &Segment| FileRegion {
+            file: Arc::clone(&seg.file),
+            position: 0,
+            len: 0,
+            first_offset: offset,
+            next_offset: offset,
+        };
+        let mut region = empty(st.active());
+        for seg in st
+            .segments
+            .range(..=offset)
+            .next_back()
+            .into_iter()
+            .map(|(_, s)| s)
+            .chain(st.segments.range(offset + 1..).map(|(_, s)| s))
+        {
+            if offset >= bound {
+                break;
+            }
+            if seg.next_offset <= offset {
+                continue;
+            }
+            let Some(first) = seg.find_batch(offset, seg.lookup_position(offset))? else {
+                continue;
+            };
+            if first.last_offset >= bound {
+                region = empty(seg);
+                break;
+            }
+            region = read_region(seg, first, max_bytes as u64, bound)?;
+            break;
+        }
+        Ok(LogRead {
+            region,
+            log_start_offset: st.log_start_offset,
+            log_end_offset: st.log_end_offset,
+        })
+    }
+
+    /// The first record whose timestamp is at least `timestamp_ms` (Kafka's ListOffsets by
+    /// time), or `None` when every record is older.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] or [`LogError::Corrupt`] when a segment cannot be read or decoded.
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+    ) -> Result<Option<TimestampOffset>, LogError> {
+        let st = self.read_state();
+        for seg in st
+            .segments
+            .values()
+            .filter(|s| s.max_timestamp >= timestamp_ms)
+        {
+            if let Some(found) = find_timestamp(seg, timestamp_ms)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes every record at or after `offset` (a follower does this when its log diverged
+    /// from a new leader's). The batch containing `offset` goes whole, so the new log end is the
+    /// returned value, at most `offset`. Below the log start this empties the log and starts it
+    /// at `offset`.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when a file cannot be truncated or deleted.
+    pub fn truncate_to(&self, offset: i64) -> Result<i64, LogError> {
+        let mut w = self.lock_writer()?;
+        let mut st = self.write_state();
+        if offset >= st.log_end_offset {
+            return Ok(st.log_end_offset);
+        }
+        if offset < st.log_start_offset {
+            drop(st);
+            self.reset_to(&mut w, offset)?;
+            return Ok(offset);
+        }
+        let doomed: Vec<i64> = st.segments.range(offset + 1..).map(|(&b, _)| b).collect();
+        let interval = st.config.index_interval_bytes;
+        let before = st.log_end_offset;
+        // Find where the batch containing `offset` starts in the segment that holds it.
+        let holder = *st
+            .segments
+            .range(..=offset)
+            .next_back()
+            .expect("offset >= log start")
+            .0;
+        for base in &doomed {
+            st.segments.remove(base);
+        }
+        let seg = st.segments.get_mut(&holder).expect("holder exists");
+        let cut = match seg.find_batch(offset, seg.lookup_position(offset))? {
+            Some(h) => h.position,
+            None => seg.size,
+        };
+        seg.truncate_to_size(cut, interval)?;
+        seg.roll_base_ms = if seg.is_empty() {
+            None
+        } else {
+            seg.roll_base_ms
+        };
+        st.log_end_offset = st.active().next_offset;
+        let end = st.log_end_offset;
+        st.epochs.truncate_from_end(end)?;
+        drop(st);
+        for base in doomed {
+            Segment::delete_files(&self.dir, base)?;
+        }
+        sync_dir(&self.dir)?;
+        w.flushed_offset = w.flushed_offset.min(end);
+        warn!(dir = %self.dir.display(), requested = offset, from = before, to = end, "truncated log");
+        Ok(end)
+    }
+
+    /// Deletes every segment and starts the log empty at `offset` (a follower that fell behind
+    /// the leader's log start does this).
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when files cannot be deleted or created.
+    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), LogError> {
+        let mut w = self.lock_writer()?;
+        self.reset_to(&mut w, offset)
+    }
+
+    fn reset_to(&self, w: &mut Writer, offset: i64) -> Result<(), LogError> {
+        let mut st = self.write_state();
+        let old: Vec<i64> = st.segments.keys().copied().collect();
+        for base in &old {
+            Segment::delete_files(&self.dir, *base)?;
+        }
+        st.segments.clear();
+        st.segments
+            .insert(offset, Segment::create(&self.dir, offset)?);
+        sync_dir(&self.dir)?;
+        st.log_start_offset = offset;
+        st.log_end_offset = offset;
+        st.epochs.clear()?;
+        w.flushed_offset = offset;
+        warn!(dir = %self.dir.display(), offset, "emptied log");
+        Ok(())
+    }
+
+    /// Deletes the oldest closed segments that are past `retention.ms` (their newest record is
+    /// older) or that the log can lose while staying at least `retention.bytes` large, and
+    /// moves the log start offset up. Never deletes the active segment.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when a file cannot be deleted.
+    pub fn apply_retention(&self) -> Result<RetentionOutcome, LogError> {
+        let _w = self.lock_writer()?;
+        let now = self.clock.now_ms();
+        let mut st = self.write_state();
+        let config = st.config;
+        let mut excess = config.retention_bytes.map_or(0, |limit| {
+            st.segments
+                .values()
+                .map(|s| s.size)
+                .sum::<u64>()
+                .saturating_sub(limit)
+        });
+        let mut outcome = RetentionOutcome::default();
+        let closed = st.segments.len() - 1;
+        for seg in st.segments.values().take(closed) {
+            let expired = config
+                .retention_ms
+                .is_some_and(|ms| !seg.is_empty() && now - seg.max_timestamp > ms as i64);
+            let over_size = config.retention_bytes.is_some() && excess >= seg.size;
+            if !(expired || over_size) {
+                break;
+            }
+            excess = excess.saturating_sub(seg.size);
+            outcome.deleted_segments.push(seg.base_offset);
+            outcome.deleted_bytes += seg.size;
+        }
+        for base in &outcome.deleted_segments {
+            st.segments.remove(base);
+        }
+        st.log_start_offset = *st.segments.keys().next().expect("active segment kept");
+        let start = st.log_start_offset;
+        st.epochs.truncate_from_start(start)?;
+        drop(st);
+        for &base in &outcome.deleted_segments {
+            Segment::delete_files(&self.dir, base)?;
+        }
+        if !outcome.deleted_segments.is_empty() {
+            info!(
+                dir = %self.dir.display(),
+                segments = outcome.deleted_segments.len(),
+                bytes = outcome.deleted_bytes,
+                log_start_offset = start,
+                "retention deleted segments"
+            );
+        }
+        outcome.log_start_offset = start;
+        Ok(outcome)
+    }
+
+    /// Fsyncs the active segment.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when the sync fails.
+    pub fn flush(&self) -> Result<(), LogError> {
+        let mut w = self.lock_writer()?;
+        self.flush_locked(&mut w)
+    }
+
+    /// Fsyncs if the flush policy is an interval and it has passed; returns whether it synced.
+    /// A broker calls this from a timer so idle partitions get synced too.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when the sync fails.
+    pub fn flush_if_due(&self) -> Result<bool, LogError> {
+        let mut w = self.lock_writer()?;
+        let FlushPolicy::IntervalMs(ms) = self.read_state().config.flush else {
+            return Ok(false);
+        };
+        if self.clock.now_ms() - w.last_flush_ms < ms as i64 {
+            return Ok(false);
+        }
+        self.flush_locked(&mut w)?;
+        Ok(true)
+    }
+
+    fn flush_locked(&self, w: &mut Writer) -> Result<(), LogError> {
+        let (file, end) = {
+            let st = self.read_state();
+            (Arc::clone(&st.active().file), st.log_end_offset)
+        };
+        file.file()
+            .sync_data()
+            .map_err(io_err("fsync", file.path()))?;
+        w.last_flush_ms = self.clock.now_ms();
+        w.flushed_offset = end;
+        Ok(())
+    }
+
+    /// Flushes everything, writes the active segment's indexes and the clean-shutdown marker,
+    /// and refuses further writes. The next open skips the recovery scan.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when a file cannot be written or synced (the marker is then not
+    /// written, so the next open recovers).
+    pub fn close(&self) -> Result<(), LogError> {
+        let mut w = self.lock_writer()?;
+        {
+            let mut st = self.write_state();
+            st.active_mut().seal_time_index();
+        }
+        {
+            let st = self.read_state();
+            let active = st.active();
+            // A failed write may have left bytes past the last whole batch.
+            active
+                .file
+                .file()
+                .set_len(active.size)
+                .map_err(io_err("truncate", active.path()))?;
+            active.persist(&self.dir)?;
+        }
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        fs::write(&marker, b"").map_err(io_err("write", &marker))?;
+        sync_dir(&self.dir)?;
+        w.closed = true;
+        Ok(())
+    }
+
+    /// Closes the log and deletes its directory (the topic was deleted or the replica moved).
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when the directory cannot be removed.
+    pub fn delete(self) -> Result<(), LogError> {
+        let mut w = self.lock_writer()?;
+        w.closed = true;
+        fs::remove_dir_all(&self.dir).map_err(io_err("remove", &self.dir))
+    }
+
+    fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>, LogError> {
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if w.closed {
+            return Err(LogError::Closed(self.dir.clone()));
+        }
+        Ok(w)
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Parses `buf` into batches, checking each with `check`.
+fn parse_all<'a>(
+    buf: &'a [u8],
+    check: impl Fn(&RecordBatch<'a>) -> Result<(), BatchError>,
+) -> Result<Vec<Pending<'a>>, LogError> {
+    if buf.is_empty() {
+        return Err(LogError::InvalidBatch {
+            index: 0,
+            source: BatchError::ShortBuffer {
+                needed: crate::batch::BATCH_HEADER_LEN,
+                available: 0,
+            },
+        });
+    }
+    let iter: BatchIter<'a> = batches(buf);
+    iter.enumerate()
+        .map(|(index, batch)| {
+            let batch = batch.map_err(|source| LogError::InvalidBatch { index, source })?;
+            check(&batch).map_err(|source| LogError::InvalidBatch { index, source })?;
+            Ok(Pending { batch })
+        })
+        .collect()
+}
+
+/// The region from batch `first` forward: whole batches, at most `max_bytes` unless the first
+/// batch alone is larger, all with offsets below `bound`.
+fn read_region(
+    seg: &Segment,
+    first: BatchHeader,
+    max_bytes: u64,
+    bound: i64,
+) -> Result<FileRegion, LogError> {
+    // Where batches reaching `bound` start: the region must end before.
+    let mut end_limit = seg.size;
+    if bound < seg.next_offset
+        && let Some(h) = seg.find_batch(bound, seg.lookup_position(bound))?
+    {
+        end_limit = h.position;
+    }
+    let target = (first.position + max_bytes.max(first.size)).min(end_limit);
+    let mut end = first.position + first.size;
+    let mut next_offset = first.last_offset + 1;
+    // Jump close to the target with the index, then walk the last few headers.
+    if let Some(e) = seg
+        .index
+        .floor_position(target.min(u64::from(u32::MAX)) as u32)
+        && u64::from(e.position) > end
+    {
+        end = u64::from(e.position);
+        next_offset = seg.base_offset + i64::from(e.relative_offset);
+    }
+    while end < target {
+        let h = seg.read_header(end)?;
+        if end + h.size > target {
+            break;
+        }
+        end += h.size;
+        next_offset = h.last_offset + 1;
+    }
+    Ok(FileRegion {
+        file: Arc::clone(&seg.file),
+        position: first.position,
+        len: end - first.position,
+        first_offset: first.base_offset,
+        next_offset,
+    })
+}
+
+/// The first record at or after `timestamp_ms` in `seg`, starting from the time index.
+fn find_timestamp(seg: &Segment, timestamp_ms: i64) -> Result<Option<TimestampOffset>, LogError> {
+    use std::os::unix::fs::FileExt;
+    let mut position = seg.time_index.floor_below(timestamp_ms).map_or(0, |t| {
+        seg.lookup_position(seg.base_offset + i64::from(t.relative_offset))
+    });
+    while position < seg.size {
+        let h = seg.read_header(position)?;
+        position += h.size;
+        if h.max_timestamp < timestamp_ms {
+            continue;
+        }
+        let mut buf = vec![0u8; h.size as usize];
+        seg.file
+            .file()
+            .read_exact_at(&mut buf, h.position)
+            .map_err(io_err("read", seg.path()))?;
+        let bad = |e: BatchError| seg.corrupt(format!("batch at offset {}: {e}", h.base_offset));
+        let batch = RecordBatch::parse_exact(&buf).map_err(bad)?;
+        if batch.timestamp_type() == TimestampType::LogAppendTime {
+            return Ok(Some(TimestampOffset {
+                offset: h.base_offset,
+                timestamp: h.max_timestamp,
+            }));
+        }
+        let records = batch.records().map_err(bad)?;
+        for record in records.iter() {
+            let record = record.map_err(bad)?;
+            if record.timestamp >= timestamp_ms {
+                return Ok(Some(TimestampOffset {
+                    offset: record.offset,
+                    timestamp: record.timestamp,
+                }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Writes all of `slices` at `position` with `pwritev`, resuming after partial writes.
+fn write_all_at(
+    file: &fs::File,
+    mut slices: &mut [IoSlice<'_>],
+    mut position: u64,
+) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        let n = slices.len().min(IOV_MAX);
+        match rustix::io::pwritev(file, &slices[..n], position) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
+                position += written as u64;
+                IoSlice::advance_slices(&mut slices, written);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Opens every segment in `dir`, loading or rebuilding indexes; after an unclean shutdown the
+/// active segment is checked batch by batch (CRC included) and cut after its last whole valid
+/// batch. A damaged closed segment (its sync at roll did not hold) is cut the same way and every
+/// later segment is dropped, since offsets must stay contiguous.
+fn recover_segments(
+    dir: &Path,
+    config: &LogConfig,
+    clean: bool,
+) -> Result<BTreeMap<i64, Segment>, LogError> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(stem) = name.strip_suffix(&format!(".{LOG_SUFFIX}"))
+            && stem.len() == 20
+            && let Ok(base) = stem.parse::<i64>()
+        {
+            bases.push(base);
+        }
+        if name.ends_with(".tmp") {
+            remove_if_exists(&entry.path())?;
+        }
+    }
+    bases.sort_unstable();
+    let interval = config.index_interval_bytes;
+    let mut segments = BTreeMap::new();
+    let mut prev_next: Option<i64> = None;
+    let count = bases.len();
+    for (i, &base) in bases.iter().enumerate() {
+        let path = dir.join(segment_file_name(base, LOG_SUFFIX));
+        let (mut seg, len) = Segment::open(path.clone(), base)?;
+        if let Some(prev) = prev_next
+            && prev > base
+        {
+            return Err(LogError::Corrupt {
+                path,
+                reason: format!("segment starts at {base}, before the previous one ends at {prev}"),
+            });
+        }
+        let is_last = i + 1 == count;
+        let full_scan = !clean && is_last;
+        let problem = if full_scan {
+            seg.scan(0, len, true, interval)?
+        } else {
+            match seg.load_indexes(dir, len) {
+                Ok(()) => {
+                    // Walk from the last indexed batch to the end for the log end and timestamps.
+                    let from = seg.index.last().map_or(0, |e| u64::from(e.position));
+                    if from > 0 {
+                        let e = seg.index.last().expect("checked");
+                        seg.size = from;
+                        seg.next_offset = base + i64::from(e.relative_offset);
+                        seg.bytes_since_index = 0;
+                    }
+                    match seg.scan(from, len, false, interval)? {
+                        None => None,
+                        Some(reason) => {
+                            warn!(segment = %path.display(), reason, "index disagrees with segment, rebuilding");
+                            seg = Segment::open(path.clone(), base)?.0;
+                            seg.scan(0, len, true, interval)?
+                        }
+                    }
+                }
+                Err(reason) => {
+                    info!(segment = %path.display(), reason, "rebuilding segment index");
+                    seg.scan(0, len, true, interval)?
+                }
+            }
+        };
+        if let Some(reason) = problem {
+            warn!(
+                segment = %path.display(),
+                valid_bytes = seg.size,
+                truncated_bytes = len - seg.size,
+                next_offset = seg.next_offset,
+                reason,
+                "truncating torn or corrupt tail of segment"
+            );
+            seg.file
+                .file()
+                .set_len(seg.size)
+                .map_err(io_err("truncate", &path))?;
+            seg.file
+                .file()
+                .sync_data()
+                .map_err(io_err("fsync", &path))?;
+            for &later in &bases[i + 1..] {
+                warn!(segment = later, "deleting segment after a damaged one");
+                Segment::delete_files(dir, later)?;
+            }
+            segments.insert(base, seg);
+            break;
+        }
+        prev_next = Some(seg.next_offset);
+        segments.insert(base, seg);
+    }
+    Ok(segments)
+}
