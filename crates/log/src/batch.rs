@@ -173,14 +173,37 @@ impl<'a> RecordBatch<'a> {
         read_i64(self.buf, BASE_OFFSET_POS)
     }
 
-    /// Offset of the last record: `base_offset + last_offset_delta`.
+    /// Offset of the last record: `base_offset + last_offset_delta` (saturating: a batch whose
+    /// sum overflows is refused by [`RecordBatch::check_offset_range`]).
     pub fn last_offset(&self) -> i64 {
-        self.base_offset() + i64::from(self.last_offset_delta())
+        self.base_offset()
+            .saturating_add(i64::from(self.last_offset_delta()))
     }
 
-    /// The offset after this batch.
+    /// The offset after this batch (saturating, as [`RecordBatch::last_offset`]).
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
+    }
+
+    /// Checks that the batch's offsets are representable: `lastOffsetDelta` not negative and
+    /// `baseOffset + lastOffsetDelta + 1` within `i64`.
+    ///
+    /// # Errors
+    /// [`BatchError::OffsetOverflow`].
+    pub fn check_offset_range(&self) -> Result<(), BatchError> {
+        let (base_offset, last_offset_delta) = (self.base_offset(), self.last_offset_delta());
+        if last_offset_delta < 0
+            || base_offset < 0
+            || base_offset
+                .checked_add(i64::from(last_offset_delta) + 1)
+                .is_none()
+        {
+            return Err(BatchError::OffsetOverflow {
+                base_offset,
+                last_offset_delta,
+            });
+        }
+        Ok(())
     }
 
     /// Leader epoch of the leader that appended the batch.
@@ -337,7 +360,7 @@ impl<'a> RecordBatch<'a> {
                     actual: i64::from(record.offset_delta),
                 });
             }
-            max_timestamp = max_timestamp.max(self.base_timestamp() + record.timestamp_delta);
+            max_timestamp = max_timestamp.max(record.timestamp);
             seen += 1;
         }
         if seen != count {
@@ -550,7 +573,8 @@ fn decode_record<'a>(
         ));
     }
     let record = Record {
-        offset: base_offset + i64::from(offset_delta),
+        // Wrapping: a producer's baseOffset is arbitrary until the log assigns the real one.
+        offset: base_offset.wrapping_add(i64::from(offset_delta)),
         timestamp: base_timestamp.wrapping_add(timestamp_delta),
         offset_delta,
         timestamp_delta,

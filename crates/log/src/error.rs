@@ -78,6 +78,15 @@ pub enum BatchError {
         /// The largest timestamp among the records.
         actual: i64,
     },
+    /// The batch's offsets do not fit: negative base offset or `lastOffsetDelta`, or their sum
+    /// overflows.
+    #[error("offsets out of range: baseOffset {base_offset}, lastOffsetDelta {last_offset_delta}")]
+    OffsetOverflow {
+        /// The `baseOffset` field.
+        base_offset: i64,
+        /// The `lastOffsetDelta` field.
+        last_offset_delta: i32,
+    },
     /// A record inside the batch cannot be decoded.
     #[error("malformed record {index}: {reason}")]
     MalformedRecord {

@@ -33,6 +33,7 @@ mod epoch;
 mod error;
 mod index;
 mod log;
+mod recovery_point;
 mod segment;
 pub mod varint;
 
@@ -46,4 +47,5 @@ pub use error::{BatchError, LogError};
 pub use log::{
     AppendInfo, CLEAN_SHUTDOWN_FILE, FileRegion, Log, LogRead, RetentionOutcome, TimestampOffset,
 };
+pub use recovery_point::RECOVERY_POINT_FILE;
 pub use segment::{SegmentFile, segment_file_name};

@@ -12,6 +12,7 @@ use std::fs;
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use tracing::{info, warn};
@@ -21,6 +22,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{FlushPolicy, LogConfig};
 use crate::epoch::{EpochEntry, LeaderEpochCache, sync_dir};
 use crate::error::{BatchError, LogError, io_err};
+use crate::recovery_point::RecoveryPoint;
 use crate::segment::{
     BatchHeader, LOG_SUFFIX, Segment, SegmentFile, remove_if_exists, segment_file_name,
 };
@@ -155,6 +157,8 @@ struct Writer {
     last_flush_ms: i64,
     /// Every offset below this is on disk.
     flushed_offset: i64,
+    /// Background syncs of rolled segments still running.
+    syncs: Vec<JoinHandle<()>>,
     closed: bool,
 }
 
@@ -199,6 +203,7 @@ struct Pending<'a> {
 pub struct Log {
     dir: PathBuf,
     clock: Arc<dyn Clock>,
+    recovery_point: Arc<RecoveryPoint>,
     writer: Mutex<Writer>,
     state: RwLock<State>,
 }
@@ -243,7 +248,13 @@ impl Log {
             sync_dir(&dir)?;
         }
         let now = clock.now_ms();
-        let mut segments = recover_segments(&dir, &config, clean)?;
+        let recovery_point = RecoveryPoint::load(&dir)?;
+        let scan_from = if clean {
+            None
+        } else {
+            Some(recovery_point.get())
+        };
+        let mut segments = recover_segments(&dir, &config, scan_from)?;
         if segments.is_empty() {
             let segment = Segment::create(&dir, 0)?;
             sync_dir(&dir)?;
@@ -255,6 +266,8 @@ impl Log {
             active.roll_base_ms = Some(now);
         }
         let log_end_offset = active.next_offset;
+        // Offsets past what recovery kept are not on disk, whatever the file said.
+        recovery_point.lower(log_end_offset)?;
         let mut epochs = LeaderEpochCache::load(&dir)?;
         epochs.truncate_from_end(log_end_offset)?;
         epochs.truncate_from_start(log_start_offset)?;
@@ -269,9 +282,11 @@ impl Log {
         Ok(Log {
             dir,
             clock,
+            recovery_point: Arc::new(recovery_point),
             writer: Mutex::new(Writer {
                 last_flush_ms: now,
                 flushed_offset: log_end_offset,
+                syncs: Vec::new(),
                 closed: false,
             }),
             state: RwLock::new(State {
@@ -424,14 +439,7 @@ impl Log {
         let max_batch_bytes = self.read_state().config.max_batch_bytes;
         let pending = parse_all(batches, |b| {
             b.validate(max_batch_bytes, Validation::Crc)?;
-            if b.last_offset_delta() < 0 {
-                return Err(BatchError::OffsetDeltaMismatch {
-                    what: "lastOffsetDelta".into(),
-                    expected: 0,
-                    actual: i64::from(b.last_offset_delta()),
-                });
-            }
-            Ok(())
+            b.check_offset_range()
         })?;
         let mut w = self.lock_writer()?;
         let (log_end, latest_epoch) = {
@@ -595,22 +603,45 @@ impl Log {
         if roll { self.roll(w, first) } else { Ok(()) }
     }
 
-    /// Seals the active segment (final time index entry, index files written, everything
-    /// fsynced, so that only the new active segment can ever need recovery) and starts a new
-    /// one at `base_offset`.
+    /// Seals the active segment (final time index entry, index files written) and starts a
+    /// new one at `base_offset`. The sealed segment is fsynced by a background thread, which
+    /// then moves the recovery point to `base_offset`: the writer never waits for a
+    /// segment-sized sync, and until the sync lands a crash recovery rescans that segment.
     fn roll(&self, w: &mut Writer, base_offset: i64) -> Result<(), LogError> {
-        {
+        let (sealed_file, sealed_base) = {
             let mut st = self.write_state();
-            st.active_mut().seal_time_index();
-        }
-        self.read_state().active().persist(&self.dir)?;
+            let active = st.active_mut();
+            active.seal_time_index();
+            (Arc::clone(&active.file), active.base_offset)
+        };
+        self.read_state().active().write_indexes(&self.dir)?;
         let segment = Segment::create(&self.dir, base_offset)?;
         sync_dir(&self.dir)?;
-        let mut st = self.write_state();
-        w.flushed_offset = st.log_end_offset;
+        self.write_state().segments.insert(base_offset, segment);
         info!(dir = %self.dir.display(), base_offset, "rolled segment");
-        st.segments.insert(base_offset, segment);
+
+        w.syncs.retain(|h| !h.is_finished());
+        let (dir, recovery_point) = (self.dir.clone(), Arc::clone(&self.recovery_point));
+        let sync = std::thread::Builder::new()
+            .name("tideline-log-sync".into())
+            .spawn(move || {
+                let result = Segment::sync(&dir, &sealed_file, sealed_base)
+                    .and_then(|()| recovery_point.advance(base_offset));
+                if let Err(e) = result {
+                    // The recovery point stays put, so the next unclean open rescans.
+                    warn!(dir = %dir.display(), segment = sealed_base, error = %e, "background segment sync failed");
+                }
+            })
+            .map_err(io_err("spawn sync thread for", &self.dir))?;
+        w.syncs.push(sync);
         Ok(())
+    }
+
+    /// Waits for the background syncs of rolled segments.
+    fn join_syncs(w: &mut Writer) {
+        for handle in w.syncs.drain(..) {
+            let _ = handle.join();
+        }
     }
 
     /// Reads whole batches starting with the one that contains `offset`, up to `max_bytes`
@@ -739,6 +770,9 @@ impl Log {
         let end = st.log_end_offset;
         st.epochs.truncate_from_end(end)?;
         drop(st);
+        // Bytes written past here later must be scanned after a crash, not trusted.
+        Self::join_syncs(&mut w);
+        self.recovery_point.lower(end)?;
         for base in doomed {
             Segment::delete_files(&self.dir, base)?;
         }
@@ -759,6 +793,7 @@ impl Log {
     }
 
     fn reset_to(&self, w: &mut Writer, offset: i64) -> Result<(), LogError> {
+        Self::join_syncs(w);
         let mut st = self.write_state();
         let old: Vec<i64> = st.segments.keys().copied().collect();
         for base in &old {
@@ -771,6 +806,7 @@ impl Log {
         st.log_start_offset = offset;
         st.log_end_offset = offset;
         st.epochs.clear()?;
+        self.recovery_point.set(offset)?;
         w.flushed_offset = offset;
         warn!(dir = %self.dir.display(), offset, "emptied log");
         Ok(())
@@ -882,7 +918,7 @@ impl Log {
             let mut st = self.write_state();
             st.active_mut().seal_time_index();
         }
-        {
+        let end = {
             let st = self.read_state();
             let active = st.active();
             // A failed write may have left bytes past the last whole batch.
@@ -891,8 +927,12 @@ impl Log {
                 .file()
                 .set_len(active.size)
                 .map_err(io_err("truncate", active.path()))?;
-            active.persist(&self.dir)?;
-        }
+            active.write_indexes(&self.dir)?;
+            Segment::sync(&self.dir, &active.file, active.base_offset)?;
+            st.log_end_offset
+        };
+        Self::join_syncs(&mut w);
+        self.recovery_point.advance(end)?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         fs::write(&marker, b"").map_err(io_err("write", &marker))?;
         sync_dir(&self.dir)?;
@@ -906,7 +946,9 @@ impl Log {
     /// [`LogError::Io`] when the directory cannot be removed.
     pub fn delete(self) -> Result<(), LogError> {
         let mut w = self.lock_writer()?;
+        Self::join_syncs(&mut w);
         w.closed = true;
+        drop(w);
         fs::remove_dir_all(&self.dir).map_err(io_err("remove", &self.dir))
     }
 
@@ -924,6 +966,14 @@ impl Log {
 
     fn write_state(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Log {
+    /// Waits for background segment syncs; writes no clean-shutdown marker (see [`Log::close`]).
+    fn drop(&mut self) {
+        let w = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
+        Self::join_syncs(w);
     }
 }
 
@@ -1055,14 +1105,17 @@ fn write_all_at(
     Ok(())
 }
 
-/// Opens every segment in `dir`, loading or rebuilding indexes; after an unclean shutdown the
-/// active segment is checked batch by batch (CRC included) and cut after its last whole valid
-/// batch. A damaged closed segment (its sync at roll did not hold) is cut the same way and every
-/// later segment is dropped, since offsets must stay contiguous.
+/// Opens every segment in `dir`, loading or rebuilding indexes. After an unclean shutdown
+/// (`scan_from` is the recovery point) every segment from the one holding the recovery point
+/// on is checked batch by batch, CRC included, and the first damaged one is cut after its last
+/// whole valid batch; every later segment is then dropped, since offsets must stay contiguous.
+/// Segments before the recovery point were synced and are trusted, as are all after a clean
+/// shutdown (`scan_from` is `None`); a trusted segment whose index disagrees with it is
+/// rescanned all the same.
 fn recover_segments(
     dir: &Path,
     config: &LogConfig,
-    clean: bool,
+    scan_from: Option<i64>,
 ) -> Result<BTreeMap<i64, Segment>, LogError> {
     let mut bases = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
@@ -1083,7 +1136,15 @@ fn recover_segments(
     let interval = config.index_interval_bytes;
     let mut segments = BTreeMap::new();
     let mut prev_next: Option<i64> = None;
-    let count = bases.len();
+    // The first segment to scan: the one holding the recovery point.
+    let first_scanned = scan_from.map(|point| {
+        bases
+            .iter()
+            .copied()
+            .filter(|&b| b <= point)
+            .max()
+            .unwrap_or(i64::MIN)
+    });
     for (i, &base) in bases.iter().enumerate() {
         let path = dir.join(segment_file_name(base, LOG_SUFFIX));
         let (mut seg, len) = Segment::open(path.clone(), base)?;
@@ -1095,8 +1156,7 @@ fn recover_segments(
                 reason: format!("segment starts at {base}, before the previous one ends at {prev}"),
             });
         }
-        let is_last = i + 1 == count;
-        let full_scan = !clean && is_last;
+        let full_scan = first_scanned.is_some_and(|first| base >= first);
         let problem = if full_scan {
             seg.scan(0, len, true, interval)?
         } else {
@@ -1110,7 +1170,18 @@ fn recover_segments(
                         seg.next_offset = base + i64::from(e.relative_offset);
                         seg.bytes_since_index = 0;
                     }
-                    match seg.scan(from, len, false, interval)? {
+                    let tail = seg.scan(from, len, false, interval)?;
+                    let stray_time_entry = seg
+                        .time_index
+                        .last()
+                        .is_some_and(|t| t.relative_offset > seg.relative(seg.last_batch_offset));
+                    let tail = match tail {
+                        None if stray_time_entry => {
+                            Some("time index points past the last batch".to_string())
+                        }
+                        other => other,
+                    };
+                    match tail {
                         None => None,
                         Some(reason) => {
                             warn!(segment = %path.display(), reason, "index disagrees with segment, rebuilding");

@@ -76,11 +76,18 @@ impl BatchHeader {
             return Err(format!("negative lastOffsetDelta {last_offset_delta}"));
         }
         let base_offset = read_i64(buf, BASE_OFFSET_POS);
+        let last_offset = base_offset
+            .checked_add(i64::from(last_offset_delta) + 1)
+            .filter(|_| base_offset >= 0)
+            .ok_or_else(|| {
+                format!("offsets out of range: base {base_offset}, delta {last_offset_delta}")
+            })?
+            - 1;
         Ok(BatchHeader {
             position,
             size,
             base_offset,
-            last_offset: base_offset + i64::from(last_offset_delta),
+            last_offset,
             max_timestamp: read_i64(buf, MAX_TIMESTAMP_POS),
             leader_epoch: read_i32(buf, LEADER_EPOCH_POS),
         })
@@ -209,8 +216,8 @@ impl Segment {
         }
     }
 
-    /// Writes both index files and fsyncs them and the data file.
-    pub fn persist(&self, dir: &Path) -> Result<(), LogError> {
+    /// Writes both index files (without syncing them; see [`Segment::sync`]).
+    pub fn write_indexes(&self, dir: &Path) -> Result<(), LogError> {
         let pairs = [
             (INDEX_SUFFIX, self.index.encode()),
             (TIME_INDEX_SUFFIX, self.time_index.encode()),
@@ -218,14 +225,20 @@ impl Segment {
         for (suffix, bytes) in pairs {
             let path = dir.join(segment_file_name(self.base_offset, suffix));
             fs::write(&path, &bytes).map_err(io_err("write", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Fsyncs the data file and both index files of the segment based at `base_offset`.
+    pub fn sync(dir: &Path, file: &SegmentFile, base_offset: i64) -> Result<(), LogError> {
+        file.file.sync_data().map_err(io_err("fsync", &file.path))?;
+        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            let path = dir.join(segment_file_name(base_offset, suffix));
             File::open(&path)
                 .and_then(|f| f.sync_all())
                 .map_err(io_err("fsync", &path))?;
         }
-        self.file
-            .file
-            .sync_data()
-            .map_err(io_err("fsync", self.path()))
+        Ok(())
     }
 
     /// Loads the index files if they are present and consistent with a file of `len` bytes.
@@ -235,10 +248,9 @@ impl Segment {
             fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
         };
         self.index = OffsetIndex::decode(&read(INDEX_SUFFIX)?, len)?;
-        let max_relative = self.index.last().map_or(0, |e| e.relative_offset);
-        // Time entries may point past the last offset entry (the sealing entry), but not
-        // further than the offsets a 32-bit relative offset can hold.
-        self.time_index = TimeIndex::decode(&read(TIME_INDEX_SUFFIX)?, u32::MAX.max(max_relative))?;
+        // Time entries may point past the last offset entry (the sealing entry); the caller
+        // checks them against the last batch once the tail has been walked.
+        self.time_index = TimeIndex::decode(&read(TIME_INDEX_SUFFIX)?, u32::MAX)?;
         if let Some(t) = self.time_index.last() {
             self.max_timestamp = t.timestamp;
         }
