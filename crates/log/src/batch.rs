@@ -105,17 +105,11 @@ impl std::fmt::Debug for RecordBatch<'_> {
 /// when `batchLength` is below the header size.
 pub fn batch_size(buf: &[u8]) -> Result<usize, BatchError> {
     if buf.len() < LOG_OVERHEAD {
-        return Err(BatchError::ShortBuffer {
-            needed: LOG_OVERHEAD,
-            available: buf.len(),
-        });
+        return Err(BatchError::ShortBuffer { needed: LOG_OVERHEAD, available: buf.len() });
     }
     let length = read_i32(buf, LENGTH_POS);
     if length < MIN_BATCH_LENGTH {
-        return Err(BatchError::BadLength {
-            length,
-            min: MIN_BATCH_LENGTH,
-        });
+        return Err(BatchError::BadLength { length, min: MIN_BATCH_LENGTH });
     }
     Ok(LOG_OVERHEAD + length as usize)
 }
@@ -176,8 +170,7 @@ impl<'a> RecordBatch<'a> {
     /// Offset of the last record: `base_offset + last_offset_delta` (saturating: a batch whose
     /// sum overflows is refused by [`RecordBatch::check_offset_range`]).
     pub fn last_offset(&self) -> i64 {
-        self.base_offset()
-            .saturating_add(i64::from(self.last_offset_delta()))
+        self.base_offset().saturating_add(i64::from(self.last_offset_delta()))
     }
 
     /// The offset after this batch (saturating, as [`RecordBatch::last_offset`]).
@@ -194,14 +187,9 @@ impl<'a> RecordBatch<'a> {
         let (base_offset, last_offset_delta) = (self.base_offset(), self.last_offset_delta());
         if last_offset_delta < 0
             || base_offset < 0
-            || base_offset
-                .checked_add(i64::from(last_offset_delta) + 1)
-                .is_none()
+            || base_offset.checked_add(i64::from(last_offset_delta) + 1).is_none()
         {
-            return Err(BatchError::OffsetOverflow {
-                base_offset,
-                last_offset_delta,
-            });
+            return Err(BatchError::OffsetOverflow { base_offset, last_offset_delta });
         }
         Ok(())
     }
@@ -312,24 +300,17 @@ impl<'a> RecordBatch<'a> {
     /// The [`BatchError`] for the first check that fails.
     pub fn validate(&self, max_batch_bytes: usize, level: Validation) -> Result<(), BatchError> {
         if self.size() > max_batch_bytes {
-            return Err(BatchError::TooLarge {
-                size: self.size(),
-                max: max_batch_bytes,
-            });
+            return Err(BatchError::TooLarge { size: self.size(), max: max_batch_bytes });
         }
         self.verify_crc()?;
         if level == Validation::Crc {
             return Ok(());
         }
         if self.is_control() {
-            return Err(BatchError::Unsupported {
-                what: "control batch from a producer",
-            });
+            return Err(BatchError::Unsupported { what: "control batch from a producer" });
         }
         if self.is_transactional() {
-            return Err(BatchError::Unsupported {
-                what: "transactional batch",
-            });
+            return Err(BatchError::Unsupported { what: "transactional batch" });
         }
         let count = self.records_count();
         if count <= 0 {
@@ -348,10 +329,7 @@ impl<'a> RecordBatch<'a> {
         for record in records.iter() {
             let record = record?;
             if seen == count {
-                return Err(BatchError::RecordCountMismatch {
-                    header: count,
-                    actual: seen + 1,
-                });
+                return Err(BatchError::RecordCountMismatch { header: count, actual: seen + 1 });
             }
             if record.offset_delta != seen {
                 return Err(BatchError::OffsetDeltaMismatch {
@@ -364,10 +342,7 @@ impl<'a> RecordBatch<'a> {
             seen += 1;
         }
         if seen != count {
-            return Err(BatchError::RecordCountMismatch {
-                header: count,
-                actual: seen,
-            });
+            return Err(BatchError::RecordCountMismatch { header: count, actual: seen });
         }
         if self.timestamp_type() == TimestampType::CreateTime
             && max_timestamp != self.max_timestamp()
@@ -427,11 +402,11 @@ impl Records<'_> {
     }
 }
 
-/// One record header: a UTF-8 key (kept as bytes) and an optional value.
+/// One record header: a UTF-8 key and an optional value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header<'a> {
-    /// Header key.
-    pub key: &'a [u8],
+    /// Header key (checked to be UTF-8, as Kafka's format requires).
+    pub key: &'a str,
     /// Header value, `None` for null.
     pub value: Option<&'a [u8]>,
 }
@@ -507,10 +482,7 @@ impl<'a> Cursor<'a> {
 
     fn bytes(&mut self, len: usize, field: &str) -> Result<&'a [u8], String> {
         if self.buf.len() < len {
-            return Err(format!(
-                "{field} needs {len} bytes, {} left",
-                self.buf.len()
-            ));
+            return Err(format!("{field} needs {len} bytes, {} left", self.buf.len()));
         }
         let (head, tail) = self.buf.split_at(len);
         self.buf = tail;
@@ -562,15 +534,13 @@ fn decode_record<'a>(
         if key_len < 0 {
             return Err(format!("header {h} key length {key_len} is negative"));
         }
-        let key = c.bytes(key_len as usize, "header key")?;
+        let key = std::str::from_utf8(c.bytes(key_len as usize, "header key")?)
+            .map_err(|e| format!("header {h} key is not UTF-8: {e}"))?;
         let value = c.nullable_bytes("header value")?;
         headers.push(Header { key, value });
     }
     if !c.buf.is_empty() {
-        return Err(format!(
-            "{} bytes left after the record's fields",
-            c.buf.len()
-        ));
+        return Err(format!("{} bytes left after the record's fields", c.buf.len()));
     }
     let record = Record {
         // Wrapping: a producer's baseOffset is arbitrary until the log assigns the real one.

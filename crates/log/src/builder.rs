@@ -110,10 +110,7 @@ impl RecordBatchBuilder {
             out.extend_from_slice(h.key.as_bytes());
             put_nullable(out, h.value.as_deref());
         }
-        self.count = self
-            .count
-            .checked_add(1)
-            .expect("more than i32::MAX records");
+        self.count = self.count.checked_add(1).expect("more than i32::MAX records");
     }
 
     /// Encodes the batch: header, CRC-32C, records (compressed with the builder's codec).

@@ -106,20 +106,17 @@ impl Compression {
                 out.extend_from_slice(data);
                 Ok(0)
             }
-            Compression::Gzip => flate2::read::GzDecoder::new(data)
-                .take(limit)
-                .read_to_end(&mut out),
-            Compression::Lz4 => lz4_flex::frame::FrameDecoder::new(data)
-                .take(limit)
-                .read_to_end(&mut out),
+            Compression::Gzip => {
+                flate2::read::GzDecoder::new(data).take(limit).read_to_end(&mut out)
+            }
+            Compression::Lz4 => {
+                lz4_flex::frame::FrameDecoder::new(data).take(limit).read_to_end(&mut out)
+            }
             Compression::Zstd => zstd::stream::read::Decoder::with_buffer(data)
                 .and_then(|d| d.take(limit).read_to_end(&mut out)),
         };
         if let Err(e) = result {
-            return Err(BatchError::Decompression {
-                codec,
-                reason: e.to_string(),
-            });
+            return Err(BatchError::Decompression { codec, reason: e.to_string() });
         }
         if out.len() > max_len {
             return Err(BatchError::Decompression {
@@ -135,25 +132,15 @@ impl Compression {
 mod tests {
     use super::*;
 
-    const ALL: [Compression; 4] = [
-        Compression::None,
-        Compression::Gzip,
-        Compression::Lz4,
-        Compression::Zstd,
-    ];
+    const ALL: [Compression; 4] =
+        [Compression::None, Compression::Gzip, Compression::Lz4, Compression::Zstd];
 
     #[test]
     fn every_codec_round_trips() {
-        let data: Vec<u8> = (0..100_000u32)
-            .flat_map(|i| (i % 251).to_le_bytes())
-            .collect();
+        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
         for codec in ALL {
             let packed = codec.compress(&data);
-            assert_eq!(
-                codec.decompress(&packed, data.len()).unwrap(),
-                data,
-                "{codec:?}"
-            );
+            assert_eq!(codec.decompress(&packed, data.len()).unwrap(), data, "{codec:?}");
             assert_eq!(Compression::from_id(codec.id()).unwrap(), codec);
             assert_eq!(Compression::from_name(codec.name()), Some(codec));
         }
@@ -165,32 +152,21 @@ mod tests {
         for codec in [Compression::Gzip, Compression::Lz4, Compression::Zstd] {
             let packed = codec.compress(&data);
             let err = codec.decompress(&packed, 1000).unwrap_err();
-            assert!(
-                matches!(err, BatchError::Decompression { .. }),
-                "{codec:?}: {err}"
-            );
+            assert!(matches!(err, BatchError::Decompression { .. }), "{codec:?}: {err}");
         }
     }
 
     #[test]
     fn garbage_is_a_decompression_error_not_a_panic() {
         for codec in [Compression::Gzip, Compression::Lz4, Compression::Zstd] {
-            let err = codec
-                .decompress(b"definitely not compressed", 1 << 20)
-                .unwrap_err();
+            let err = codec.decompress(b"definitely not compressed", 1 << 20).unwrap_err();
             assert!(matches!(err, BatchError::Decompression { .. }), "{codec:?}");
         }
     }
 
     #[test]
     fn snappy_and_unknown_ids_are_unsupported() {
-        assert_eq!(
-            Compression::from_id(2),
-            Err(BatchError::UnsupportedCompression { codec: 2 })
-        );
-        assert_eq!(
-            Compression::from_id(7),
-            Err(BatchError::UnsupportedCompression { codec: 7 })
-        );
+        assert_eq!(Compression::from_id(2), Err(BatchError::UnsupportedCompression { codec: 2 }));
+        assert_eq!(Compression::from_id(7), Err(BatchError::UnsupportedCompression { codec: 7 }));
     }
 }

@@ -81,7 +81,7 @@ impl LogConfig {
         }
         if self.flush == FlushPolicy::IntervalMs(0) {
             return bad(
-                "flush interval must be positive (use every-append to sync each write)".into(),
+                "flush interval must be positive (use every-append to sync each write)".into()
             );
         }
         Ok(())
@@ -96,41 +96,11 @@ mod tests {
     fn defaults_are_valid_and_bad_values_are_named() {
         LogConfig::default().validate().unwrap();
         let cases = [
-            (
-                LogConfig {
-                    segment_bytes: 10,
-                    ..Default::default()
-                },
-                "segment.bytes",
-            ),
-            (
-                LogConfig {
-                    segment_bytes: 1 << 40,
-                    ..Default::default()
-                },
-                "segment.bytes",
-            ),
-            (
-                LogConfig {
-                    segment_ms: Some(0),
-                    ..Default::default()
-                },
-                "segment.ms",
-            ),
-            (
-                LogConfig {
-                    max_batch_bytes: 3,
-                    ..Default::default()
-                },
-                "max.message.bytes",
-            ),
-            (
-                LogConfig {
-                    flush: FlushPolicy::IntervalMs(0),
-                    ..Default::default()
-                },
-                "flush",
-            ),
+            (LogConfig { segment_bytes: 10, ..Default::default() }, "segment.bytes"),
+            (LogConfig { segment_bytes: 1 << 40, ..Default::default() }, "segment.bytes"),
+            (LogConfig { segment_ms: Some(0), ..Default::default() }, "segment.ms"),
+            (LogConfig { max_batch_bytes: 3, ..Default::default() }, "max.message.bytes"),
+            (LogConfig { flush: FlushPolicy::IntervalMs(0), ..Default::default() }, "flush"),
         ];
         for (config, name) in cases {
             let err = config.validate().unwrap_err().to_string();

@@ -44,10 +44,7 @@ impl LeaderEpochCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io_err("read", &path)(e)),
         };
-        Ok(LeaderEpochCache {
-            dir: dir.to_path_buf(),
-            entries,
-        })
+        Ok(LeaderEpochCache { dir: dir.to_path_buf(), entries })
     }
 
     /// All entries, oldest first.
@@ -71,10 +68,7 @@ impl LeaderEpochCache {
                 return Ok(());
             }
             if epoch < latest.epoch {
-                return Err(LogError::EpochRegression {
-                    latest: latest.epoch,
-                    got: epoch,
-                });
+                return Err(LogError::EpochRegression { latest: latest.epoch, got: epoch });
             }
             if start_offset < latest.start_offset {
                 return Err(LogError::Corrupt {
@@ -90,10 +84,7 @@ impl LeaderEpochCache {
                 self.entries.pop();
             }
         }
-        self.entries.push(EpochEntry {
-            epoch,
-            start_offset,
-        });
+        self.entries.push(EpochEntry { epoch, start_offset });
         self.persist()
     }
 
@@ -102,9 +93,7 @@ impl LeaderEpochCache {
     /// # Errors
     /// [`LogError::Io`] when the checkpoint cannot be rewritten.
     pub fn truncate_from_end(&mut self, end_offset: i64) -> Result<(), LogError> {
-        let keep = self
-            .entries
-            .partition_point(|e| e.start_offset < end_offset);
+        let keep = self.entries.partition_point(|e| e.start_offset < end_offset);
         if keep == self.entries.len() {
             return Ok(());
         }
@@ -118,9 +107,7 @@ impl LeaderEpochCache {
     /// # Errors
     /// [`LogError::Io`] when the checkpoint cannot be rewritten.
     pub fn truncate_from_start(&mut self, start_offset: i64) -> Result<(), LogError> {
-        let covering = self
-            .entries
-            .partition_point(|e| e.start_offset <= start_offset);
+        let covering = self.entries.partition_point(|e| e.start_offset <= start_offset);
         if covering == 0 {
             return Ok(());
         }
@@ -189,9 +176,7 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), LogEr
 
 /// Fsyncs a directory so that creations, renames and deletions in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync", dir))
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))
 }
 
 fn parse(text: &str) -> Result<Vec<EpochEntry>, String> {
@@ -200,23 +185,16 @@ fn parse(text: &str) -> Result<Vec<EpochEntry>, String> {
         Some("0") => {}
         other => return Err(format!("unknown checkpoint version {other:?}")),
     }
-    let count: usize = lines
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .ok_or("missing or bad entry count")?;
+    let count: usize =
+        lines.next().and_then(|l| l.trim().parse().ok()).ok_or("missing or bad entry count")?;
     let mut entries: Vec<EpochEntry> = Vec::with_capacity(count.min(1024));
     for (i, line) in lines.enumerate() {
         let mut parts = line.split_whitespace();
         let (Some(epoch), Some(offset), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!(
-                "line {}: expected `epoch offset`, got {line:?}",
-                i + 3
-            ));
+            return Err(format!("line {}: expected `epoch offset`, got {line:?}", i + 3));
         };
         let entry = EpochEntry {
-            epoch: epoch
-                .parse()
-                .map_err(|_| format!("line {}: bad epoch {epoch:?}", i + 3))?,
+            epoch: epoch.parse().map_err(|_| format!("line {}: bad epoch {epoch:?}", i + 3))?,
             start_offset: offset
                 .parse()
                 .map_err(|_| format!("line {}: bad offset {offset:?}", i + 3))?,
@@ -229,10 +207,7 @@ fn parse(text: &str) -> Result<Vec<EpochEntry>, String> {
         entries.push(entry);
     }
     if entries.len() != count {
-        return Err(format!(
-            "count says {count} entries, file holds {}",
-            entries.len()
-        ));
+        return Err(format!("count says {count} entries, file holds {}", entries.len()));
     }
     Ok(entries)
 }
@@ -254,22 +229,10 @@ mod tests {
     fn end_offset_for_follows_kafka() {
         // Epochs 1 at 0, 3 at 10, 5 at 20; the log ends at 30.
         let (_dir, c) = cache(&[(1, 0), (3, 10), (5, 20)]);
-        assert_eq!(
-            c.end_offset_for(5, 30),
-            Some((5, 30)),
-            "latest epoch ends at the log end"
-        );
+        assert_eq!(c.end_offset_for(5, 30), Some((5, 30)), "latest epoch ends at the log end");
         assert_eq!(c.end_offset_for(3, 30), Some((3, 20)));
-        assert_eq!(
-            c.end_offset_for(4, 30),
-            Some((3, 20)),
-            "unknown epoch: floor epoch's end"
-        );
-        assert_eq!(
-            c.end_offset_for(0, 30),
-            Some((0, 0)),
-            "older than all: first start"
-        );
+        assert_eq!(c.end_offset_for(4, 30), Some((3, 20)), "unknown epoch: floor epoch's end");
+        assert_eq!(c.end_offset_for(0, 30), Some((0, 0)), "older than all: first start");
         assert_eq!(c.end_offset_for(6, 30), None, "newer than the latest");
         let (_dir, empty) = cache(&[]);
         assert_eq!(empty.end_offset_for(1, 0), None);
@@ -278,26 +241,11 @@ mod tests {
     #[test]
     fn checkpoint_survives_reload_and_truncation() {
         let (dir, mut c) = cache(&[(1, 0), (3, 10), (5, 20)]);
-        assert!(matches!(
-            c.assign(2, 25),
-            Err(LogError::EpochRegression { latest: 5, got: 2 })
-        ));
+        assert!(matches!(c.assign(2, 25), Err(LogError::EpochRegression { latest: 5, got: 2 })));
         c.truncate_from_end(20).unwrap();
-        assert_eq!(
-            c.latest(),
-            Some(EpochEntry {
-                epoch: 3,
-                start_offset: 10
-            })
-        );
+        assert_eq!(c.latest(), Some(EpochEntry { epoch: 3, start_offset: 10 }));
         c.truncate_from_start(12).unwrap();
-        assert_eq!(
-            c.entries(),
-            &[EpochEntry {
-                epoch: 3,
-                start_offset: 12
-            }]
-        );
+        assert_eq!(c.entries(), &[EpochEntry { epoch: 3, start_offset: 12 }]);
         let reloaded = LeaderEpochCache::load(dir.path()).unwrap();
         assert_eq!(reloaded.entries(), c.entries());
     }
@@ -307,28 +255,13 @@ mod tests {
         let (_dir, c) = cache(&[(1, 0), (2, 5), (3, 5)]);
         assert_eq!(
             c.entries(),
-            &[
-                EpochEntry {
-                    epoch: 1,
-                    start_offset: 0
-                },
-                EpochEntry {
-                    epoch: 3,
-                    start_offset: 5
-                }
-            ]
+            &[EpochEntry { epoch: 1, start_offset: 0 }, EpochEntry { epoch: 3, start_offset: 5 }]
         );
     }
 
     #[test]
     fn malformed_checkpoints_are_corrupt_not_panics() {
-        for text in [
-            "",
-            "1\n0\n",
-            "0\n2\n1 0\n",
-            "0\n1\nx 0\n",
-            "0\n2\n3 10\n1 20\n",
-        ] {
+        for text in ["", "1\n0\n", "0\n2\n1 0\n", "0\n1\nx 0\n", "0\n2\n3 10\n1 20\n"] {
             let dir = tempfile::tempdir().unwrap();
             fs::write(dir.path().join(CHECKPOINT_FILE), text).unwrap();
             let err = LeaderEpochCache::load(dir.path()).unwrap_err();

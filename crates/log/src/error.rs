@@ -186,10 +186,7 @@ impl LogError {
     /// True when the log can no longer be trusted and must be taken offline (I/O failure or
     /// corruption); false for errors caused by the request (bad batch, offset out of range).
     pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            LogError::Io { .. } | LogError::Corrupt { .. } | LogError::Closed(_)
-        )
+        matches!(self, LogError::Io { .. } | LogError::Corrupt { .. } | LogError::Closed(_))
     }
 }
 

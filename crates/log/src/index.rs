@@ -39,9 +39,7 @@ impl OffsetIndex {
 
     /// The last entry whose offset is at most `relative_offset`.
     pub fn floor_offset(&self, relative_offset: u32) -> Option<OffsetEntry> {
-        let n = self
-            .entries
-            .partition_point(|e| e.relative_offset <= relative_offset);
+        let n = self.entries.partition_point(|e| e.relative_offset <= relative_offset);
         n.checked_sub(1).map(|i| self.entries[i])
     }
 
@@ -63,11 +61,7 @@ impl OffsetIndex {
     /// Decodes an index file, checking that it can belong to a segment of `segment_size` bytes.
     pub fn decode(bytes: &[u8], segment_size: u64) -> Result<Self, String> {
         if bytes.len() % Self::ENTRY_LEN != 0 {
-            return Err(format!(
-                "size {} is not a multiple of {}",
-                bytes.len(),
-                Self::ENTRY_LEN
-            ));
+            return Err(format!("size {} is not a multiple of {}", bytes.len(), Self::ENTRY_LEN));
         }
         let mut index = OffsetIndex::default();
         for chunk in bytes.chunks_exact(Self::ENTRY_LEN) {
@@ -113,11 +107,7 @@ impl TimeIndex {
 
     /// Adds an entry if it raises the largest timestamp.
     pub fn maybe_push(&mut self, entry: TimeEntry) {
-        if self
-            .entries
-            .last()
-            .is_none_or(|last| entry.timestamp > last.timestamp)
-        {
+        if self.entries.last().is_none_or(|last| entry.timestamp > last.timestamp) {
             self.entries.push(entry);
         }
     }
@@ -145,11 +135,7 @@ impl TimeIndex {
     /// Decodes a time index file, checking entries against the segment's offset range.
     pub fn decode(bytes: &[u8], max_relative_offset: u32) -> Result<Self, String> {
         if bytes.len() % Self::ENTRY_LEN != 0 {
-            return Err(format!(
-                "size {} is not a multiple of {}",
-                bytes.len(),
-                Self::ENTRY_LEN
-            ));
+            return Err(format!("size {} is not a multiple of {}", bytes.len(), Self::ENTRY_LEN));
         }
         let mut index = TimeIndex::default();
         for chunk in bytes.chunks_exact(Self::ENTRY_LEN) {
@@ -158,10 +144,7 @@ impl TimeIndex {
                 relative_offset: u32::from_be_bytes(chunk[8..12].try_into().expect("4 bytes")),
             };
             if entry.relative_offset > max_relative_offset {
-                return Err(format!(
-                    "entry offset {} is past the segment",
-                    entry.relative_offset
-                ));
+                return Err(format!("entry offset {} is past the segment", entry.relative_offset));
             }
             if let Some(last) = index.last()
                 && (entry.timestamp <= last.timestamp
@@ -186,10 +169,7 @@ mod tests {
         for &(d_off, d_pos) in steps {
             off += d_off + 1;
             pos += d_pos + 1;
-            index.maybe_push(OffsetEntry {
-                relative_offset: off,
-                position: pos,
-            });
+            index.maybe_push(OffsetEntry { relative_offset: off, position: pos });
         }
         index
     }
@@ -230,37 +210,19 @@ mod tests {
     fn corrupt_index_files_are_rejected() {
         let index = index_of(&[(1, 10), (1, 10)]);
         let bytes = index.encode();
-        assert!(
-            OffsetIndex::decode(&bytes[..5], 1000).is_err(),
-            "torn entry"
-        );
-        assert!(
-            OffsetIndex::decode(&bytes, 5).is_err(),
-            "position past the segment"
-        );
+        assert!(OffsetIndex::decode(&bytes[..5], 1000).is_err(), "torn entry");
+        assert!(OffsetIndex::decode(&bytes, 5).is_err(), "position past the segment");
         let mut swapped = bytes[8..].to_vec();
         swapped.extend_from_slice(&bytes[..8]);
-        assert!(
-            OffsetIndex::decode(&swapped, 1000).is_err(),
-            "not increasing"
-        );
+        assert!(OffsetIndex::decode(&swapped, 1000).is_err(), "not increasing");
     }
 
     #[test]
     fn time_index_floor_is_strictly_below() {
         let mut t = TimeIndex::default();
-        t.maybe_push(TimeEntry {
-            timestamp: 10,
-            relative_offset: 0,
-        });
-        t.maybe_push(TimeEntry {
-            timestamp: 10,
-            relative_offset: 5,
-        }); // not larger: skipped
-        t.maybe_push(TimeEntry {
-            timestamp: 20,
-            relative_offset: 7,
-        });
+        t.maybe_push(TimeEntry { timestamp: 10, relative_offset: 0 });
+        t.maybe_push(TimeEntry { timestamp: 10, relative_offset: 5 }); // not larger: skipped
+        t.maybe_push(TimeEntry { timestamp: 20, relative_offset: 7 });
         assert_eq!(t.floor_below(10), None);
         assert_eq!(t.floor_below(11).unwrap().relative_offset, 0);
         assert_eq!(t.floor_below(21).unwrap().relative_offset, 7);

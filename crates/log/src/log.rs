@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
@@ -100,12 +101,22 @@ impl FileRegion {
     /// [`LogError::Io`] when the file cannot be read, [`LogError::Corrupt`] when the bytes are
     /// not whole batches.
     pub fn read_to_bytes(&self) -> Result<Bytes, LogError> {
-        let mut buf = vec![0u8; self.len as usize];
-        use std::os::unix::fs::FileExt;
-        self.file
-            .file()
-            .read_exact_at(&mut buf, self.position)
-            .map_err(io_err("read", self.file.path()))?;
+        // Read into uninitialised capacity: zero-filling first would double the memory
+        // traffic of a page-cache read.
+        let mut buf = Vec::with_capacity(self.len as usize);
+        while (buf.len() as u64) < self.len {
+            let at = self.position + buf.len() as u64;
+            match rustix::io::pread(self.file.file(), rustix::buffer::spare_capacity(&mut buf), at)
+            {
+                Ok(0) => {
+                    return Err(io_err("read", self.file.path())(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
+                }
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(io_err("read", self.file.path())(e.into())),
+            }
+        }
         for batch in batches(&buf) {
             if let Err(e) = batch {
                 return Err(LogError::Corrupt {
@@ -155,10 +166,10 @@ pub struct RetentionOutcome {
 struct Writer {
     /// Time of the last fsync, ms.
     last_flush_ms: i64,
-    /// Every offset below this is on disk.
-    flushed_offset: i64,
-    /// Background syncs of rolled segments still running.
-    syncs: Vec<JoinHandle<()>>,
+    /// The newest background sync (of a rolled segment, or an interval flush). Each one waits
+    /// for its predecessor before it publishes anything, so the recovery point and the flushed
+    /// offset only ever move in order; it returns false if it or any predecessor failed.
+    sync_chain: Option<JoinHandle<bool>>,
     closed: bool,
 }
 
@@ -172,17 +183,11 @@ struct State {
 
 impl State {
     fn active(&self) -> &Segment {
-        self.segments
-            .values()
-            .next_back()
-            .expect("a log always has an active segment")
+        self.segments.values().next_back().expect("a log always has an active segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments
-            .values_mut()
-            .next_back()
-            .expect("a log always has an active segment")
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
     }
 
     fn out_of_range(&self, requested: i64) -> LogError {
@@ -204,6 +209,8 @@ pub struct Log {
     dir: PathBuf,
     clock: Arc<dyn Clock>,
     recovery_point: Arc<RecoveryPoint>,
+    /// Every offset below this is on disk.
+    flushed: Arc<AtomicI64>,
     writer: Mutex<Writer>,
     state: RwLock<State>,
 }
@@ -249,11 +256,7 @@ impl Log {
         }
         let now = clock.now_ms();
         let recovery_point = RecoveryPoint::load(&dir)?;
-        let scan_from = if clean {
-            None
-        } else {
-            Some(recovery_point.get())
-        };
+        let scan_from = if clean { None } else { Some(recovery_point.get()) };
         let mut segments = recover_segments(&dir, &config, scan_from)?;
         if segments.is_empty() {
             let segment = Segment::create(&dir, 0)?;
@@ -279,16 +282,13 @@ impl Log {
             log_end_offset,
             "opened log"
         );
+        let flushed = Arc::new(AtomicI64::new(recovery_point.get().min(log_end_offset)));
         Ok(Log {
             dir,
             clock,
             recovery_point: Arc::new(recovery_point),
-            writer: Mutex::new(Writer {
-                last_flush_ms: now,
-                flushed_offset: log_end_offset,
-                syncs: Vec::new(),
-                closed: false,
-            }),
+            flushed,
+            writer: Mutex::new(Writer { last_flush_ms: now, sync_chain: None, closed: false }),
             state: RwLock::new(State {
                 config,
                 segments,
@@ -333,10 +333,7 @@ impl Log {
 
     /// Every offset below this has been fsynced.
     pub fn flushed_offset(&self) -> i64 {
-        self.writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .flushed_offset
+        self.flushed.load(Ordering::Acquire)
     }
 
     /// Total bytes of all segments.
@@ -382,15 +379,9 @@ impl Log {
         if let Some(latest) = self.read_state().epochs.latest()
             && leader_epoch < latest.epoch
         {
-            return Err(LogError::EpochRegression {
-                latest: latest.epoch,
-                got: leader_epoch,
-            });
+            return Err(LogError::EpochRegression { latest: latest.epoch, got: leader_epoch });
         }
-        let records: i64 = pending
-            .iter()
-            .map(|p| i64::from(p.batch.last_offset_delta()) + 1)
-            .sum();
+        let records: i64 = pending.iter().map(|p| i64::from(p.batch.last_offset_delta()) + 1).sum();
         let base = self.read_state().log_end_offset;
         self.maybe_roll(&mut w, base, base + records - 1, batches.len() as u64)?;
 
@@ -444,10 +435,7 @@ impl Log {
         let mut w = self.lock_writer()?;
         let (log_end, latest_epoch) = {
             let st = self.read_state();
-            (
-                st.log_end_offset,
-                st.epochs.latest().map_or(i32::MIN, |e| e.epoch),
-            )
+            (st.log_end_offset, st.epochs.latest().map_or(i32::MIN, |e| e.epoch))
         };
         let mut expected = log_end;
         let mut epoch = latest_epoch;
@@ -456,10 +444,7 @@ impl Log {
             let b = &p.batch;
             if b.base_offset() < expected {
                 return Err(if index == 0 {
-                    LogError::NonContiguousAppend {
-                        expected,
-                        got: b.base_offset(),
-                    }
+                    LogError::NonContiguousAppend { expected, got: b.base_offset() }
                 } else {
                     LogError::InvalidBatch {
                         index,
@@ -536,15 +521,9 @@ impl Log {
         let now = self.clock.now_ms();
         let last = headers.last().expect("an append has at least one batch");
         let end = last.last_offset + 1;
-        let flush_now = match self.read_state().config.flush {
-            FlushPolicy::EveryAppend => true,
-            FlushPolicy::IntervalMs(ms) => now - w.last_flush_ms >= ms as i64,
-            FlushPolicy::PageCache => false,
-        };
-        if flush_now {
-            file.file()
-                .sync_data()
-                .map_err(io_err("fsync", file.path()))?;
+        let policy = self.read_state().config.flush;
+        if policy == FlushPolicy::EveryAppend {
+            file.file().sync_data().map_err(io_err("fsync", file.path()))?;
         }
         let mut st = self.write_state();
         let interval = st.config.index_interval_bytes;
@@ -557,9 +536,15 @@ impl Log {
         }
         st.log_end_offset = end;
         drop(st);
-        if flush_now {
-            w.last_flush_ms = now;
-            w.flushed_offset = end;
+        match policy {
+            FlushPolicy::EveryAppend => {
+                w.last_flush_ms = now;
+                self.flushed.fetch_max(end, Ordering::AcqRel);
+            }
+            FlushPolicy::IntervalMs(ms) if now - w.last_flush_ms >= ms as i64 => {
+                self.spawn_flush(w, now)?;
+            }
+            _ => {}
         }
         Ok(AppendInfo {
             first_offset: headers[0].base_offset,
@@ -594,9 +579,7 @@ impl Log {
             !active.is_empty()
                 && (active.size + bytes > config.segment_bytes
                     || config.segment_ms.is_some_and(|ms| {
-                        active
-                            .roll_base_ms
-                            .is_some_and(|base| now - base >= ms as i64)
+                        active.roll_base_ms.is_some_and(|base| now - base >= ms as i64)
                     })
                     || last - active.base_offset > i64::from(u32::MAX))
         };
@@ -620,28 +603,84 @@ impl Log {
         self.write_state().segments.insert(base_offset, segment);
         info!(dir = %self.dir.display(), base_offset, "rolled segment");
 
-        w.syncs.retain(|h| !h.is_finished());
-        let (dir, recovery_point) = (self.dir.clone(), Arc::clone(&self.recovery_point));
-        let sync = std::thread::Builder::new()
+        let (recovery_point, flushed) =
+            (Arc::clone(&self.recovery_point), Arc::clone(&self.flushed));
+        let dir = self.dir.clone();
+        self.chain_sync(
+            w,
+            move || Segment::sync(&dir, &sealed_file, sealed_base),
+            move || {
+                recovery_point.advance(base_offset)?;
+                flushed.fetch_max(base_offset, Ordering::AcqRel);
+                Ok(())
+            },
+        )
+    }
+
+    /// Starts a background sync of the active segment (the `IntervalMs` policy): the writer
+    /// goes on appending while it runs, as Kafka's scheduled flush does.
+    fn spawn_flush(&self, w: &mut Writer, now: i64) -> Result<(), LogError> {
+        let (file, end) = {
+            let st = self.read_state();
+            (Arc::clone(&st.active().file), st.log_end_offset)
+        };
+        w.last_flush_ms = now;
+        let flushed = Arc::clone(&self.flushed);
+        self.chain_sync(
+            w,
+            move || file.file().sync_data().map_err(io_err("fsync", file.path())),
+            move || {
+                flushed.fetch_max(end, Ordering::AcqRel);
+                Ok(())
+            },
+        )
+    }
+
+    /// Runs `sync` on a background thread, then waits for the previous sync in the chain and,
+    /// if both succeeded, runs `publish`. A failure is logged and breaks the chain: nothing is
+    /// published after it, and [`Log::flush`] and [`Log::close`] report it.
+    fn chain_sync(
+        &self,
+        w: &mut Writer,
+        sync: impl FnOnce() -> Result<(), LogError> + Send + 'static,
+        publish: impl FnOnce() -> Result<(), LogError> + Send + 'static,
+    ) -> Result<(), LogError> {
+        let previous = w.sync_chain.take();
+        let dir = self.dir.clone();
+        let handle = std::thread::Builder::new()
             .name("tideline-log-sync".into())
             .spawn(move || {
-                let result = Segment::sync(&dir, &sealed_file, sealed_base)
-                    .and_then(|()| recovery_point.advance(base_offset));
-                if let Err(e) = result {
-                    // The recovery point stays put, so the next unclean open rescans.
-                    warn!(dir = %dir.display(), segment = sealed_base, error = %e, "background segment sync failed");
+                let own = sync();
+                let previous_ok = previous.is_none_or(|h| h.join().unwrap_or(false));
+                match own.and_then(|()| if previous_ok { publish() } else { Ok(()) }) {
+                    Ok(()) => previous_ok,
+                    Err(e) => {
+                        warn!(dir = %dir.display(), error = %e, "background log sync failed");
+                        false
+                    }
                 }
             })
             .map_err(io_err("spawn sync thread for", &self.dir))?;
-        w.syncs.push(sync);
+        w.sync_chain = Some(handle);
         Ok(())
     }
 
-    /// Waits for the background syncs of rolled segments.
-    fn join_syncs(w: &mut Writer) {
-        for handle in w.syncs.drain(..) {
-            let _ = handle.join();
+    /// Waits for the background syncs; false if any of them failed.
+    fn join_syncs(w: &mut Writer) -> bool {
+        w.sync_chain.take().is_none_or(|h| h.join().unwrap_or(false))
+    }
+
+    /// Waits for the background syncs and fails if any did: data they covered may not be on
+    /// disk, and the log must be treated as failed (Kafka takes the log directory offline).
+    fn join_syncs_or_fail(&self, w: &mut Writer) -> Result<(), LogError> {
+        if Self::join_syncs(w) {
+            return Ok(());
         }
+        Err(LogError::Io {
+            op: "fsync",
+            path: self.dir.clone(),
+            source: std::io::Error::other("an earlier background sync failed"),
+        })
     }
 
     /// Reads whole batches starting with the one that contains `offset`, up to `max_bytes`
@@ -712,11 +751,7 @@ impl Log {
         timestamp_ms: i64,
     ) -> Result<Option<TimestampOffset>, LogError> {
         let st = self.read_state();
-        for seg in st
-            .segments
-            .values()
-            .filter(|s| s.max_timestamp >= timestamp_ms)
-        {
+        for seg in st.segments.values().filter(|s| s.max_timestamp >= timestamp_ms) {
             if let Some(found) = find_timestamp(seg, timestamp_ms)? {
                 return Ok(Some(found));
             }
@@ -746,12 +781,7 @@ impl Log {
         let interval = st.config.index_interval_bytes;
         let before = st.log_end_offset;
         // Find where the batch containing `offset` starts in the segment that holds it.
-        let holder = *st
-            .segments
-            .range(..=offset)
-            .next_back()
-            .expect("offset >= log start")
-            .0;
+        let holder = *st.segments.range(..=offset).next_back().expect("offset >= log start").0;
         for base in &doomed {
             st.segments.remove(base);
         }
@@ -761,11 +791,7 @@ impl Log {
             None => seg.size,
         };
         seg.truncate_to_size(cut, interval)?;
-        seg.roll_base_ms = if seg.is_empty() {
-            None
-        } else {
-            seg.roll_base_ms
-        };
+        seg.roll_base_ms = if seg.is_empty() { None } else { seg.roll_base_ms };
         st.log_end_offset = st.active().next_offset;
         let end = st.log_end_offset;
         st.epochs.truncate_from_end(end)?;
@@ -777,7 +803,7 @@ impl Log {
             Segment::delete_files(&self.dir, base)?;
         }
         sync_dir(&self.dir)?;
-        w.flushed_offset = w.flushed_offset.min(end);
+        self.flushed.fetch_min(end, Ordering::AcqRel);
         warn!(dir = %self.dir.display(), requested = offset, from = before, to = end, "truncated log");
         Ok(end)
     }
@@ -800,14 +826,13 @@ impl Log {
             Segment::delete_files(&self.dir, *base)?;
         }
         st.segments.clear();
-        st.segments
-            .insert(offset, Segment::create(&self.dir, offset)?);
+        st.segments.insert(offset, Segment::create(&self.dir, offset)?);
         sync_dir(&self.dir)?;
         st.log_start_offset = offset;
         st.log_end_offset = offset;
         st.epochs.clear()?;
         self.recovery_point.set(offset)?;
-        w.flushed_offset = offset;
+        self.flushed.store(offset, Ordering::Release);
         warn!(dir = %self.dir.display(), offset, "emptied log");
         Ok(())
     }
@@ -824,11 +849,7 @@ impl Log {
         let mut st = self.write_state();
         let config = st.config;
         let mut excess = config.retention_bytes.map_or(0, |limit| {
-            st.segments
-                .values()
-                .map(|s| s.size)
-                .sum::<u64>()
-                .saturating_sub(limit)
+            st.segments.values().map(|s| s.size).sum::<u64>().saturating_sub(limit)
         });
         let mut outcome = RetentionOutcome::default();
         let closed = st.segments.len() - 1;
@@ -867,43 +888,40 @@ impl Log {
         Ok(outcome)
     }
 
-    /// Fsyncs the active segment.
+    /// Fsyncs the active segment (after waiting for background syncs) before returning.
     ///
     /// # Errors
-    /// [`LogError::Io`] when the sync fails.
+    /// [`LogError::Io`] when this sync or an earlier background one failed.
     pub fn flush(&self) -> Result<(), LogError> {
         let mut w = self.lock_writer()?;
-        self.flush_locked(&mut w)
+        self.join_syncs_or_fail(&mut w)?;
+        let (file, end) = {
+            let st = self.read_state();
+            (Arc::clone(&st.active().file), st.log_end_offset)
+        };
+        file.file().sync_data().map_err(io_err("fsync", file.path()))?;
+        w.last_flush_ms = self.clock.now_ms();
+        self.flushed.fetch_max(end, Ordering::AcqRel);
+        Ok(())
     }
 
-    /// Fsyncs if the flush policy is an interval and it has passed; returns whether it synced.
-    /// A broker calls this from a timer so idle partitions get synced too.
+    /// With the `IntervalMs` policy, starts a background sync if the interval has passed since
+    /// the last one and returns true; [`Log::flushed_offset`] moves once it lands. Appends
+    /// do this themselves; a broker also calls it from a timer so idle partitions get synced.
     ///
     /// # Errors
-    /// [`LogError::Io`] when the sync fails.
+    /// [`LogError::Io`] when the sync thread cannot be started.
     pub fn flush_if_due(&self) -> Result<bool, LogError> {
         let mut w = self.lock_writer()?;
         let FlushPolicy::IntervalMs(ms) = self.read_state().config.flush else {
             return Ok(false);
         };
-        if self.clock.now_ms() - w.last_flush_ms < ms as i64 {
+        let now = self.clock.now_ms();
+        if now - w.last_flush_ms < ms as i64 {
             return Ok(false);
         }
-        self.flush_locked(&mut w)?;
+        self.spawn_flush(&mut w, now)?;
         Ok(true)
-    }
-
-    fn flush_locked(&self, w: &mut Writer) -> Result<(), LogError> {
-        let (file, end) = {
-            let st = self.read_state();
-            (Arc::clone(&st.active().file), st.log_end_offset)
-        };
-        file.file()
-            .sync_data()
-            .map_err(io_err("fsync", file.path()))?;
-        w.last_flush_ms = self.clock.now_ms();
-        w.flushed_offset = end;
-        Ok(())
     }
 
     /// Flushes everything, writes the active segment's indexes and the clean-shutdown marker,
@@ -922,17 +940,16 @@ impl Log {
             let st = self.read_state();
             let active = st.active();
             // A failed write may have left bytes past the last whole batch.
-            active
-                .file
-                .file()
-                .set_len(active.size)
-                .map_err(io_err("truncate", active.path()))?;
+            active.file.file().set_len(active.size).map_err(io_err("truncate", active.path()))?;
             active.write_indexes(&self.dir)?;
             Segment::sync(&self.dir, &active.file, active.base_offset)?;
             st.log_end_offset
         };
-        Self::join_syncs(&mut w);
+        // A failed background sync means data may be missing: no marker, so the next open
+        // scans from the recovery point.
+        self.join_syncs_or_fail(&mut w)?;
         self.recovery_point.advance(end)?;
+        self.flushed.fetch_max(end, Ordering::AcqRel);
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         fs::write(&marker, b"").map_err(io_err("write", &marker))?;
         sync_dir(&self.dir)?;
@@ -1020,9 +1037,7 @@ fn read_region(
     let mut end = first.position + first.size;
     let mut next_offset = first.last_offset + 1;
     // Jump close to the target with the index, then walk the last few headers.
-    if let Some(e) = seg
-        .index
-        .floor_position(target.min(u64::from(u32::MAX)) as u32)
+    if let Some(e) = seg.index.floor_position(target.min(u64::from(u32::MAX)) as u32)
         && u64::from(e.position) > end
     {
         end = u64::from(e.position);
@@ -1048,9 +1063,10 @@ fn read_region(
 /// The first record at or after `timestamp_ms` in `seg`, starting from the time index.
 fn find_timestamp(seg: &Segment, timestamp_ms: i64) -> Result<Option<TimestampOffset>, LogError> {
     use std::os::unix::fs::FileExt;
-    let mut position = seg.time_index.floor_below(timestamp_ms).map_or(0, |t| {
-        seg.lookup_position(seg.base_offset + i64::from(t.relative_offset))
-    });
+    let mut position = seg
+        .time_index
+        .floor_below(timestamp_ms)
+        .map_or(0, |t| seg.lookup_position(seg.base_offset + i64::from(t.relative_offset)));
     while position < seg.size {
         let h = seg.read_header(position)?;
         position += h.size;
@@ -1058,17 +1074,11 @@ fn find_timestamp(seg: &Segment, timestamp_ms: i64) -> Result<Option<TimestampOf
             continue;
         }
         let mut buf = vec![0u8; h.size as usize];
-        seg.file
-            .file()
-            .read_exact_at(&mut buf, h.position)
-            .map_err(io_err("read", seg.path()))?;
+        seg.file.file().read_exact_at(&mut buf, h.position).map_err(io_err("read", seg.path()))?;
         let bad = |e: BatchError| seg.corrupt(format!("batch at offset {}: {e}", h.base_offset));
         let batch = RecordBatch::parse_exact(&buf).map_err(bad)?;
         if batch.timestamp_type() == TimestampType::LogAppendTime {
-            return Ok(Some(TimestampOffset {
-                offset: h.base_offset,
-                timestamp: h.max_timestamp,
-            }));
+            return Ok(Some(TimestampOffset { offset: h.base_offset, timestamp: h.max_timestamp }));
         }
         let records = batch.records().map_err(bad)?;
         for record in records.iter() {
@@ -1137,14 +1147,8 @@ fn recover_segments(
     let mut segments = BTreeMap::new();
     let mut prev_next: Option<i64> = None;
     // The first segment to scan: the one holding the recovery point.
-    let first_scanned = scan_from.map(|point| {
-        bases
-            .iter()
-            .copied()
-            .filter(|&b| b <= point)
-            .max()
-            .unwrap_or(i64::MIN)
-    });
+    let first_scanned = scan_from
+        .map(|point| bases.iter().copied().filter(|&b| b <= point).max().unwrap_or(i64::MIN));
     for (i, &base) in bases.iter().enumerate() {
         let path = dir.join(segment_file_name(base, LOG_SUFFIX));
         let (mut seg, len) = Segment::open(path.clone(), base)?;
@@ -1205,14 +1209,8 @@ fn recover_segments(
                 reason,
                 "truncating torn or corrupt tail of segment"
             );
-            seg.file
-                .file()
-                .set_len(seg.size)
-                .map_err(io_err("truncate", &path))?;
-            seg.file
-                .file()
-                .sync_data()
-                .map_err(io_err("fsync", &path))?;
+            seg.file.file().set_len(seg.size).map_err(io_err("truncate", &path))?;
+            seg.file.file().sync_data().map_err(io_err("fsync", &path))?;
             for &later in &bases[i + 1..] {
                 warn!(segment = later, "deleting segment after a damaged one");
                 Segment::delete_files(dir, later)?;

@@ -33,10 +33,7 @@ impl RecoveryPoint {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io_err("read", &path)(e)),
         };
-        Ok(RecoveryPoint {
-            path,
-            offset: Mutex::new(offset),
-        })
+        Ok(RecoveryPoint { path, offset: Mutex::new(offset) })
     }
 
     pub fn get(&self) -> i64 {

@@ -61,10 +61,7 @@ impl BatchHeader {
     /// Reads the header fields of a batch whose first bytes are `buf`.
     fn parse(buf: &[u8], position: u64) -> Result<Self, String> {
         if buf.len() < BATCH_HEADER_LEN {
-            return Err(format!(
-                "{} bytes left, less than a batch header",
-                buf.len()
-            ));
+            return Err(format!("{} bytes left, less than a batch header", buf.len()));
         }
         let size = batch_size(buf).map_err(|e| e.to_string())? as u64;
         let magic = buf[MAGIC_POS] as i8;
@@ -145,11 +142,8 @@ impl Segment {
 
     /// Opens an existing segment file; its metadata is filled in by [`Segment::load`].
     pub fn open(path: PathBuf, base_offset: i64) -> Result<(Self, u64), LogError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("open", &path))?;
+        let file =
+            OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("open", &path))?;
         let len = file.metadata().map_err(io_err("stat", &path))?.len();
         Ok((Self::empty(base_offset, SegmentFile { file, path }), len))
     }
@@ -188,14 +182,9 @@ impl Segment {
         self.max_timestamp = self.max_timestamp.max(h.max_timestamp);
         if self.bytes_since_index >= u64::from(index_interval_bytes) {
             let relative_offset = self.relative(h.base_offset);
-            self.index.maybe_push(OffsetEntry {
-                relative_offset,
-                position: h.position as u32,
-            });
-            self.time_index.maybe_push(TimeEntry {
-                timestamp: self.max_timestamp,
-                relative_offset,
-            });
+            self.index.maybe_push(OffsetEntry { relative_offset, position: h.position as u32 });
+            self.time_index
+                .maybe_push(TimeEntry { timestamp: self.max_timestamp, relative_offset });
             self.bytes_since_index = 0;
         }
         self.bytes_since_index += h.size;
@@ -209,19 +198,15 @@ impl Segment {
     pub fn seal_time_index(&mut self) {
         if !self.is_empty() {
             let relative_offset = self.relative(self.last_batch_offset);
-            self.time_index.maybe_push(TimeEntry {
-                timestamp: self.max_timestamp,
-                relative_offset,
-            });
+            self.time_index
+                .maybe_push(TimeEntry { timestamp: self.max_timestamp, relative_offset });
         }
     }
 
     /// Writes both index files (without syncing them; see [`Segment::sync`]).
     pub fn write_indexes(&self, dir: &Path) -> Result<(), LogError> {
-        let pairs = [
-            (INDEX_SUFFIX, self.index.encode()),
-            (TIME_INDEX_SUFFIX, self.time_index.encode()),
-        ];
+        let pairs =
+            [(INDEX_SUFFIX, self.index.encode()), (TIME_INDEX_SUFFIX, self.time_index.encode())];
         for (suffix, bytes) in pairs {
             let path = dir.join(segment_file_name(self.base_offset, suffix));
             fs::write(&path, &bytes).map_err(io_err("write", &path))?;
@@ -234,9 +219,7 @@ impl Segment {
         file.file.sync_data().map_err(io_err("fsync", &file.path))?;
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
             let path = dir.join(segment_file_name(base_offset, suffix));
-            File::open(&path)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err("fsync", &path))?;
+            File::open(&path).and_then(|f| f.sync_all()).map_err(io_err("fsync", &path))?;
         }
         Ok(())
     }
@@ -260,10 +243,7 @@ impl Segment {
     /// Reads the header of the batch at `position`, which must end by `self.size`.
     pub fn read_header(&self, position: u64) -> Result<BatchHeader, LogError> {
         let mut buf = [0u8; BATCH_HEADER_LEN];
-        self.file
-            .file
-            .read_exact_at(&mut buf, position)
-            .map_err(io_err("read", self.path()))?;
+        self.file.file.read_exact_at(&mut buf, position).map_err(io_err("read", self.path()))?;
         let h = BatchHeader::parse(&buf, position)
             .map_err(|reason| self.corrupt(format!("batch at position {position}: {reason}")))?;
         if position + h.size > self.size {
@@ -294,16 +274,11 @@ impl Segment {
 
     /// The index's starting point for a search for `offset`: a batch position at or before it.
     pub fn lookup_position(&self, offset: i64) -> u64 {
-        self.index
-            .floor_offset(self.relative(offset))
-            .map_or(0, |e| u64::from(e.position))
+        self.index.floor_offset(self.relative(offset)).map_or(0, |e| u64::from(e.position))
     }
 
     pub fn corrupt(&self, reason: String) -> LogError {
-        LogError::Corrupt {
-            path: self.path().to_path_buf(),
-            reason,
-        }
+        LogError::Corrupt { path: self.path().to_path_buf(), reason }
     }
 
     /// Scans the file from `from` to `len`, checking framing, offsets (never decreasing) and,
@@ -321,20 +296,13 @@ impl Segment {
         let mut buf: Vec<u8> = Vec::new();
         let mut buf_pos = from; // file position of buf[0]
         let mut pos = from;
-        let mut expected = if from == 0 {
-            self.base_offset
-        } else {
-            self.next_offset
-        };
+        let mut expected = if from == 0 { self.base_offset } else { self.next_offset };
         loop {
             if pos == len {
                 return Ok(None);
             }
             if len - pos < BATCH_HEADER_LEN as u64 {
-                return Ok(Some(format!(
-                    "{} trailing bytes, less than a batch header",
-                    len - pos
-                )));
+                return Ok(Some(format!("{} trailing bytes, less than a batch header", len - pos)));
             }
             let at = (pos - buf_pos) as usize;
             if buf.len() < at + BATCH_HEADER_LEN {
@@ -372,10 +340,7 @@ impl Segment {
                 }
             }
             if h.last_offset - self.base_offset > i64::from(u32::MAX) {
-                return Ok(Some(format!(
-                    "offset {} does not fit the segment",
-                    h.last_offset
-                )));
+                return Ok(Some(format!("offset {} does not fit the segment", h.last_offset)));
             }
             self.observe(&h, index_interval_bytes);
             expected = h.last_offset + 1;
@@ -385,10 +350,7 @@ impl Segment {
 
     fn read_chunk(&self, pos: u64, len: usize) -> Result<Vec<u8>, LogError> {
         let mut buf = vec![0u8; len];
-        self.file
-            .file
-            .read_exact_at(&mut buf, pos)
-            .map_err(io_err("read", self.path()))?;
+        self.file.file.read_exact_at(&mut buf, pos).map_err(io_err("read", self.path()))?;
         Ok(buf)
     }
 
@@ -399,14 +361,8 @@ impl Segment {
         size: u64,
         index_interval_bytes: u32,
     ) -> Result<(), LogError> {
-        self.file
-            .file
-            .set_len(size)
-            .map_err(io_err("truncate", self.path()))?;
-        self.file
-            .file
-            .sync_data()
-            .map_err(io_err("fsync", self.path()))?;
+        self.file.file.set_len(size).map_err(io_err("truncate", self.path()))?;
+        self.file.file.sync_data().map_err(io_err("fsync", self.path()))?;
         self.size = 0;
         self.next_offset = self.base_offset;
         self.index = OffsetIndex::default();

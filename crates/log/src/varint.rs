@@ -81,11 +81,7 @@ fn get_unsigned(buf: &[u8], max_len: usize) -> Result<(u64, usize), VarintError>
             return Ok((value, i + 1));
         }
     }
-    if buf.len() >= max_len {
-        Err(VarintError::Overflow)
-    } else {
-        Err(VarintError::Truncated)
-    }
+    if buf.len() >= max_len { Err(VarintError::Overflow) } else { Err(VarintError::Truncated) }
 }
 
 #[cfg(test)]
@@ -121,10 +117,7 @@ mod tests {
         assert_eq!(get_varint(&[0x80, 0x80]), Err(VarintError::Truncated));
         assert_eq!(get_varint(&[0x80; 6]), Err(VarintError::Overflow));
         // Five bytes but a value above u32::MAX.
-        assert_eq!(
-            get_varint(&[0xff, 0xff, 0xff, 0xff, 0x7f]),
-            Err(VarintError::Overflow)
-        );
+        assert_eq!(get_varint(&[0xff, 0xff, 0xff, 0xff, 0x7f]), Err(VarintError::Overflow));
         assert_eq!(get_varlong(&[0xff; 11]), Err(VarintError::Overflow));
         assert_eq!(
             get_varlong(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]),

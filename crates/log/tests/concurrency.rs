@@ -70,14 +70,8 @@ fn readers_never_see_torn_batches() {
     let mut next = 0i64;
     for round in 0..3000 {
         let count = 1 + round % 9;
-        let records: Vec<Rec> = (next..next + count)
-            .map(|o| Rec::value(o, &value_at(o)))
-            .collect();
-        let codec = if round % 4 == 0 {
-            Compression::Zstd
-        } else {
-            Compression::None
-        };
+        let records: Vec<Rec> = (next..next + count).map(|o| Rec::value(o, &value_at(o))).collect();
+        let codec = if round % 4 == 0 { Compression::Zstd } else { Compression::None };
         let info = log.append(&build(&records, codec), 0).unwrap();
         assert_eq!(info.first_offset, next);
         next += count;
@@ -86,8 +80,5 @@ fn readers_never_see_torn_batches() {
     for reader in readers {
         assert!(reader.join().unwrap() > 0);
     }
-    assert!(
-        log.segment_base_offsets().len() > 5,
-        "rolls happened during the reads"
-    );
+    assert!(log.segment_base_offsets().len() > 5, "rolls happened during the reads");
 }

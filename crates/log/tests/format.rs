@@ -162,10 +162,7 @@ fn reference_records(base_offset: i64) -> Vec<Record<'static>> {
             timestamp_delta: SECOND_DELTA,
             key: Some(b"k1"),
             value: Some(b"world"),
-            headers: vec![Header {
-                key: b"h1",
-                value: Some(b"x"),
-            }],
+            headers: vec![Header { key: "h1", value: Some(b"x") }],
         },
     ]
 }
@@ -179,10 +176,7 @@ fn reference_builder(compression: Compression) -> RecordBatchBuilder {
         MAX_TIMESTAMP,
         Some(b"k1"),
         Some(b"world"),
-        &[RecordHeader {
-            key: "h1".to_string(),
-            value: Some(Bytes::from_static(b"x")),
-        }],
+        &[RecordHeader { key: "h1".to_string(), value: Some(Bytes::from_static(b"x")) }],
     );
     builder
 }
@@ -190,10 +184,7 @@ fn reference_builder(compression: Compression) -> RecordBatchBuilder {
 /// Decodes every record of `batch`, panicking on a decode error.
 fn decode_all(batch: &RecordBatch<'_>) -> Vec<OwnedRecord> {
     let records = batch.records().expect("records section");
-    records
-        .iter()
-        .map(|r| OwnedRecord::from(&r.expect("record decodes")))
-        .collect()
+    records.iter().map(|r| OwnedRecord::from(&r.expect("record decodes"))).collect()
 }
 
 /// A record detached from its batch's buffer, for comparisons across buffers.
@@ -220,7 +211,7 @@ impl From<&Record<'_>> for OwnedRecord {
             headers: r
                 .headers
                 .iter()
-                .map(|h| (h.key.to_vec(), h.value.map(<[u8]>::to_vec)))
+                .map(|h| (h.key.as_bytes().to_vec(), h.value.map(<[u8]>::to_vec)))
                 .collect(),
         }
     }
@@ -298,12 +289,7 @@ fn snapshot(log: &Log) -> Snapshot {
         .unwrap()
         .map(|e| e.unwrap())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                e.metadata().unwrap().len(),
-            )
-        })
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
         .collect();
     file_lengths.sort();
     Snapshot {
@@ -325,10 +311,7 @@ fn assert_rejected_with(config: LogConfig, bytes: &[u8], index: usize, expected:
     let before = snapshot(&log);
     assert_eq!(before.log_end_offset, 3);
     match log.append(bytes, SEED_EPOCH + 2) {
-        Err(LogError::InvalidBatch {
-            index: got_index,
-            source,
-        }) => {
+        Err(LogError::InvalidBatch { index: got_index, source }) => {
             assert_eq!(source, expected, "wrong BatchError");
             assert_eq!(got_index, index, "wrong batch index");
         }
@@ -359,17 +342,11 @@ fn reference_vector_crc_is_crc32c_castagnoli_of_attributes_to_end() {
     let batch_length = i32::from_be_bytes(KAFKA_V2_BATCH[8..12].try_into().unwrap());
     assert_eq!(batch_length as usize + 12, KAFKA_V2_BATCH.len());
     // The crate agrees with the independent computation...
-    assert_eq!(
-        crc32c::crc32c(&KAFKA_V2_BATCH[ATTRIBUTES_AT..]),
-        EXPECTED_CRC
-    );
+    assert_eq!(crc32c::crc32c(&KAFKA_V2_BATCH[ATTRIBUTES_AT..]), EXPECTED_CRC);
     // ...and with the standard check value, so it really is Castagnoli and not IEEE CRC-32.
     assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
     // The field in the vector holds it, big-endian.
-    assert_eq!(
-        KAFKA_V2_BATCH[CRC_AT..CRC_AT + 4],
-        EXPECTED_CRC.to_be_bytes()
-    );
+    assert_eq!(KAFKA_V2_BATCH[CRC_AT..CRC_AT + 4], EXPECTED_CRC.to_be_bytes());
     // The fields outside the CRC (baseOffset, batchLength, partitionLeaderEpoch, magic) do not
     // affect it; everything from attributes on does.
     let mut outside = KAFKA_V2_BATCH;
@@ -433,10 +410,7 @@ fn builder_encodes_the_reference_batch_byte_for_byte() {
         &built[..],
         &KAFKA_V2_BATCH[..],
         "builder output differs from the spec vector at byte {:?}",
-        built
-            .iter()
-            .zip(KAFKA_V2_BATCH.iter())
-            .position(|(a, b)| a != b)
+        built.iter().zip(KAFKA_V2_BATCH.iter()).position(|(a, b)| a != b)
     );
 }
 
@@ -447,9 +421,7 @@ fn full_validation_accepts_the_reference_batch() {
     let batch = RecordBatch::parse_exact(&KAFKA_V2_BATCH).unwrap();
     batch.validate(BATCH_SIZE, Validation::Full).unwrap();
     batch.validate(BATCH_SIZE, Validation::Crc).unwrap();
-    batch
-        .validate(LogConfig::default().max_batch_bytes, Validation::Full)
-        .unwrap();
+    batch.validate(LogConfig::default().max_batch_bytes, Validation::Full).unwrap();
 }
 
 /// Appending the batch at leader epoch 5 behind three records stores it with only baseOffset
@@ -471,14 +443,8 @@ fn log_append_rewrites_only_base_offset_and_leader_epoch() {
     assert_eq!(
         log.epoch_entries(),
         vec![
-            EpochEntry {
-                epoch: SEED_EPOCH,
-                start_offset: 0
-            },
-            EpochEntry {
-                epoch: 5,
-                start_offset: 3
-            },
+            EpochEntry { epoch: SEED_EPOCH, start_offset: 0 },
+            EpochEntry { epoch: 5, start_offset: 3 },
         ]
     );
 
@@ -492,14 +458,11 @@ fn log_append_rewrites_only_base_offset_and_leader_epoch() {
     put_i64(&mut expected, BASE_OFFSET_AT, 3);
     put_i32(&mut expected, LEADER_EPOCH_AT, 5);
     assert_eq!(&stored[..], &expected[..]);
-    let differing: Vec<usize> = (0..BATCH_SIZE)
-        .filter(|&i| stored[i] != KAFKA_V2_BATCH[i])
-        .collect();
+    let differing: Vec<usize> =
+        (0..BATCH_SIZE).filter(|&i| stored[i] != KAFKA_V2_BATCH[i]).collect();
     assert!(
-        differing
-            .iter()
-            .all(|&i| (BASE_OFFSET_AT..BASE_OFFSET_AT + 8).contains(&i)
-                || (LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4).contains(&i)),
+        differing.iter().all(|&i| (BASE_OFFSET_AT..BASE_OFFSET_AT + 8).contains(&i)
+            || (LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4).contains(&i)),
         "bytes outside baseOffset/partitionLeaderEpoch changed: {differing:?}"
     );
 
@@ -514,12 +477,7 @@ fn log_append_rewrites_only_base_offset_and_leader_epoch() {
     assert_eq!(decoded, reference_records(3));
 
     // The whole log reads back as the seed followed by the rewritten batch.
-    let all = log
-        .read(0, 1 << 20, None)
-        .unwrap()
-        .region
-        .read_to_bytes()
-        .unwrap();
+    let all = log.read(0, 1 << 20, None).unwrap().region.read_to_bytes().unwrap();
     assert_eq!(&all[..seed_bytes.len()], &seed_bytes[..]);
     assert_eq!(&all[seed_bytes.len()..], &expected[..]);
 }
@@ -528,12 +486,8 @@ fn log_append_rewrites_only_base_offset_and_leader_epoch() {
 // Compression round trips
 // ---------------------------------------------------------------------------------------------
 
-const CODECS: [Compression; 4] = [
-    Compression::None,
-    Compression::Gzip,
-    Compression::Lz4,
-    Compression::Zstd,
-];
+const CODECS: [Compression; 4] =
+    [Compression::None, Compression::Gzip, Compression::Lz4, Compression::Zstd];
 
 /// Records covering the shapes the format allows: null and empty keys and values, several
 /// headers (one with a null value, one with an empty key), negative and large timestamp deltas,
@@ -546,35 +500,16 @@ fn varied_builder(compression: Compression) -> (RecordBatchBuilder, Vec<OwnedRec
     let mut expected = Vec::new();
     let big = b"tideline ".repeat(400);
     let headers = vec![
-        RecordHeader {
-            key: "trace".to_string(),
-            value: Some(Bytes::from_static(b"abc-123")),
-        },
-        RecordHeader {
-            key: "tombstone-reason".to_string(),
-            value: None,
-        },
-        RecordHeader {
-            key: String::new(),
-            value: Some(Bytes::new()),
-        },
+        RecordHeader { key: "trace".to_string(), value: Some(Bytes::from_static(b"abc-123")) },
+        RecordHeader { key: "tombstone-reason".to_string(), value: None },
+        RecordHeader { key: String::new(), value: Some(Bytes::new()) },
     ];
     let cases: Vec<RecordCase<'_>> = vec![
         (BASE_TIMESTAMP, Some(b"key-0"), Some(&big), &[]),
-        (
-            BASE_TIMESTAMP - 5,
-            None,
-            Some(b"older than the first"),
-            &headers,
-        ),
+        (BASE_TIMESTAMP - 5, None, Some(b"older than the first"), &headers),
         (BASE_TIMESTAMP + 1_000_000, Some(b"k"), None, &headers[1..2]),
         (BASE_TIMESTAMP + 3, Some(b""), Some(b""), &[]),
-        (
-            BASE_TIMESTAMP + 2,
-            Some(&big[..100]),
-            Some(&big),
-            &headers[..1],
-        ),
+        (BASE_TIMESTAMP + 2, Some(&big[..100]), Some(&big), &headers[..1]),
     ];
     for (i, (ts, key, value, hs)) in cases.into_iter().enumerate() {
         builder.append(ts, key, value, hs);
@@ -587,12 +522,7 @@ fn varied_builder(compression: Compression) -> (RecordBatchBuilder, Vec<OwnedRec
             value: value.map(<[u8]>::to_vec),
             headers: hs
                 .iter()
-                .map(|h| {
-                    (
-                        h.key.as_bytes().to_vec(),
-                        h.value.as_ref().map(|v| v.to_vec()),
-                    )
-                })
+                .map(|h| (h.key.as_bytes().to_vec(), h.value.as_ref().map(|v| v.to_vec())))
                 .collect(),
         });
     }
@@ -631,11 +561,7 @@ fn every_codec_round_trips_through_builder_parser_validation_and_log() {
 
         // Only the records section is compressed; the header differs from the plain batch only
         // in batchLength, crc and attributes.
-        for (i, (a, b)) in built[..RECORDS_AT]
-            .iter()
-            .zip(&plain[..RECORDS_AT])
-            .enumerate()
-        {
+        for (i, (a, b)) in built[..RECORDS_AT].iter().zip(&plain[..RECORDS_AT]).enumerate() {
             let allowed = (BATCH_LENGTH_AT..BATCH_LENGTH_AT + 4).contains(&i)
                 || (CRC_AT..ATTRIBUTES_AT + 2).contains(&i);
             assert!(allowed || a == b, "{codec:?}: header byte {i} differs");
@@ -648,11 +574,7 @@ fn every_codec_round_trips_through_builder_parser_validation_and_log() {
             Compression::Zstd => &[0x28, 0xB5, 0x2F, 0xFD],
         };
         assert!(section.starts_with(magic), "{codec:?}: section framing");
-        assert_eq!(
-            codec.decompress(section, 1 << 20).unwrap(),
-            plain_section,
-            "{codec:?}"
-        );
+        assert_eq!(codec.decompress(section, 1 << 20).unwrap(), plain_section, "{codec:?}");
         if codec != Compression::None {
             assert!(built.len() < plain.len(), "{codec:?} did not compress");
         }
@@ -661,12 +583,7 @@ fn every_codec_round_trips_through_builder_parser_validation_and_log() {
         let (_dir, log) = seeded_log(LogConfig::default());
         let info = log.append(&built, 7).unwrap();
         assert_eq!((info.first_offset, info.last_offset), (3, 7), "{codec:?}");
-        let stored = log
-            .read(3, 1 << 20, None)
-            .unwrap()
-            .region
-            .read_to_bytes()
-            .unwrap();
+        let stored = log.read(3, 1 << 20, None).unwrap().region.read_to_bytes().unwrap();
         let stored = RecordBatch::parse_exact(&stored).unwrap();
         stored.validate(built.len(), Validation::Full).unwrap();
         let shifted: Vec<OwnedRecord> = expected
@@ -714,35 +631,15 @@ fn short_buffer_is_rejected_and_log_unchanged() {
     assert_rejected(
         &KAFKA_V2_BATCH[..BATCH_SIZE - 1],
         0,
-        BatchError::ShortBuffer {
-            needed: BATCH_SIZE,
-            available: BATCH_SIZE - 1,
-        },
+        BatchError::ShortBuffer { needed: BATCH_SIZE, available: BATCH_SIZE - 1 },
     );
     assert_rejected(
         &KAFKA_V2_BATCH[..40],
         0,
-        BatchError::ShortBuffer {
-            needed: BATCH_SIZE,
-            available: 40,
-        },
+        BatchError::ShortBuffer { needed: BATCH_SIZE, available: 40 },
     );
-    assert_rejected(
-        &KAFKA_V2_BATCH[..5],
-        0,
-        BatchError::ShortBuffer {
-            needed: 12,
-            available: 5,
-        },
-    );
-    assert_rejected(
-        &[],
-        0,
-        BatchError::ShortBuffer {
-            needed: RECORDS_AT,
-            available: 0,
-        },
-    );
+    assert_rejected(&KAFKA_V2_BATCH[..5], 0, BatchError::ShortBuffer { needed: 12, available: 5 });
+    assert_rejected(&[], 0, BatchError::ShortBuffer { needed: RECORDS_AT, available: 0 });
 }
 
 /// A `batchLength` below the 49 bytes a v2 header needs after the length field (including a
@@ -778,14 +675,7 @@ fn crc_mismatch_is_rejected_and_log_unchanged() {
     bytes[RECORD0_VALUE_AT] ^= 0x20; // "hello" -> "Hello"
     let actual = crc32c::crc32c(&bytes[ATTRIBUTES_AT..]);
     assert_ne!(actual, EXPECTED_CRC);
-    assert_rejected(
-        &bytes,
-        0,
-        BatchError::CrcMismatch {
-            expected: EXPECTED_CRC,
-            actual,
-        },
-    );
+    assert_rejected(&bytes, 0, BatchError::CrcMismatch { expected: EXPECTED_CRC, actual });
 }
 
 /// A record count that disagrees with the records actually present (more or fewer), in a
@@ -798,27 +688,13 @@ fn record_count_inconsistent_with_records_is_rejected_and_log_unchanged() {
         put_i32(b, RECORDS_COUNT_AT, 3);
         put_i32(b, LAST_OFFSET_DELTA_AT, 2);
     });
-    assert_rejected(
-        &too_many,
-        0,
-        BatchError::RecordCountMismatch {
-            header: 3,
-            actual: 2,
-        },
-    );
+    assert_rejected(&too_many, 0, BatchError::RecordCountMismatch { header: 3, actual: 2 });
     // Header claims 1 record; the section holds 2 (counting stops one past the header's count).
     let too_few = patched(|b| {
         put_i32(b, RECORDS_COUNT_AT, 1);
         put_i32(b, LAST_OFFSET_DELTA_AT, 0);
     });
-    assert_rejected(
-        &too_few,
-        0,
-        BatchError::RecordCountMismatch {
-            header: 1,
-            actual: 2,
-        },
-    );
+    assert_rejected(&too_few, 0, BatchError::RecordCountMismatch { header: 1, actual: 2 });
 }
 
 /// A record count of zero or below is `InvalidRecordCount`; nothing is written.
@@ -871,30 +747,19 @@ fn record_offset_delta_inconsistent_is_rejected_and_log_unchanged() {
 /// limit of exactly the batch's size accepts it.
 #[test]
 fn batch_larger_than_max_batch_bytes_is_rejected_and_log_unchanged() {
-    let tight = LogConfig {
-        max_batch_bytes: BATCH_SIZE - 1,
-        ..LogConfig::default()
-    };
+    let tight = LogConfig { max_batch_bytes: BATCH_SIZE - 1, ..LogConfig::default() };
     // assert_rejected_with ends with a valid append, so lift the limit for that part by hand.
     let (_dir, log) = seeded_log(tight);
     let before = snapshot(&log);
     match log.append(&KAFKA_V2_BATCH, SEED_EPOCH + 2) {
-        Err(LogError::InvalidBatch { index: 0, source }) => assert_eq!(
-            source,
-            BatchError::TooLarge {
-                size: BATCH_SIZE,
-                max: BATCH_SIZE - 1,
-            }
-        ),
+        Err(LogError::InvalidBatch { index: 0, source }) => {
+            assert_eq!(source, BatchError::TooLarge { size: BATCH_SIZE, max: BATCH_SIZE - 1 })
+        }
         other => panic!("expected TooLarge, got {other:?}"),
     }
     assert_eq!(snapshot(&log), before);
 
-    log.set_config(LogConfig {
-        max_batch_bytes: BATCH_SIZE,
-        ..tight
-    })
-    .unwrap();
+    log.set_config(LogConfig { max_batch_bytes: BATCH_SIZE, ..tight }).unwrap();
     let info = log.append(&KAFKA_V2_BATCH, SEED_EPOCH + 2).unwrap();
     assert_eq!(info.first_offset, 3);
 }
@@ -948,21 +813,9 @@ fn malformed_record_is_rejected_and_log_unchanged() {
 #[test]
 fn transactional_and_control_batches_are_rejected_and_log_unchanged() {
     let transactional = patched(|b| put_i16(b, ATTRIBUTES_AT, 0x10));
-    assert_rejected(
-        &transactional,
-        0,
-        BatchError::Unsupported {
-            what: "transactional batch",
-        },
-    );
+    assert_rejected(&transactional, 0, BatchError::Unsupported { what: "transactional batch" });
     let control = patched(|b| put_i16(b, ATTRIBUTES_AT, 0x20));
-    assert_rejected(
-        &control,
-        0,
-        BatchError::Unsupported {
-            what: "control batch from a producer",
-        },
-    );
+    assert_rejected(&control, 0, BatchError::Unsupported { what: "control batch from a producer" });
 }
 
 /// A create-time batch whose `maxTimestamp` is not the largest record timestamp (below or
@@ -974,10 +827,7 @@ fn max_timestamp_mismatch_is_rejected_and_log_unchanged() {
         assert_rejected(
             &bytes,
             0,
-            BatchError::MaxTimestampMismatch {
-                header,
-                actual: MAX_TIMESTAMP,
-            },
+            BatchError::MaxTimestampMismatch { header, actual: MAX_TIMESTAMP },
         );
     }
 }
@@ -991,26 +841,12 @@ fn bad_second_batch_rejects_whole_append_and_log_unchanged() {
     let actual = crc32c::crc32c(&bad[ATTRIBUTES_AT..]);
     let mut both = KAFKA_V2_BATCH.to_vec();
     both.extend_from_slice(&bad);
-    assert_rejected(
-        &both,
-        1,
-        BatchError::CrcMismatch {
-            expected: EXPECTED_CRC,
-            actual,
-        },
-    );
+    assert_rejected(&both, 1, BatchError::CrcMismatch { expected: EXPECTED_CRC, actual });
 
     // Same with a framing error in the second batch: trailing bytes too short for a header.
     let mut trailing = KAFKA_V2_BATCH.to_vec();
     trailing.extend_from_slice(&KAFKA_V2_BATCH[..7]);
-    assert_rejected(
-        &trailing,
-        1,
-        BatchError::ShortBuffer {
-            needed: 12,
-            available: 7,
-        },
-    );
+    assert_rejected(&trailing, 1, BatchError::ShortBuffer { needed: 12, available: 7 });
 }
 
 /// Sanity check of the test fixture: two valid concatenated copies of the reference batch are
@@ -1022,16 +858,8 @@ fn two_valid_concatenated_batches_are_accepted() {
     let mut both = KAFKA_V2_BATCH.to_vec();
     both.extend_from_slice(&KAFKA_V2_BATCH);
     let info = log.append(&both, 5).unwrap();
-    assert_eq!(
-        (info.first_offset, info.last_offset, info.batch_count),
-        (3, 6, 2)
-    );
-    let stored = log
-        .read(5, 1 << 20, None)
-        .unwrap()
-        .region
-        .read_to_bytes()
-        .unwrap();
+    assert_eq!((info.first_offset, info.last_offset, info.batch_count), (3, 6, 2));
+    let stored = log.read(5, 1 << 20, None).unwrap().region.read_to_bytes().unwrap();
     let batch = RecordBatch::parse_exact(&stored).unwrap();
     assert_eq!(batch.base_offset(), 5);
     batch.verify_crc().unwrap();

@@ -15,12 +15,7 @@ fn sample(codec: Compression) -> Vec<u8> {
             value: Some(b"value".to_vec()),
             headers: vec![("h".into(), None)],
         },
-        Rec {
-            timestamp: 9,
-            key: None,
-            value: None,
-            headers: vec![],
-        },
+        Rec { timestamp: 9, key: None, value: None, headers: vec![] },
         Rec::value(7, b"third"),
     ];
     build(&records, codec).to_vec()

@@ -49,19 +49,11 @@ fn rec() -> impl Strategy<Value = Rec> {
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
         proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
         proptest::collection::vec(
-            (
-                "[a-z]{1,4}",
-                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4)),
-            ),
+            ("[a-z]{1,4}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4))),
             0..2,
         ),
     )
-        .prop_map(|(timestamp, key, value, headers)| Rec {
-            timestamp,
-            key,
-            value,
-            headers,
-        })
+        .prop_map(|(timestamp, key, value, headers)| Rec { timestamp, key, value, headers })
 }
 
 fn codec() -> impl Strategy<Value = Compression> {
@@ -112,26 +104,16 @@ impl Model {
         match self.epochs.last() {
             Some(last) if last.epoch == epoch => {}
             Some(last) if last.start_offset == start => {
-                *self.epochs.last_mut().unwrap() = EpochEntry {
-                    epoch,
-                    start_offset: start,
-                };
+                *self.epochs.last_mut().unwrap() = EpochEntry { epoch, start_offset: start };
             }
-            _ => self.epochs.push(EpochEntry {
-                epoch,
-                start_offset: start,
-            }),
+            _ => self.epochs.push(EpochEntry { epoch, start_offset: start }),
         }
     }
 
     fn push_batch(&mut self, base: i64, epoch: i32, records: &[Rec]) {
-        let recs: Vec<_> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (base + i as i64, epoch, r.clone()))
-            .collect();
-        self.batches
-            .push((base, base + records.len() as i64 - 1, recs));
+        let recs: Vec<_> =
+            records.iter().enumerate().map(|(i, r)| (base + i as i64, epoch, r.clone())).collect();
+        self.batches.push((base, base + records.len() as i64 - 1, recs));
         self.end = base + records.len() as i64;
     }
 
@@ -170,17 +152,11 @@ fn config() -> LogConfig {
 fn check_read(log: &Log, model: &Model, offset: i64, max_bytes: usize, bound: Option<i64>) {
     let result = log.read(offset, max_bytes, bound);
     if offset < model.start || offset > model.end {
-        assert!(
-            matches!(result, Err(LogError::OffsetOutOfRange { .. })),
-            "{offset}: {result:?}"
-        );
+        assert!(matches!(result, Err(LogError::OffsetOutOfRange { .. })), "{offset}: {result:?}");
         return;
     }
     let read = result.unwrap();
-    assert_eq!(
-        (read.log_start_offset, read.log_end_offset),
-        (model.start, model.end)
-    );
+    assert_eq!((read.log_start_offset, read.log_end_offset), (model.start, model.end));
     let limit = bound.map_or(model.end, |b| b.min(model.end));
     let Some(first) = model.batches.iter().position(|b| b.1 >= offset) else {
         assert!(read.region.is_empty());
@@ -188,39 +164,23 @@ fn check_read(log: &Log, model: &Model, offset: i64, max_bytes: usize, bound: Op
     };
     let bytes = read.region.read_to_bytes().unwrap();
     if model.batches[first].1 >= limit {
-        assert!(
-            read.region.is_empty(),
-            "nothing below the bound {limit} at {offset}"
-        );
+        assert!(read.region.is_empty(), "nothing below the bound {limit} at {offset}");
         return;
     }
-    assert!(
-        !read.region.is_empty(),
-        "data at {offset} below {limit} must be returned"
-    );
+    assert!(!read.region.is_empty(), "data at {offset} below {limit} must be returned");
     let got = decode_all(&bytes);
-    let sizes: Vec<usize> = tideline_log::batch::batches(&bytes)
-        .map(|b| b.unwrap().size())
-        .collect();
-    assert!(
-        sizes.len() == 1 || sizes.iter().sum::<usize>() <= max_bytes,
-        "max_bytes respected"
-    );
+    let sizes: Vec<usize> =
+        tideline_log::batch::batches(&bytes).map(|b| b.unwrap().size()).collect();
+    assert!(sizes.len() == 1 || sizes.iter().sum::<usize>() <= max_bytes, "max_bytes respected");
     assert_eq!(
         read.region.first_offset(),
         model.batches[first].0,
         "starts with the containing batch"
     );
-    let expected: Vec<_> = model.batches[first..]
-        .iter()
-        .take(sizes.len())
-        .flat_map(|b| b.2.clone())
-        .collect();
+    let expected: Vec<_> =
+        model.batches[first..].iter().take(sizes.len()).flat_map(|b| b.2.clone()).collect();
     assert_eq!(got, expected);
-    assert!(
-        got.last().unwrap().0 < limit,
-        "nothing at or past the bound"
-    );
+    assert!(got.last().unwrap().0 < limit, "nothing at or past the bound");
     assert_eq!(read.region.next_offset(), got.last().unwrap().0 + 1);
 }
 
@@ -261,16 +221,9 @@ fn run(ops: Vec<Op>) {
                 model.push_batch(model.end, model.epoch, &records);
                 // A batch that does not continue the log is refused.
                 let stale = log.append_replicated(&batch);
-                assert!(
-                    matches!(stale, Err(LogError::NonContiguousAppend { .. })),
-                    "{stale:?}"
-                );
+                assert!(matches!(stale, Err(LogError::NonContiguousAppend { .. })), "{stale:?}");
             }
-            Op::Read {
-                at,
-                max_bytes,
-                bound,
-            } => {
+            Op::Read { at, max_bytes, bound } => {
                 let span = (model.end - model.start + 3) as u64;
                 let offset = model.start - 1 + (u64::from(at) % span) as i64;
                 let bound = bound.map(|b| model.start + (u64::from(b) % span) as i64);
@@ -282,10 +235,7 @@ fn run(ops: Vec<Op>) {
                     .into_iter()
                     .find(|(_, _, r)| r.timestamp >= ts)
                     .map(|(o, _, r)| (o, r.timestamp));
-                let got = log
-                    .offset_for_timestamp(ts)
-                    .unwrap()
-                    .map(|t| (t.offset, t.timestamp));
+                let got = log.offset_for_timestamp(ts).unwrap().map(|t| (t.offset, t.timestamp));
                 assert_eq!(got, expected, "first record at or after {ts}");
             }
             Op::Truncate { at } => {
@@ -297,20 +247,14 @@ fn run(ops: Vec<Op>) {
             }
             Op::Retain { bytes } => {
                 let before = log.size_bytes();
-                log.set_config(LogConfig {
-                    retention_bytes: Some(u64::from(bytes)),
-                    ..config()
-                })
-                .unwrap();
+                log.set_config(LogConfig { retention_bytes: Some(u64::from(bytes)), ..config() })
+                    .unwrap();
                 let outcome = log.apply_retention().unwrap();
                 log.set_config(config()).unwrap();
                 let after = log.size_bytes();
                 assert_eq!(before - after, outcome.deleted_bytes);
                 if outcome.deleted_bytes > 0 {
-                    assert!(
-                        after >= u64::from(bytes),
-                        "retention keeps at least retention.bytes"
-                    );
+                    assert!(after >= u64::from(bytes), "retention keeps at least retention.bytes");
                 }
                 let start = outcome.log_start_offset;
                 assert!(start >= model.start);

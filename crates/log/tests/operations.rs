@@ -22,9 +22,7 @@ fn config() -> LogConfig {
 }
 
 fn recs(n: usize, ts: i64) -> Vec<Rec> {
-    (0..n)
-        .map(|i| Rec::value(ts, format!("record {i:04} {}", "v".repeat(60)).as_bytes()))
-        .collect()
+    (0..n).map(|i| Rec::value(ts, format!("record {i:04} {}", "v".repeat(60)).as_bytes())).collect()
 }
 
 /// Segments roll on size, are named by their base offset padded to 20 digits, and each has
@@ -34,8 +32,7 @@ fn segments_roll_on_size_and_are_named_by_base_offset() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     for _ in 0..20 {
-        log.append(&build(&recs(5, 1), Compression::None), 0)
-            .unwrap();
+        log.append(&build(&recs(5, 1), Compression::None), 0).unwrap();
     }
     let bases = log.segment_base_offsets();
     assert!(bases.len() >= 5, "{bases:?}");
@@ -47,11 +44,7 @@ fn segments_roll_on_size_and_are_named_by_base_offset() {
         assert!(size <= 2048, "{name} is {size} bytes");
         if i + 1 < bases.len() {
             assert!(dir.path().join(segment_file_name(*base, "index")).exists());
-            assert!(
-                dir.path()
-                    .join(segment_file_name(*base, "timeindex"))
-                    .exists()
-            );
+            assert!(dir.path().join(segment_file_name(*base, "timeindex")).exists());
         }
     }
     assert_eq!(segment_file_name(1234, "log"), "00000000000000001234.log");
@@ -62,17 +55,10 @@ fn segments_roll_on_size_and_are_named_by_base_offset() {
 fn an_oversized_batch_gets_its_own_segment() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
-    log.append(&build(&recs(1, 1), Compression::None), 0)
-        .unwrap();
-    let big = log
-        .append(&build(&recs(60, 1), Compression::None), 0)
-        .unwrap();
-    log.append(&build(&recs(1, 1), Compression::None), 0)
-        .unwrap();
-    assert_eq!(
-        log.segment_base_offsets(),
-        vec![0, big.first_offset, big.last_offset + 1]
-    );
+    log.append(&build(&recs(1, 1), Compression::None), 0).unwrap();
+    let big = log.append(&build(&recs(60, 1), Compression::None), 0).unwrap();
+    log.append(&build(&recs(1, 1), Compression::None), 0).unwrap();
+    assert_eq!(log.segment_base_offsets(), vec![0, big.first_offset, big.last_offset + 1]);
     assert_eq!(read_all(&log, 100).unwrap().len(), 62);
 }
 
@@ -82,21 +68,14 @@ fn an_oversized_batch_gets_its_own_segment() {
 fn segments_roll_on_age() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(10_000));
-    let config = LogConfig {
-        segment_bytes: 1 << 20,
-        segment_ms: Some(1000),
-        ..config()
-    };
+    let config = LogConfig { segment_bytes: 1 << 20, segment_ms: Some(1000), ..config() };
     let log = Log::open_with_clock(dir.path(), config, clock.clone()).unwrap();
-    log.append(&build(&recs(1, 1), Compression::None), 0)
-        .unwrap();
+    log.append(&build(&recs(1, 1), Compression::None), 0).unwrap();
     clock.advance(999);
-    log.append(&build(&recs(1, 1), Compression::None), 0)
-        .unwrap();
+    log.append(&build(&recs(1, 1), Compression::None), 0).unwrap();
     assert_eq!(log.segment_base_offsets(), vec![0]);
     clock.advance(1);
-    log.append(&build(&recs(1, 1), Compression::None), 0)
-        .unwrap();
+    log.append(&build(&recs(1, 1), Compression::None), 0).unwrap();
     assert_eq!(log.segment_base_offsets(), vec![0, 2]);
 }
 
@@ -106,29 +85,18 @@ fn segments_roll_on_age() {
 fn time_retention_deletes_old_closed_segments_only() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(5_000));
-    let config = LogConfig {
-        retention_ms: Some(10_000),
-        ..config()
-    };
+    let config = LogConfig { retention_ms: Some(10_000), ..config() };
     let log = Log::open_with_clock(dir.path(), config, clock.clone()).unwrap();
     for i in 0..30 {
-        log.append(&build(&recs(5, 1_000 + i), Compression::None), 0)
-            .unwrap();
+        log.append(&build(&recs(5, 1_000 + i), Compression::None), 0).unwrap();
     }
     let segments = log.segment_base_offsets().len();
-    assert_eq!(
-        log.apply_retention().unwrap().deleted_segments,
-        Vec::<i64>::new(),
-        "all young"
-    );
+    assert_eq!(log.apply_retention().unwrap().deleted_segments, Vec::<i64>::new(), "all young");
     clock.set(1_000 + 20 + 10_001); // records with timestamp < 1020 have expired
     let outcome = log.apply_retention().unwrap();
     assert!(!outcome.deleted_segments.is_empty());
     assert_eq!(outcome.log_start_offset, log.log_start_offset());
-    assert!(matches!(
-        log.read(0, 100, None),
-        Err(LogError::OffsetOutOfRange { requested: 0, .. })
-    ));
+    assert!(matches!(log.read(0, 100, None), Err(LogError::OffsetOutOfRange { requested: 0, .. })));
     let remaining = read_all(&log, 1 << 20).unwrap();
     let young = remaining.iter().filter(|r| r.2.timestamp >= 1_021).count();
     assert_eq!(young, 9 * 5, "every record young enough is kept");
@@ -142,27 +110,16 @@ fn time_retention_deletes_old_closed_segments_only() {
     log.apply_retention().unwrap();
     assert_eq!(log.segment_base_offsets().len(), 1);
     assert!(segments > 1);
-    assert!(
-        log.log_start_offset() < log.log_end_offset(),
-        "active segment kept with its data"
-    );
+    assert!(log.log_start_offset() < log.log_end_offset(), "active segment kept with its data");
 }
 
 /// A region read before retention deletes its segment stays readable (the file stays open).
 #[test]
 fn regions_survive_deletion_of_their_segment() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(
-        dir.path(),
-        LogConfig {
-            retention_bytes: Some(0),
-            ..config()
-        },
-    )
-    .unwrap();
+    let log = Log::open(dir.path(), LogConfig { retention_bytes: Some(0), ..config() }).unwrap();
     for _ in 0..10 {
-        log.append(&build(&recs(5, 1), Compression::None), 0)
-            .unwrap();
+        log.append(&build(&recs(5, 1), Compression::None), 0).unwrap();
     }
     let read = log.read(0, 1 << 20, None).unwrap();
     log.apply_retention().unwrap();
@@ -178,18 +135,12 @@ fn truncating_fully_restarts_the_log_at_an_offset() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     for _ in 0..5 {
-        log.append(&build(&recs(5, 1), Compression::None), 3)
-            .unwrap();
+        log.append(&build(&recs(5, 1), Compression::None), 3).unwrap();
     }
     log.truncate_fully_and_start_at(1000).unwrap();
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (1000, 1000));
     assert_eq!(log.epoch_entries(), vec![]);
-    assert_eq!(
-        log.append(&build(&recs(2, 1), Compression::None), 4)
-            .unwrap()
-            .first_offset,
-        1000
-    );
+    assert_eq!(log.append(&build(&recs(2, 1), Compression::None), 4).unwrap().first_offset, 1000);
     log.close().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (1000, 1002));
@@ -202,15 +153,10 @@ fn truncating_fully_restarts_the_log_at_an_offset() {
 fn epochs_fence_old_leaders_and_locate_divergence() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
-    log.append(&build(&recs(3, 1), Compression::None), 1)
-        .unwrap(); // 0..3 in epoch 1
-    log.append(&build(&recs(2, 1), Compression::None), 4)
-        .unwrap(); // 3..5 in epoch 4
+    log.append(&build(&recs(3, 1), Compression::None), 1).unwrap(); // 0..3 in epoch 1
+    log.append(&build(&recs(2, 1), Compression::None), 4).unwrap(); // 3..5 in epoch 4
     let stale = log.append(&build(&recs(1, 1), Compression::None), 3);
-    assert!(
-        matches!(stale, Err(LogError::EpochRegression { latest: 4, got: 3 })),
-        "{stale:?}"
-    );
+    assert!(matches!(stale, Err(LogError::EpochRegression { latest: 4, got: 3 })), "{stale:?}");
     assert_eq!(log.log_end_offset(), 5);
     assert_eq!(log.end_offset_for_epoch(1), Some((1, 3)));
     assert_eq!(log.end_offset_for_epoch(2), Some((1, 3)));
@@ -220,20 +166,10 @@ fn epochs_fence_old_leaders_and_locate_divergence() {
     // A follower copies the leader's batches byte for byte.
     let follower_dir = tempfile::tempdir().unwrap();
     let follower = Log::open(follower_dir.path(), config()).unwrap();
-    let bytes = log
-        .read(0, 1 << 20, None)
-        .unwrap()
-        .region
-        .read_to_bytes()
-        .unwrap();
+    let bytes = log.read(0, 1 << 20, None).unwrap().region.read_to_bytes().unwrap();
     follower.append_replicated(&bytes).unwrap();
     assert_eq!(follower.epoch_entries(), log.epoch_entries());
-    let copied = follower
-        .read(0, 1 << 20, None)
-        .unwrap()
-        .region
-        .read_to_bytes()
-        .unwrap();
+    let copied = follower.read(0, 1 << 20, None).unwrap().region.read_to_bytes().unwrap();
     assert_eq!(copied, bytes, "replicated bytes are stored unchanged");
     // Divergence repair: truncate to the end offset of the follower's epoch on the leader.
     assert_eq!(follower.truncate_to(3).unwrap(), 3);
@@ -250,10 +186,7 @@ fn replicated_appends_are_checked() {
     log.append_replicated(&batch).unwrap();
     assert!(matches!(
         log.append_replicated(&batch),
-        Err(LogError::NonContiguousAppend {
-            expected: 2,
-            got: 0
-        })
+        Err(LogError::NonContiguousAppend { expected: 2, got: 0 })
     ));
     tideline_log::batch::set_offset_and_epoch(&mut batch, 2, 1);
     assert!(matches!(
@@ -263,67 +196,56 @@ fn replicated_appends_are_checked() {
     tideline_log::batch::set_offset_and_epoch(&mut batch, 2, 2);
     let last = batch.len() - 1;
     batch[last] ^= 1;
-    assert!(matches!(
-        log.append_replicated(&batch),
-        Err(LogError::InvalidBatch { index: 0, .. })
-    ));
+    assert!(matches!(log.append_replicated(&batch), Err(LogError::InvalidBatch { index: 0, .. })));
     assert_eq!(log.log_end_offset(), 2);
     assert_eq!(log.size_bytes() as usize, batch.len());
 }
 
-/// The flush policies decide when appended data is synced, reported by flushed_offset.
+/// Polls `done` for up to 10 s (background syncs land asynchronously).
+fn wait_until(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "condition not reached in 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The flush policies decide when appended data is synced, reported by flushed_offset: every
+/// append synchronously, an interval in the background without stalling appends, the page
+/// cache only on demand (and at roll and close).
 #[test]
 fn flush_policies_move_the_flushed_offset() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(0));
     let every = Log::open_with_clock(
         dir.path().join("every"),
-        LogConfig {
-            flush: FlushPolicy::EveryAppend,
-            ..config()
-        },
+        LogConfig { flush: FlushPolicy::EveryAppend, ..config() },
         clock.clone(),
     )
     .unwrap();
-    every
-        .append(&build(&recs(2, 1), Compression::None), 0)
-        .unwrap();
+    every.append(&build(&recs(2, 1), Compression::None), 0).unwrap();
     assert_eq!(every.flushed_offset(), 2);
 
     let interval = Log::open_with_clock(
         dir.path().join("interval"),
-        LogConfig {
-            flush: FlushPolicy::IntervalMs(1000),
-            ..config()
-        },
+        LogConfig { flush: FlushPolicy::IntervalMs(1000), ..config() },
         clock.clone(),
     )
     .unwrap();
-    interval
-        .append(&build(&recs(2, 1), Compression::None), 0)
-        .unwrap();
+    interval.append(&build(&recs(2, 1), Compression::None), 0).unwrap();
     assert_eq!(interval.flushed_offset(), 0);
     assert!(!interval.flush_if_due().unwrap());
     clock.advance(1000);
-    assert!(interval.flush_if_due().unwrap());
-    assert_eq!(interval.flushed_offset(), 2);
-    interval
-        .append(&build(&recs(1, 1), Compression::None), 0)
-        .unwrap();
+    assert!(interval.flush_if_due().unwrap(), "a timer starts the due sync");
+    wait_until(|| interval.flushed_offset() == 2);
+    interval.append(&build(&recs(1, 1), Compression::None), 0).unwrap();
     clock.advance(1000);
-    interval
-        .append(&build(&recs(1, 1), Compression::None), 0)
-        .unwrap();
-    assert_eq!(
-        interval.flushed_offset(),
-        4,
-        "an append past the interval syncs"
-    );
+    interval.append(&build(&recs(1, 1), Compression::None), 0).unwrap();
+    wait_until(|| interval.flushed_offset() == 4); // an append past the interval starts one too
+    assert!(!interval.flush_if_due().unwrap(), "not due again yet");
 
     let cache = Log::open_with_clock(dir.path().join("cache"), config(), clock).unwrap();
-    cache
-        .append(&build(&recs(2, 1), Compression::None), 0)
-        .unwrap();
+    cache.append(&build(&recs(2, 1), Compression::None), 0).unwrap();
     assert_eq!(cache.flushed_offset(), 0);
     cache.flush().unwrap();
     assert_eq!(cache.flushed_offset(), 2);
@@ -333,23 +255,11 @@ fn flush_policies_move_the_flushed_offset() {
 #[test]
 fn bad_config_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = LogConfig {
-        segment_bytes: 1,
-        ..config()
-    };
+    let bad = LogConfig { segment_bytes: 1, ..config() };
     let err = Log::open(dir.path(), bad).unwrap_err();
-    assert!(
-        matches!(&err, LogError::Config(m) if m.contains("segment.bytes")),
-        "{err}"
-    );
+    assert!(matches!(&err, LogError::Config(m) if m.contains("segment.bytes")), "{err}");
     let log = Log::open(dir.path(), config()).unwrap();
-    assert!(
-        log.set_config(LogConfig {
-            max_batch_bytes: 0,
-            ..config()
-        })
-        .is_err()
-    );
+    assert!(log.set_config(LogConfig { max_batch_bytes: 0, ..config() }).is_err());
     assert_eq!(log.config(), config());
 }
 
@@ -359,16 +269,10 @@ fn bad_config_is_an_error_not_a_panic() {
 fn read_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
-    log.append(&build(&recs(3, 1), Compression::None), 0)
-        .unwrap();
-    log.append(&build(&recs(3, 1), Compression::None), 0)
-        .unwrap();
+    log.append(&build(&recs(3, 1), Compression::None), 0).unwrap();
+    log.append(&build(&recs(3, 1), Compression::None), 0).unwrap();
     match log.read(7, 100, None) {
-        Err(LogError::OffsetOutOfRange {
-            requested: 7,
-            log_start: 0,
-            log_end: 6,
-        }) => {}
+        Err(LogError::OffsetOutOfRange { requested: 7, log_start: 0, log_end: 6 }) => {}
         other => panic!("{other:?}"),
     }
     assert!(log.read(6, 100, None).unwrap().region.is_empty());
@@ -386,8 +290,7 @@ fn delete_and_close() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("topic-0");
     let log = Log::open(&path, config()).unwrap();
-    log.append(&build(&recs(3, 1), Compression::None), 0)
-        .unwrap();
+    log.append(&build(&recs(3, 1), Compression::None), 0).unwrap();
     log.delete().unwrap();
     assert!(!path.exists());
     let log = Log::open(&path, config()).unwrap();

@@ -43,20 +43,13 @@ fn write_unclean(dir: &Path, n: i64) -> (Vec<(i64, i32, Rec)>, PathBuf, u64, u64
     let log = Log::open(dir, config()).unwrap();
     let mut last = None;
     for i in 0..n {
-        let codec = if i % 3 == 0 {
-            Compression::Lz4
-        } else {
-            Compression::None
-        };
+        let codec = if i % 3 == 0 { Compression::Lz4 } else { Compression::None };
         last = Some(log.append(&build(&batch(i), codec), 1).unwrap());
     }
     let last = last.unwrap();
     let read = log.read(last.first_offset, 1 << 20, None).unwrap();
     let records = read_all(&log, 1 << 20).unwrap();
-    let active = dir.join(segment_file_name(
-        *log.segment_base_offsets().last().unwrap(),
-        "log",
-    ));
+    let active = dir.join(segment_file_name(*log.segment_base_offsets().last().unwrap(), "log"));
     let (pos, len) = (read.region.position(), read.region.len());
     drop(log);
     (records, active, pos, len)
@@ -77,9 +70,7 @@ fn assert_recovers_to(dir: &Path, expected: &[(i64, i32, Rec)]) {
     assert_eq!(read_all(&log, 1 << 20).unwrap(), expected);
     let next = expected.last().map_or(0, |r| r.0 + 1);
     assert_eq!(log.log_end_offset(), next);
-    let info = log
-        .append(&build(&[Rec::value(5, b"after")], Compression::None), 2)
-        .unwrap();
+    let info = log.append(&build(&[Rec::value(5, b"after")], Compression::None), 2).unwrap();
     assert_eq!(info.first_offset, next);
     // The new batch is readable and the log reopens cleanly with it.
     log.close().unwrap();
@@ -96,21 +87,12 @@ fn cut_at_every_byte_of_the_last_batch_recovers_the_valid_prefix() {
     let src = tempfile::tempdir().unwrap();
     let (records, active, pos, len) = write_unclean(src.path(), 12);
     let last_base = records.iter().rev().nth(2).unwrap().0;
-    let prefix: Vec<_> = records
-        .iter()
-        .filter(|r| r.0 < last_base)
-        .cloned()
-        .collect();
+    let prefix: Vec<_> = records.iter().filter(|r| r.0 < last_base).cloned().collect();
     let name = active.file_name().unwrap().to_owned();
     for cut in pos..pos + len {
         let dst = tempfile::tempdir().unwrap();
         copy_dir(src.path(), dst.path());
-        OpenOptions::new()
-            .write(true)
-            .open(dst.path().join(&name))
-            .unwrap()
-            .set_len(cut)
-            .unwrap();
+        OpenOptions::new().write(true).open(dst.path().join(&name)).unwrap().set_len(cut).unwrap();
         assert_recovers_to(dst.path(), &prefix);
     }
 }
@@ -124,20 +106,12 @@ fn flipping_any_checked_byte_of_the_last_batch_recovers_the_valid_prefix() {
     let src = tempfile::tempdir().unwrap();
     let (records, active, pos, len) = write_unclean(src.path(), 9);
     let last_base = records.iter().rev().nth(2).unwrap().0;
-    let prefix: Vec<_> = records
-        .iter()
-        .filter(|r| r.0 < last_base)
-        .cloned()
-        .collect();
+    let prefix: Vec<_> = records.iter().filter(|r| r.0 < last_base).cloned().collect();
     let name = active.file_name().unwrap().to_owned();
     for at in (pos + 8..pos + 12).chain(pos + 16..pos + len) {
         let dst = tempfile::tempdir().unwrap();
         copy_dir(src.path(), dst.path());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(dst.path().join(&name))
-            .unwrap();
+        let file = OpenOptions::new().read(true).write(true).open(dst.path().join(&name)).unwrap();
         let mut byte = [0u8];
         file.read_exact_at(&mut byte, at).unwrap();
         file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
@@ -171,27 +145,16 @@ fn clean_shutdown_skips_the_scan_and_unclean_does_not() {
     log.close().unwrap();
     assert!(dir.path().join(CLEAN_SHUTDOWN_FILE).exists());
     // Damage a record byte of batch 2 of 3: a CRC scan would cut the log at offset 3.
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&active)
-        .unwrap();
+    let file = OpenOptions::new().read(true).write(true).open(&active).unwrap();
     file.write_all_at(&[0xFF], second.position() + 70).unwrap();
 
     let log = Log::open(dir.path(), config()).unwrap();
-    assert!(
-        !dir.path().join(CLEAN_SHUTDOWN_FILE).exists(),
-        "marker consumed at open"
-    );
+    assert!(!dir.path().join(CLEAN_SHUTDOWN_FILE).exists(), "marker consumed at open");
     assert_eq!(log.log_end_offset(), 9, "clean open trusts the segment");
     drop(log); // crash: no marker now
 
     let log = Log::open(dir.path(), config()).unwrap();
-    assert_eq!(
-        log.log_end_offset(),
-        3,
-        "unclean open scans and cuts at the bad batch"
-    );
+    assert_eq!(log.log_end_offset(), 3, "unclean open scans and cuts at the bad batch");
 }
 
 /// A missing or corrupt index file of a closed segment is rebuilt from the segment, and reads
@@ -229,11 +192,7 @@ fn missing_or_corrupt_indexes_are_rebuilt() {
         }
         let log = Log::open(dir.path(), config()).unwrap();
         assert_eq!(common::read_all(&log, 700).unwrap(), expected, "{damage}");
-        assert_eq!(
-            log.offset_for_timestamp(1_000 + 25 * 10).unwrap(),
-            by_time,
-            "{damage}"
-        );
+        assert_eq!(log.offset_for_timestamp(1_000 + 25 * 10).unwrap(), by_time, "{damage}");
         for offset in [0, 17, 59, 119] {
             let read = log.read(offset, 1, None).unwrap();
             assert!(read.region.first_offset() <= offset && read.region.next_offset() > offset);
@@ -257,12 +216,7 @@ fn damage_in_a_closed_segment_drops_everything_after_it() {
     // tail cannot be trusted.
     let second = dir.path().join(segment_file_name(bases[1], "log"));
     let len = fs::metadata(&second).unwrap().len();
-    OpenOptions::new()
-        .write(true)
-        .open(&second)
-        .unwrap()
-        .set_len(len - 10)
-        .unwrap();
+    OpenOptions::new().write(true).open(&second).unwrap().set_len(len - 10).unwrap();
     fs::remove_file(dir.path().join(segment_file_name(bases[1], "index"))).unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     assert_eq!(log.segment_base_offsets(), bases[..2].to_vec());
@@ -286,12 +240,7 @@ fn epoch_entries_past_the_recovered_end_are_dropped() {
     assert_eq!(log.latest_epoch(), Some(7));
     drop(log);
     // Lose the epoch-7 batch (and the last epoch-1 batch) as a torn write would.
-    OpenOptions::new()
-        .write(true)
-        .open(&active)
-        .unwrap()
-        .set_len(pos)
-        .unwrap();
+    OpenOptions::new().write(true).open(&active).unwrap().set_len(pos).unwrap();
     let log = Log::open(dir.path(), config()).unwrap();
     assert_eq!(log.latest_epoch(), Some(1));
     assert_eq!(log.log_end_offset(), records.last().unwrap().0 - 2);
@@ -319,7 +268,8 @@ fn unclean_open_scans_from_the_recovery_point() {
     for (recovery_point, expect_cut) in [(point, false), (0, true)] {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(src.path(), dir.path());
-        fs::write(dir.path().join(tideline_log::RECOVERY_POINT_FILE), recovery_point.to_string()).unwrap();
+        fs::write(dir.path().join(tideline_log::RECOVERY_POINT_FILE), recovery_point.to_string())
+            .unwrap();
         let file = OpenOptions::new()
             .write(true)
             .open(dir.path().join(segment_file_name(bases[1], "log")))
@@ -327,7 +277,11 @@ fn unclean_open_scans_from_the_recovery_point() {
         file.write_all_at(&[0xEE], in_second.position() + 70).unwrap();
         let log = Log::open(dir.path(), config()).unwrap();
         if expect_cut {
-            assert_eq!(log.log_end_offset(), in_second.first_offset(), "scanned and cut at the damage");
+            assert_eq!(
+                log.log_end_offset(),
+                in_second.first_offset(),
+                "scanned and cut at the damage"
+            );
             assert_eq!(log.segment_base_offsets(), bases[..2].to_vec());
         } else {
             assert_eq!(log.segment_base_offsets(), bases, "synced segments are trusted");

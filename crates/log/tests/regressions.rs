@@ -9,11 +9,7 @@ use common::{Rec, build};
 use tideline_log::{BatchError, Compression, Log, LogConfig, LogError, segment_file_name};
 
 fn two_records() -> Vec<u8> {
-    build(
-        &[Rec::value(1_000, b"a"), Rec::value(1_300, b"b")],
-        Compression::None,
-    )
-    .to_vec()
+    build(&[Rec::value(1_000, b"a"), Rec::value(1_300, b"b")], Compression::None).to_vec()
 }
 
 fn set_i64(buf: &mut [u8], pos: usize, v: i64) {
@@ -61,18 +57,11 @@ fn recovery_panicked_on_garbage_base_offset() {
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     log.append(&two_records(), 0).unwrap();
     let second = log.append(&two_records(), 0).unwrap();
-    let position = log
-        .read(second.first_offset, 1, None)
-        .unwrap()
-        .region
-        .position();
+    let position = log.read(second.first_offset, 1, None).unwrap().region.position();
     drop(log); // unclean
-    let file = OpenOptions::new()
-        .write(true)
-        .open(dir.path().join(segment_file_name(0, "log")))
-        .unwrap();
-    file.write_all_at(&i64::MAX.to_be_bytes(), position)
-        .unwrap();
+    let file =
+        OpenOptions::new().write(true).open(dir.path().join(segment_file_name(0, "log"))).unwrap();
+    file.write_all_at(&i64::MAX.to_be_bytes(), position).unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();
     assert_eq!(log.log_end_offset(), 2, "cut before the damaged batch");
 }
@@ -86,10 +75,34 @@ fn replicated_batch_with_overflowing_offsets_panicked() {
     let mut batch = two_records();
     set_i64(&mut batch, 0, i64::MAX);
     match log.append_replicated(&batch) {
+        Err(LogError::InvalidBatch { index: 0, source: BatchError::OffsetOverflow { .. } }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(log.log_end_offset(), 0);
+}
+
+/// Bug (found by the malformed-input property test): a header key that is not UTF-8 passed
+/// full validation, although Kafka's format defines header keys as strings.
+#[test]
+fn non_utf8_header_key_passed_full_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let rec = Rec {
+        timestamp: 1,
+        key: None,
+        value: Some(b"v".to_vec()),
+        headers: vec![("Q".into(), None)],
+    };
+    let mut batch = build(&[rec], Compression::None).to_vec();
+    let at = batch.iter().rposition(|&b| b == b'Q').unwrap();
+    batch[at] = 0x80;
+    fix_crc(&mut batch);
+    match log.append(&batch, 0) {
         Err(LogError::InvalidBatch {
-            index: 0,
-            source: BatchError::OffsetOverflow { .. },
-        }) => {}
+            source: BatchError::MalformedRecord { reason, .. }, ..
+        }) => {
+            assert!(reason.contains("UTF-8"), "{reason}");
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(log.log_end_offset(), 0);

@@ -15,12 +15,7 @@ pub struct Rec {
 
 impl Rec {
     pub fn value(timestamp: i64, value: &[u8]) -> Self {
-        Rec {
-            timestamp,
-            key: None,
-            value: Some(value.to_vec()),
-            headers: Vec::new(),
-        }
+        Rec { timestamp, key: None, value: Some(value.to_vec()), headers: Vec::new() }
     }
 }
 
@@ -31,10 +26,7 @@ pub fn build(records: &[Rec], compression: Compression) -> bytes::Bytes {
         let headers: Vec<RecordHeader> = r
             .headers
             .iter()
-            .map(|(k, v)| RecordHeader {
-                key: k.clone(),
-                value: v.clone().map(Into::into),
-            })
+            .map(|(k, v)| RecordHeader { key: k.clone(), value: v.clone().map(Into::into) })
             .collect();
         b.append(r.timestamp, r.key.as_deref(), r.value.as_deref(), &headers);
     }
@@ -65,12 +57,7 @@ pub fn decode_batch(batch: &RecordBatch<'_>) -> Vec<(i64, i32, Rec)> {
                 headers: r
                     .headers
                     .iter()
-                    .map(|h| {
-                        (
-                            String::from_utf8(h.key.to_vec()).unwrap(),
-                            h.value.map(<[u8]>::to_vec),
-                        )
-                    })
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
                     .collect(),
             };
             (r.offset, batch.partition_leader_epoch(), rec)
@@ -88,11 +75,7 @@ pub fn read_all(log: &Log, max_bytes: usize) -> Result<Vec<(i64, i32, Rec)>, Log
             return Ok(out);
         }
         let bytes = read.region.read_to_bytes()?;
-        out.extend(
-            decode_all(&bytes)
-                .into_iter()
-                .filter(|(o, _, _)| *o >= offset),
-        );
+        out.extend(decode_all(&bytes).into_iter().filter(|(o, _, _)| *o >= offset));
         offset = read.region.next_offset();
     }
 }
