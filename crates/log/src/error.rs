@@ -177,6 +177,15 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
+    /// An earlier write or fsync failed, so what is on disk is in doubt; the log accepts no
+    /// more changes until it is reopened (which recovers it).
+    #[error("log {path} is offline after an I/O failure: {reason}")]
+    Offline {
+        /// The partition directory.
+        path: PathBuf,
+        /// The failure that took it offline.
+        reason: String,
+    },
     /// The log was closed; it accepts no more operations.
     #[error("log {0} is closed")]
     Closed(PathBuf),
@@ -186,7 +195,13 @@ impl LogError {
     /// True when the log can no longer be trusted and must be taken offline (I/O failure or
     /// corruption); false for errors caused by the request (bad batch, offset out of range).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, LogError::Io { .. } | LogError::Corrupt { .. } | LogError::Closed(_))
+        matches!(
+            self,
+            LogError::Io { .. }
+                | LogError::Corrupt { .. }
+                | LogError::Offline { .. }
+                | LogError::Closed(_)
+        )
     }
 }
 

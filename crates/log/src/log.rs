@@ -12,7 +12,7 @@ use std::fs;
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -117,6 +117,8 @@ impl FileRegion {
                 Err(e) => return Err(io_err("read", self.file.path())(e.into())),
             }
         }
+        // The allocator may have given more capacity than asked: keep only the region.
+        buf.truncate(self.len as usize);
         for batch in batches(&buf) {
             if let Err(e) = batch {
                 return Err(LogError::Corrupt {
@@ -211,6 +213,10 @@ pub struct Log {
     recovery_point: Arc<RecoveryPoint>,
     /// Every offset below this is on disk.
     flushed: Arc<AtomicI64>,
+    /// Set, with the reason, after an I/O failure that leaves durability or the files in doubt
+    /// (a failed write or fsync): the log then refuses every change, as Kafka takes the log
+    /// directory offline.
+    offline: Arc<OnceLock<String>>,
     writer: Mutex<Writer>,
     state: RwLock<State>,
 }
@@ -288,6 +294,7 @@ impl Log {
             clock,
             recovery_point: Arc::new(recovery_point),
             flushed,
+            offline: Arc::new(OnceLock::new()),
             writer: Mutex::new(Writer { last_flush_ms: now, sync_chain: None, closed: false }),
             state: RwLock::new(State {
                 config,
@@ -469,6 +476,26 @@ impl Log {
             expected = b.next_offset();
         }
         let first = pending[0].batch.base_offset();
+        if expected - 1 - first > i64::from(u32::MAX) && pending.len() > 1 {
+            // The batches span more offsets than one segment can index (a leader's compacted
+            // gap): append them one by one, each rolling where it must.
+            drop(w);
+            let mut info: Option<AppendInfo> = None;
+            for p in &pending {
+                let one = self.append_replicated(p.batch.as_bytes())?;
+                info = Some(match info {
+                    None => one,
+                    Some(sum) => AppendInfo {
+                        last_offset: one.last_offset,
+                        max_timestamp: sum.max_timestamp.max(one.max_timestamp),
+                        batch_count: sum.batch_count + one.batch_count,
+                        bytes: sum.bytes + one.bytes,
+                        ..sum
+                    },
+                });
+            }
+            return Ok(info.expect("at least one batch"));
+        }
         self.maybe_roll(&mut w, first, expected - 1, batches.len() as u64)?;
         let (position, file) = self.active_position();
         let mut pos = position;
@@ -509,22 +536,28 @@ impl Log {
                 st.epochs.assign(epoch, start)?;
             }
         }
-        if let Err(e) = write_all_at(file.file(), slices, position) {
-            // Drop whatever part of the write landed, so the file ends at the last whole batch,
-            // and the epochs that would have started in it.
+        let policy = self.read_state().config.flush;
+        let written = write_all_at(file.file(), slices, position)
+            .map_err(io_err("write", file.path()))
+            .and_then(|()| match policy {
+                FlushPolicy::EveryAppend => {
+                    file.file().sync_data().map_err(io_err("fsync", file.path()))
+                }
+                _ => Ok(()),
+            });
+        if let Err(e) = written {
+            // Take back what landed and the epochs that would have started in it, so that not
+            // even a crash recovery brings the failed append back; then go offline, since after
+            // a failed write or fsync the file's state on disk is in doubt.
             let _ = file.file().set_len(position);
             let mut st = self.write_state();
             let end = st.log_end_offset;
-            st.epochs.truncate_from_end(end)?;
-            return Err(io_err("write", file.path())(e));
+            let _ = st.epochs.truncate_from_end(end);
+            return Err(self.go_offline(e));
         }
         let now = self.clock.now_ms();
         let last = headers.last().expect("an append has at least one batch");
         let end = last.last_offset + 1;
-        let policy = self.read_state().config.flush;
-        if policy == FlushPolicy::EveryAppend {
-            file.file().sync_data().map_err(io_err("fsync", file.path()))?;
-        }
         let mut st = self.write_state();
         let interval = st.config.index_interval_bytes;
         let active = st.active_mut();
@@ -542,7 +575,7 @@ impl Log {
                 self.flushed.fetch_max(end, Ordering::AcqRel);
             }
             FlushPolicy::IntervalMs(ms) if now - w.last_flush_ms >= ms as i64 => {
-                self.spawn_flush(w, now)?;
+                self.spawn_flush(w, now);
             }
             _ => {}
         }
@@ -562,8 +595,11 @@ impl Log {
         (active.size, Arc::clone(&active.file))
     }
 
-    /// Rolls to a new segment based at `first` when an append of `bytes` ending at offset
-    /// `last` does not belong in the active one (size, age, or 32-bit relative offsets).
+    /// Rolls to a new segment when an append of `bytes` with offsets `first..=last` does not
+    /// belong in the active one: too large, too old, or beyond 32-bit relative offsets. The new
+    /// segment starts at the log end offset, so every segment starts where the previous one
+    /// ended (recovery relies on it), except when the append starts more than `u32::MAX` past
+    /// the log end (a replica copying a leader's compacted gap); it then starts at `first`.
     fn maybe_roll(
         &self,
         w: &mut Writer,
@@ -572,37 +608,59 @@ impl Log {
         bytes: u64,
     ) -> Result<(), LogError> {
         let now = self.clock.now_ms();
-        let roll = {
+        let (roll, base) = {
             let st = self.read_state();
             let active = st.active();
             let config = &st.config;
-            !active.is_empty()
-                && (active.size + bytes > config.segment_bytes
-                    || config.segment_ms.is_some_and(|ms| {
-                        active.roll_base_ms.is_some_and(|base| now - base >= ms as i64)
-                    })
-                    || last - active.base_offset > i64::from(u32::MAX))
+            let beyond_relative = last - active.base_offset > i64::from(u32::MAX);
+            let roll = beyond_relative
+                || (!active.is_empty()
+                    && (active.size + bytes > config.segment_bytes
+                        || config.segment_ms.is_some_and(|ms| {
+                            active.roll_base_ms.is_some_and(|base| now - base >= ms as i64)
+                        })));
+            let end = st.log_end_offset;
+            (roll, if last - end > i64::from(u32::MAX) { first } else { end })
         };
-        if roll { self.roll(w, first) } else { Ok(()) }
+        if roll { self.roll(w, base) } else { Ok(()) }
     }
 
-    /// Seals the active segment (final time index entry, index files written) and starts a
-    /// new one at `base_offset`. The sealed segment is fsynced by a background thread, which
+    /// Starts a new active segment at `base_offset`. A non-empty active segment is sealed
+    /// (final time index entry, index files written) and fsynced by a background thread, which
     /// then moves the recovery point to `base_offset`: the writer never waits for a
-    /// segment-sized sync, and until the sync lands a crash recovery rescans that segment.
+    /// segment-sized sync, and until the sync lands a crash recovery rescans that segment. An
+    /// empty active segment is replaced instead.
     fn roll(&self, w: &mut Writer, base_offset: i64) -> Result<(), LogError> {
-        let (sealed_file, sealed_base) = {
+        let sealed = {
             let mut st = self.write_state();
             let active = st.active_mut();
             active.seal_time_index();
-            (Arc::clone(&active.file), active.base_offset)
+            (Arc::clone(&active.file), active.base_offset, active.is_empty())
         };
-        self.read_state().active().write_indexes(&self.dir)?;
+        let (sealed_file, sealed_base, replace) = sealed;
+        if !replace {
+            self.read_state().active().write_indexes(&self.dir)?;
+        }
         let segment = Segment::create(&self.dir, base_offset)?;
         sync_dir(&self.dir)?;
-        self.write_state().segments.insert(base_offset, segment);
+        {
+            let mut st = self.write_state();
+            st.segments.insert(base_offset, segment);
+            if replace {
+                st.segments.remove(&sealed_base);
+                st.log_start_offset = *st.segments.keys().next().expect("just inserted");
+                st.log_end_offset = st.log_end_offset.max(base_offset);
+                let start = st.log_start_offset;
+                st.epochs.truncate_from_start(start)?;
+            }
+        }
+        if replace {
+            Segment::delete_files(&self.dir, sealed_base)?;
+            sync_dir(&self.dir)?;
+            info!(dir = %self.dir.display(), base_offset, "replaced empty active segment");
+            return Ok(());
+        }
         info!(dir = %self.dir.display(), base_offset, "rolled segment");
-
         let (recovery_point, flushed) =
             (Arc::clone(&self.recovery_point), Arc::clone(&self.flushed));
         let dir = self.dir.clone();
@@ -614,12 +672,13 @@ impl Log {
                 flushed.fetch_max(base_offset, Ordering::AcqRel);
                 Ok(())
             },
-        )
+        );
+        Ok(())
     }
 
     /// Starts a background sync of the active segment (the `IntervalMs` policy): the writer
     /// goes on appending while it runs, as Kafka's scheduled flush does.
-    fn spawn_flush(&self, w: &mut Writer, now: i64) -> Result<(), LogError> {
+    fn spawn_flush(&self, w: &mut Writer, now: i64) {
         let (file, end) = {
             let st = self.read_state();
             (Arc::clone(&st.active().file), st.log_end_offset)
@@ -633,54 +692,68 @@ impl Log {
                 flushed.fetch_max(end, Ordering::AcqRel);
                 Ok(())
             },
-        )
+        );
     }
 
     /// Runs `sync` on a background thread, then waits for the previous sync in the chain and,
-    /// if both succeeded, runs `publish`. A failure is logged and breaks the chain: nothing is
-    /// published after it, and [`Log::flush`] and [`Log::close`] report it.
+    /// if both succeeded and the log is not offline, runs `publish`. A failure takes the log
+    /// offline: nothing is published after it and every later change is refused. When no
+    /// thread can be started the job runs inline, so a sync is never skipped.
     fn chain_sync(
         &self,
         w: &mut Writer,
         sync: impl FnOnce() -> Result<(), LogError> + Send + 'static,
         publish: impl FnOnce() -> Result<(), LogError> + Send + 'static,
-    ) -> Result<(), LogError> {
+    ) {
         let previous = w.sync_chain.take();
-        let dir = self.dir.clone();
-        let handle = std::thread::Builder::new()
-            .name("tideline-log-sync".into())
-            .spawn(move || {
-                let own = sync();
-                let previous_ok = previous.is_none_or(|h| h.join().unwrap_or(false));
-                match own.and_then(|()| if previous_ok { publish() } else { Ok(()) }) {
-                    Ok(()) => previous_ok,
-                    Err(e) => {
-                        warn!(dir = %dir.display(), error = %e, "background log sync failed");
-                        false
-                    }
+        let (dir, offline) = (self.dir.clone(), Arc::clone(&self.offline));
+        let job = move || {
+            let own = sync();
+            let previous_ok = previous.is_none_or(|h| h.join().unwrap_or(false));
+            let ok = previous_ok && offline.get().is_none();
+            match own.and_then(|()| if ok { publish() } else { Ok(()) }) {
+                Ok(()) => ok,
+                Err(e) => {
+                    let _ = offline.set(e.to_string());
+                    warn!(dir = %dir.display(), error = %e, "background log sync failed; log is offline");
+                    false
                 }
-            })
-            .map_err(io_err("spawn sync thread for", &self.dir))?;
-        w.sync_chain = Some(handle);
-        Ok(())
-    }
-
-    /// Waits for the background syncs; false if any of them failed.
-    fn join_syncs(w: &mut Writer) -> bool {
-        w.sync_chain.take().is_none_or(|h| h.join().unwrap_or(false))
-    }
-
-    /// Waits for the background syncs and fails if any did: data they covered may not be on
-    /// disk, and the log must be treated as failed (Kafka takes the log directory offline).
-    fn join_syncs_or_fail(&self, w: &mut Writer) -> Result<(), LogError> {
-        if Self::join_syncs(w) {
-            return Ok(());
+            }
+        };
+        let cell = Arc::new(Mutex::new(Some(job)));
+        let in_thread = Arc::clone(&cell);
+        let spawned =
+            std::thread::Builder::new().name("tideline-log-sync".into()).spawn(move || {
+                let job = in_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+                job.is_some_and(|job| job())
+            });
+        match spawned {
+            Ok(handle) => w.sync_chain = Some(handle),
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "cannot start a sync thread, syncing inline");
+                let job = cell.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(job) = job {
+                    job();
+                }
+            }
         }
-        Err(LogError::Io {
-            op: "fsync",
-            path: self.dir.clone(),
-            source: std::io::Error::other("an earlier background sync failed"),
-        })
+    }
+
+    /// Waits for the background syncs.
+    ///
+    /// # Errors
+    /// [`LogError::Offline`] when one of them (or anything before) failed: data they covered
+    /// may not be on disk.
+    fn join_syncs(&self, w: &mut Writer) -> Result<(), LogError> {
+        if let Some(handle) = w.sync_chain.take() {
+            let _ = handle.join();
+        }
+        match self.offline.get() {
+            None => Ok(()),
+            Some(reason) => {
+                Err(LogError::Offline { path: self.dir.clone(), reason: reason.clone() })
+            }
+        }
     }
 
     /// Reads whole batches starting with the one that contains `offset`, up to `max_bytes`
@@ -767,42 +840,50 @@ impl Log {
     /// # Errors
     /// [`LogError::Io`] when a file cannot be truncated or deleted.
     pub fn truncate_to(&self, offset: i64) -> Result<i64, LogError> {
+        check_offset_argument(offset)?;
         let mut w = self.lock_writer()?;
-        let mut st = self.write_state();
-        if offset >= st.log_end_offset {
-            return Ok(st.log_end_offset);
-        }
-        if offset < st.log_start_offset {
-            drop(st);
-            self.reset_to(&mut w, offset)?;
-            return Ok(offset);
-        }
-        let doomed: Vec<i64> = st.segments.range(offset + 1..).map(|(&b, _)| b).collect();
-        let interval = st.config.index_interval_bytes;
-        let before = st.log_end_offset;
-        // Find where the batch containing `offset` starts in the segment that holds it.
-        let holder = *st.segments.range(..=offset).next_back().expect("offset >= log start").0;
-        for base in &doomed {
-            st.segments.remove(base);
-        }
-        let seg = st.segments.get_mut(&holder).expect("holder exists");
-        let cut = match seg.find_batch(offset, seg.lookup_position(offset))? {
-            Some(h) => h.position,
-            None => seg.size,
+        let (holder, cut, end, before) = {
+            let st = self.read_state();
+            if offset >= st.log_end_offset {
+                return Ok(st.log_end_offset);
+            }
+            if offset < st.log_start_offset {
+                drop(st);
+                self.reset_to(&mut w, offset)?;
+                return Ok(offset);
+            }
+            let seg = st.segments.range(..=offset).next_back().expect("offset >= log start").1;
+            // The batch containing `offset` goes whole.
+            let (cut, end) = match seg.find_batch(offset, seg.lookup_position(offset))? {
+                Some(h) => (h.position, h.base_offset),
+                None => (seg.size, seg.next_offset),
+            };
+            (seg.base_offset, cut, end, st.log_end_offset)
         };
-        seg.truncate_to_size(cut, interval)?;
-        seg.roll_base_ms = if seg.is_empty() { None } else { seg.roll_base_ms };
-        st.log_end_offset = st.active().next_offset;
-        let end = st.log_end_offset;
-        st.epochs.truncate_from_end(end)?;
-        drop(st);
-        // Bytes written past here later must be scanned after a crash, not trusted.
-        Self::join_syncs(&mut w);
+        // The order keeps a crash at any step safe: first a later recovery must scan what
+        // stays, then later segments go newest first (a crash leaves a shorter log with no
+        // hole), and only then is the holder cut.
+        self.join_syncs(&mut w)?;
         self.recovery_point.lower(end)?;
-        for base in doomed {
-            Segment::delete_files(&self.dir, base)?;
+        {
+            let mut st = self.write_state();
+            let doomed: Vec<i64> = st.segments.range(holder + 1..).map(|(&b, _)| b).rev().collect();
+            for base in doomed {
+                st.segments.remove(&base);
+                Segment::delete_files(&self.dir, base).map_err(|e| self.go_offline(e))?;
+            }
         }
         sync_dir(&self.dir)?;
+        let mut st = self.write_state();
+        let interval = st.config.index_interval_bytes;
+        let seg = st.segments.get_mut(&holder).expect("holder exists");
+        seg.truncate_to_size(cut, interval).map_err(|e| self.go_offline(e))?;
+        if seg.is_empty() {
+            seg.roll_base_ms = None;
+        }
+        st.log_end_offset = end;
+        st.epochs.truncate_from_end(end)?;
+        drop(st);
         self.flushed.fetch_min(end, Ordering::AcqRel);
         warn!(dir = %self.dir.display(), requested = offset, from = before, to = end, "truncated log");
         Ok(end)
@@ -814,18 +895,20 @@ impl Log {
     /// # Errors
     /// [`LogError::Io`] when files cannot be deleted or created.
     pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), LogError> {
+        check_offset_argument(offset)?;
         let mut w = self.lock_writer()?;
         self.reset_to(&mut w, offset)
     }
 
     fn reset_to(&self, w: &mut Writer, offset: i64) -> Result<(), LogError> {
-        Self::join_syncs(w);
+        self.join_syncs(w)?;
         let mut st = self.write_state();
-        let old: Vec<i64> = st.segments.keys().copied().collect();
-        for base in &old {
-            Segment::delete_files(&self.dir, *base)?;
+        // Newest first: a crash part way leaves an older prefix of the log, never a hole.
+        let old: Vec<i64> = st.segments.keys().rev().copied().collect();
+        for base in old {
+            st.segments.remove(&base);
+            Segment::delete_files(&self.dir, base).map_err(|e| self.go_offline(e))?;
         }
-        st.segments.clear();
         st.segments.insert(offset, Segment::create(&self.dir, offset)?);
         sync_dir(&self.dir)?;
         st.log_start_offset = offset;
@@ -854,9 +937,9 @@ impl Log {
         let mut outcome = RetentionOutcome::default();
         let closed = st.segments.len() - 1;
         for seg in st.segments.values().take(closed) {
-            let expired = config
-                .retention_ms
-                .is_some_and(|ms| !seg.is_empty() && now - seg.max_timestamp > ms as i64);
+            let expired = config.retention_ms.is_some_and(|ms| {
+                !seg.is_empty() && now.saturating_sub(seg.max_timestamp) > ms as i64
+            });
             let over_size = config.retention_bytes.is_some() && excess >= seg.size;
             if !(expired || over_size) {
                 break;
@@ -894,7 +977,7 @@ impl Log {
     /// [`LogError::Io`] when this sync or an earlier background one failed.
     pub fn flush(&self) -> Result<(), LogError> {
         let mut w = self.lock_writer()?;
-        self.join_syncs_or_fail(&mut w)?;
+        self.join_syncs(&mut w)?;
         let (file, end) = {
             let st = self.read_state();
             (Arc::clone(&st.active().file), st.log_end_offset)
@@ -920,7 +1003,7 @@ impl Log {
         if now - w.last_flush_ms < ms as i64 {
             return Ok(false);
         }
-        self.spawn_flush(&mut w, now)?;
+        self.spawn_flush(&mut w, now);
         Ok(true)
     }
 
@@ -947,7 +1030,7 @@ impl Log {
         };
         // A failed background sync means data may be missing: no marker, so the next open
         // scans from the recovery point.
-        self.join_syncs_or_fail(&mut w)?;
+        self.join_syncs(&mut w)?;
         self.recovery_point.advance(end)?;
         self.flushed.fetch_max(end, Ordering::AcqRel);
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
@@ -958,14 +1041,15 @@ impl Log {
     }
 
     /// Closes the log and deletes its directory (the topic was deleted or the replica moved).
+    /// Further operations fail with [`LogError::Closed`]; regions already handed out stay
+    /// readable, as their files stay open.
     ///
     /// # Errors
     /// [`LogError::Io`] when the directory cannot be removed.
-    pub fn delete(self) -> Result<(), LogError> {
+    pub fn delete(&self) -> Result<(), LogError> {
         let mut w = self.lock_writer()?;
-        Self::join_syncs(&mut w);
+        let _ = self.join_syncs(&mut w); // the files are going away either way
         w.closed = true;
-        drop(w);
         fs::remove_dir_all(&self.dir).map_err(io_err("remove", &self.dir))
     }
 
@@ -974,7 +1058,17 @@ impl Log {
         if w.closed {
             return Err(LogError::Closed(self.dir.clone()));
         }
+        if let Some(reason) = self.offline.get() {
+            return Err(LogError::Offline { path: self.dir.clone(), reason: reason.clone() });
+        }
         Ok(w)
+    }
+
+    /// Takes the log offline after `error` and returns it.
+    fn go_offline(&self, error: LogError) -> LogError {
+        let _ = self.offline.set(error.to_string());
+        warn!(dir = %self.dir.display(), error = %error, "log is offline");
+        error
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -990,8 +1084,31 @@ impl Drop for Log {
     /// Waits for background segment syncs; writes no clean-shutdown marker (see [`Log::close`]).
     fn drop(&mut self) {
         let w = self.writer.get_mut().unwrap_or_else(|e| e.into_inner());
-        Self::join_syncs(w);
+        if let Some(handle) = w.sync_chain.take() {
+            let _ = handle.join();
+        }
     }
+}
+
+/// Deletes the segments based at `bases`, newest first, and syncs the directory.
+fn drop_segments(dir: &Path, bases: &[i64]) -> Result<(), LogError> {
+    for &base in bases.iter().rev() {
+        warn!(dir = %dir.display(), segment = base, "deleting segment after a damaged one");
+        Segment::delete_files(dir, base)?;
+    }
+    sync_dir(dir)
+}
+
+/// Largest offset a log may be restarted or truncated at: far enough below `i64::MAX` that
+/// offsets assigned after it cannot overflow.
+const MAX_START_OFFSET: i64 = i64::MAX - (1 << 40);
+
+/// Refuses offsets a log cannot start at (negative, or too close to `i64::MAX`).
+fn check_offset_argument(offset: i64) -> Result<(), LogError> {
+    if (0..=MAX_START_OFFSET).contains(&offset) {
+        return Ok(());
+    }
+    Err(LogError::OffsetOutOfRange { requested: offset, log_start: 0, log_end: MAX_START_OFFSET })
 }
 
 /// Parses `buf` into batches, checking each with `check`.
@@ -1033,7 +1150,7 @@ fn read_region(
     {
         end_limit = h.position;
     }
-    let target = (first.position + max_bytes.max(first.size)).min(end_limit);
+    let target = first.position.saturating_add(max_bytes.max(first.size)).min(end_limit);
     let mut end = first.position + first.size;
     let mut next_offset = first.last_offset + 1;
     // Jump close to the target with the index, then walk the last few headers.
@@ -1134,6 +1251,7 @@ fn recover_segments(
         let name = name.to_string_lossy();
         if let Some(stem) = name.strip_suffix(&format!(".{LOG_SUFFIX}"))
             && stem.len() == 20
+            && stem.bytes().all(|b| b.is_ascii_digit())
             && let Ok(base) = stem.parse::<i64>()
         {
             bases.push(base);
@@ -1151,16 +1269,28 @@ fn recover_segments(
         .map(|point| bases.iter().copied().filter(|&b| b <= point).max().unwrap_or(i64::MIN));
     for (i, &base) in bases.iter().enumerate() {
         let path = dir.join(segment_file_name(base, LOG_SUFFIX));
-        let (mut seg, len) = Segment::open(path.clone(), base)?;
-        if let Some(prev) = prev_next
-            && prev > base
-        {
-            return Err(LogError::Corrupt {
-                path,
-                reason: format!("segment starts at {base}, before the previous one ends at {prev}"),
-            });
+        if let Some(prev) = prev_next {
+            if prev > base {
+                return Err(LogError::Corrupt {
+                    path,
+                    reason: format!(
+                        "segment starts at {base}, before the previous one ends at {prev}"
+                    ),
+                });
+            }
+            // A segment starts where the previous one ended (see `Log::maybe_roll`), unless
+            // more than u32::MAX offsets apart: a shorter gap means the previous segment lost
+            // its tail, and what follows cannot stay.
+            if prev < base && base - prev <= i64::from(u32::MAX) {
+                warn!(segment = %path.display(), previous_end = prev, "segment does not continue the log");
+                drop_segments(dir, &bases[i..])?;
+                break;
+            }
         }
+        let (mut seg, len) = Segment::open(path.clone(), base)?;
+        let is_last = i + 1 == bases.len();
         let full_scan = first_scanned.is_some_and(|first| base >= first);
+        let mut rebuilt = full_scan;
         let problem = if full_scan {
             seg.scan(0, len, true, interval)?
         } else {
@@ -1189,6 +1319,7 @@ fn recover_segments(
                         None => None,
                         Some(reason) => {
                             warn!(segment = %path.display(), reason, "index disagrees with segment, rebuilding");
+                            rebuilt = true;
                             seg = Segment::open(path.clone(), base)?.0;
                             seg.scan(0, len, true, interval)?
                         }
@@ -1196,6 +1327,7 @@ fn recover_segments(
                 }
                 Err(reason) => {
                     info!(segment = %path.display(), reason, "rebuilding segment index");
+                    rebuilt = true;
                     seg.scan(0, len, true, interval)?
                 }
             }
@@ -1209,14 +1341,20 @@ fn recover_segments(
                 reason,
                 "truncating torn or corrupt tail of segment"
             );
+            // Later segments go first: a crash part way must not leave them behind a segment
+            // that was already cut.
+            drop_segments(dir, &bases[i + 1..])?;
             seg.file.file().set_len(seg.size).map_err(io_err("truncate", &path))?;
             seg.file.file().sync_data().map_err(io_err("fsync", &path))?;
-            for &later in &bases[i + 1..] {
-                warn!(segment = later, "deleting segment after a damaged one");
-                Segment::delete_files(dir, later)?;
-            }
             segments.insert(base, seg);
             break;
+        }
+        if rebuilt && !is_last {
+            // A closed segment checked by this open: make it and its fresh indexes durable
+            // before a later roll or close moves the recovery point past it.
+            seg.seal_time_index();
+            seg.write_indexes(dir)?;
+            Segment::sync(dir, &seg.file, base)?;
         }
         prev_next = Some(seg.next_offset);
         segments.insert(base, seg);

@@ -219,7 +219,11 @@ impl Segment {
         file.file.sync_data().map_err(io_err("fsync", &file.path))?;
         for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
             let path = dir.join(segment_file_name(base_offset, suffix));
-            File::open(&path).and_then(|f| f.sync_all()).map_err(io_err("fsync", &path))?;
+            match File::open(&path).and_then(|f| f.sync_all()) {
+                // Retention or truncation deleted the segment meanwhile: nothing to keep.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => other.map_err(io_err("fsync", &path))?,
+            }
         }
         Ok(())
     }

@@ -107,3 +107,149 @@ fn non_utf8_header_key_passed_full_validation() {
     }
     assert_eq!(log.log_end_offset(), 0);
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn small_segments() -> LogConfig {
+    LogConfig { segment_bytes: 1024, index_interval_bytes: 128, ..LogConfig::default() }
+}
+
+fn fill(log: &Log, batches: usize) {
+    for i in 0..batches {
+        let recs: Vec<Rec> = (0..4)
+            .map(|j| Rec::value(i as i64, format!("{i}-{j}-{}", "p".repeat(40)).as_bytes()))
+            .collect();
+        log.append(&build(&recs, Compression::None), 0).unwrap();
+    }
+}
+
+/// Bug (review): a crash during `truncate_to` after the holder segment was cut but before the
+/// later segments were deleted brought those segments back at the next open, leaving a hole
+/// and the deposed leader's records. Recovery now drops a segment that does not continue the
+/// log (and truncation deletes later segments first).
+#[test]
+fn truncation_interrupted_before_deleting_later_segments_resurrected_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    fill(&log, 30);
+    let bases = log.segment_base_offsets();
+    assert!(bases.len() >= 4, "{bases:?}");
+    drop(log);
+    copy_dir(dir.path(), saved.path());
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    let end = log.truncate_to(bases[1] + 2).unwrap();
+    drop(log);
+    // Put the later segments back, as a crash between cut and delete would have left them.
+    for base in &bases[2..] {
+        for suffix in ["log", "index", "timeindex"] {
+            let name = segment_file_name(*base, suffix);
+            if saved.path().join(&name).exists() {
+                std::fs::copy(saved.path().join(&name), dir.path().join(&name)).unwrap();
+            }
+        }
+    }
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(log.log_end_offset(), end, "segments after the cut must not come back");
+    assert_eq!(log.segment_base_offsets(), bases[..2].to_vec());
+}
+
+/// Bug (review): a replicated batch more than u32::MAX offsets past an empty active segment was
+/// written into it, breaking 32-bit relative offsets: reads skipped records and the next open
+/// truncated acknowledged data.
+#[test]
+fn replicated_batch_far_past_an_empty_segment_broke_relative_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let far = 5_000_000_000i64;
+    let mut first = two_records();
+    tideline_log::batch::set_offset_and_epoch(&mut first, far, 1);
+    let mut second = two_records();
+    tideline_log::batch::set_offset_and_epoch(&mut second, far + 2, 1);
+    // A later batch with a gap larger than u32::MAX inside one append.
+    let mut third = two_records();
+    tideline_log::batch::set_offset_and_epoch(&mut third, 2 * far, 1);
+    let mut append = first.clone();
+    append.extend_from_slice(&second);
+    append.extend_from_slice(&third);
+    log.append_replicated(&append).unwrap();
+    let check = |log: &Log| {
+        assert_eq!(log.log_end_offset(), 2 * far + 2);
+        for (offset, expected_first) in [(far, far), (far + 3, far + 2), (2 * far + 1, 2 * far)] {
+            let region = log.read(offset, 1, None).unwrap().region;
+            assert_eq!(region.first_offset(), expected_first, "read at {offset}");
+        }
+    };
+    check(&log);
+    drop(log); // unclean
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    check(&log);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    check(&log);
+}
+
+/// Bug (review): retention deleting a just-rolled segment made its background sync fail on
+/// the missing index files, which broke the sync chain and made flush and close fail.
+#[test]
+fn retention_racing_a_background_sync_failed_later_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { retention_bytes: Some(0), ..small_segments() };
+    let log = Log::open(dir.path(), config).unwrap();
+    for _ in 0..20 {
+        fill(&log, 1);
+        log.apply_retention().unwrap();
+    }
+    log.flush().unwrap();
+    log.close().unwrap();
+}
+
+/// Bug (review): a read with max_bytes near usize::MAX (a negative fetch size cast) overflowed.
+#[test]
+fn huge_max_bytes_overflowed_the_read_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    fill(&log, 3);
+    let region = log.read(0, usize::MAX, None).unwrap().region;
+    assert_eq!(region.first_offset(), 0);
+    assert!(!region.is_empty());
+}
+
+/// Bug (review): negative start offsets were accepted by truncation and made every later batch
+/// unreadable after a reopen.
+#[test]
+fn negative_offsets_were_accepted_by_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    fill(&log, 3);
+    assert!(matches!(log.truncate_fully_and_start_at(-1), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(matches!(log.truncate_to(-5), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(matches!(
+        log.truncate_fully_and_start_at(i64::MAX - 3),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(log.log_end_offset(), 12);
+}
+
+/// Bug (review): closed segments checked by an unclean open were neither synced nor given
+/// fresh index files before the recovery point moved past them.
+#[test]
+fn segments_scanned_at_recovery_were_not_made_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    fill(&log, 30);
+    let bases = log.segment_base_offsets();
+    drop(log); // unclean
+    std::fs::write(dir.path().join(tideline_log::RECOVERY_POINT_FILE), "0").unwrap();
+    let index = dir.path().join(segment_file_name(bases[1], "index"));
+    std::fs::remove_file(&index).unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    assert!(index.exists(), "the rescanned segment's index is written back at open");
+    assert_eq!(log.segment_base_offsets(), bases);
+}
