@@ -1,14 +1,20 @@
 //! Log throughput against the machine's own limits, measured in the same run.
 //!
-//! `cargo bench -p tideline-log --bench log_throughput [-- --mib 1024 --runs 5 --dir PATH]`
+//! `cargo bench -p tideline-log --bench log_throughput [-- --mib 1024 --runs 7 --dir PATH]`
 //!
-//! Limits: 1 GiB written through `std::fs::File` in 1 MiB writes (into the page cache, and
-//! with `fdatasync` every second), and read back in 1 MiB reads (from the page cache).
-//! Log: the same volume of 1 KiB records appended in 16 KiB and 1 MiB batches with the flush
-//! left to the page cache and with a sync every second, then read back through `Log::read` +
-//! `FileRegion::read_to_bytes` in 1 MiB fetches. Each figure is the median of the runs; the
-//! measurements are interleaved so that drift on a shared machine hits them alike, and dirty
-//! pages are flushed (`sync`) between them so none inherits another's writeback.
+//! Each log figure is measured right beside its limit, as a pair, and the pair's ratio is
+//! kept; the order inside a pair alternates between runs, and the report gives medians over
+//! runs. On a shared machine throughput drifts by 2x within a minute, so only ratios taken
+//! seconds apart are meaningful; the CPU time the process spends per GiB (user + system) is
+//! reported beside them, as it does not suffer from other tenants. Dirty pages are flushed
+//! (`sync`) before every measurement.
+//!
+//! Limits: `std::fs::File` writes of 1 MiB (into the page cache, or with `fdatasync` every
+//! second) and 1 MiB reads of a page-cached file into one reused buffer.
+//! Log: 1 KiB records appended in 16 KiB and 1 MiB batches (flush left to the page cache, or
+//! `FlushPolicy::IntervalMs(1000)`), read back in 1 MiB fetches through `Log::read` with
+//! `FileRegion::read_to_bytes` (a fresh buffer per fetch, as the gRPC path) and
+//! `FileRegion::read_into` (a reused buffer).
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -18,22 +24,26 @@ use std::time::{Duration, Instant};
 use tideline_log::{Compression, FlushPolicy, Log, LogConfig, RecordBatchBuilder};
 
 const MIB: u64 = 1 << 20;
+const GIB: f64 = (1u64 << 30) as f64;
 const RECORD_BYTES: usize = 1024;
 
 struct Args {
     mib: u64,
     runs: usize,
     dir: PathBuf,
+    /// Measure only this append pair (0-3), for profiling.
+    only: Option<usize>,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { mib: 1024, runs: 5, dir: std::env::temp_dir() };
+    let mut args = Args { mib: 1024, runs: 7, dir: std::env::temp_dir(), only: None };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--mib" => args.mib = it.next().and_then(|v| v.parse().ok()).expect("--mib N"),
             "--runs" => args.runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--dir" => args.dir = it.next().map(PathBuf::from).expect("--dir PATH"),
+            "--only" => args.only = it.next().and_then(|v| v.parse().ok()),
             "--bench" => {} // passed by cargo bench
             other => panic!("unknown argument {other}; use --mib N --runs N --dir PATH"),
         }
@@ -41,12 +51,14 @@ fn parse_args() -> Args {
     args
 }
 
-/// One measured figure: bytes and records moved in a time.
+/// One measured figure: bytes and records moved in a wall-clock time, and the CPU time (user
+/// + system) the process spent on it.
 #[derive(Clone, Copy)]
 struct Sample {
     bytes: u64,
     records: u64,
     elapsed: Duration,
+    cpu: Duration,
 }
 
 impl Sample {
@@ -56,6 +68,27 @@ impl Sample {
     fn records_s(&self) -> f64 {
         self.records as f64 / self.elapsed.as_secs_f64()
     }
+    fn cpu_s_per_gib(&self) -> f64 {
+        self.cpu.as_secs_f64() / (self.bytes as f64 / GIB)
+    }
+}
+
+/// User + system CPU time of this process so far, from /proc/self/stat (in clock ticks).
+fn cpu_time() -> Duration {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name is in parentheses and may hold spaces: read the fields after it.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12th and 13th after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((ticks(11) + ticks(12)) * 10) // USER_HZ is 100 on Linux
+}
+
+/// Runs `f` (which returns bytes and records moved), measuring wall-clock and CPU time.
+fn measure(f: impl FnOnce() -> (u64, u64)) -> Sample {
+    let (cpu0, start) = (cpu_time(), Instant::now());
+    let (bytes, records) = f();
+    Sample { bytes, records, elapsed: start.elapsed(), cpu: cpu_time().saturating_sub(cpu0) }
 }
 
 fn sync_all() {
@@ -64,37 +97,38 @@ fn sync_all() {
 
 fn raw_write(path: &Path, mib: u64, sync_every: Option<Duration>) -> Sample {
     let block: Vec<u8> = (0..MIB).map(|i| (i * 31 % 251) as u8).collect();
-    let start = Instant::now();
-    let mut file = File::create(path).unwrap();
-    let mut last_sync = start;
-    for _ in 0..mib {
-        file.write_all(&block).unwrap();
-        if let Some(every) = sync_every
-            && last_sync.elapsed() >= every
-        {
-            file.sync_data().unwrap();
-            last_sync = Instant::now();
+    measure(|| {
+        let mut file = File::create(path).unwrap();
+        let mut last_sync = Instant::now();
+        for _ in 0..mib {
+            file.write_all(&block).unwrap();
+            if let Some(every) = sync_every
+                && last_sync.elapsed() >= every
+            {
+                file.sync_data().unwrap();
+                last_sync = Instant::now();
+            }
         }
-    }
-    if sync_every.is_some() {
-        file.sync_data().unwrap();
-    }
-    Sample { bytes: mib * MIB, records: 0, elapsed: start.elapsed() }
+        if sync_every.is_some() {
+            file.sync_data().unwrap();
+        }
+        (mib * MIB, 0)
+    })
 }
 
 fn raw_read(path: &Path) -> Sample {
     let mut buf = vec![0u8; MIB as usize];
-    let start = Instant::now();
-    let mut file = File::open(path).unwrap();
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
+    measure(|| {
+        let mut file = File::open(path).unwrap();
+        let mut total = 0u64;
+        loop {
+            let n = file.read(&mut buf).unwrap();
+            if n == 0 {
+                return (total, 0);
+            }
+            total += n as u64;
         }
-        total += n as u64;
-    }
-    Sample { bytes: total, records: 0, elapsed: start.elapsed() }
+    })
 }
 
 /// A batch of `records` 1 KiB records, as a producer would send it.
@@ -107,45 +141,44 @@ fn batch(records: usize) -> bytes::Bytes {
     b.build()
 }
 
-fn log_config(flush: FlushPolicy) -> LogConfig {
-    LogConfig { max_batch_bytes: 2 << 20, flush, ..LogConfig::default() }
-}
-
 fn log_append(dir: &Path, mib: u64, records_per_batch: usize, flush: FlushPolicy) -> (Log, Sample) {
     let batch = batch(records_per_batch);
     let count = (mib * MIB).div_ceil(batch.len() as u64);
-    let log = Log::open(dir, log_config(flush)).unwrap();
-    let start = Instant::now();
-    for _ in 0..count {
-        log.append(&batch, 0).unwrap();
-    }
-    let elapsed = start.elapsed();
-    (
-        log,
-        Sample {
-            bytes: count * batch.len() as u64,
-            records: count * records_per_batch as u64,
-            elapsed,
-        },
-    )
+    let config = LogConfig { max_batch_bytes: 2 << 20, flush, ..LogConfig::default() };
+    let log = Log::open(dir, config).unwrap();
+    let sample = measure(|| {
+        for _ in 0..count {
+            log.append(&batch, 0).unwrap();
+        }
+        (count * batch.len() as u64, count * records_per_batch as u64)
+    });
+    (log, sample)
 }
 
-fn log_read(log: &Log) -> Sample {
-    let start = Instant::now();
-    let (mut offset, mut bytes) = (0i64, 0u64);
-    let end = log.log_end_offset();
-    while offset < end {
-        let read = log.read(offset, MIB as usize, None).unwrap();
-        let data = read.region.read_to_bytes().unwrap();
-        bytes += data.len() as u64;
-        offset = read.region.next_offset();
-    }
-    Sample { bytes, records: end as u64, elapsed: start.elapsed() }
+/// Reads the whole log in 1 MiB fetches; `reuse` picks `read_into` over `read_to_bytes`.
+fn log_read(log: &Log, reuse: bool) -> Sample {
+    measure(|| {
+        let (mut offset, mut bytes) = (0i64, 0u64);
+        let end = log.log_end_offset();
+        let mut buf = Vec::new();
+        while offset < end {
+            let read = log.read(offset, MIB as usize, None).unwrap();
+            if reuse {
+                read.region.read_into(&mut buf).unwrap();
+                bytes += buf.len() as u64;
+            } else {
+                bytes += read.region.read_to_bytes().unwrap().len() as u64;
+            }
+            offset = read.region.next_offset();
+        }
+        (bytes, end as u64)
+    })
 }
 
-fn median(samples: &mut [Sample]) -> Sample {
-    samples.sort_by(|a, b| a.mib_s().total_cmp(&b.mib_s()));
-    samples[samples.len() / 2]
+fn median_by(v: &[Sample], key: impl Fn(&Sample) -> f64) -> f64 {
+    let mut k: Vec<f64> = v.iter().map(key).collect();
+    k.sort_by(f64::total_cmp);
+    k[k.len() / 2]
 }
 
 fn machine() -> String {
@@ -162,91 +195,131 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
 }
 
+/// A log figure and the limit measured beside it, over all runs.
+struct Pair {
+    name: &'static str,
+    limit: &'static str,
+    log: Vec<Sample>,
+    limits: Vec<Sample>,
+}
+
+impl Pair {
+    fn push(&mut self, run: usize, log: Sample, limit: Sample) {
+        eprintln!(
+            "run {run}: {:<54} {:>6.0} MiB/s {:>5.2} cpu-s/GiB   {:<30} {:>6.0} MiB/s {:>5.2} cpu-s/GiB",
+            self.name,
+            log.mib_s(),
+            log.cpu_s_per_gib(),
+            self.limit,
+            limit.mib_s(),
+            limit.cpu_s_per_gib()
+        );
+        self.log.push(log);
+        self.limits.push(limit);
+    }
+}
+
+/// Measures both sides of a pair, limit first or second.
+fn pair<T>(
+    limit_first: bool,
+    limit: impl FnOnce() -> Sample,
+    log: impl FnOnce() -> T,
+) -> (Sample, T) {
+    if limit_first {
+        let l = limit();
+        (l, log())
+    } else {
+        let t = log();
+        (limit(), t)
+    }
+}
+
 fn main() {
     let args = parse_args();
     let root = tempfile::Builder::new().prefix("tideline-bench-").tempdir_in(&args.dir).unwrap();
-    let names = [
-        "raw write (page cache)",
-        "raw write (fdatasync every 1 s)",
-        "raw read (page cache)",
-        "log append, 16 KiB batches, page cache",
-        "log append, 1 MiB batches, page cache",
-        "log append, 16 KiB batches, fsync every 1 s",
-        "log append, 1 MiB batches, fsync every 1 s",
-        "log read, 1 MiB fetches (page cache)",
-    ];
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); names.len()];
     eprintln!("{} MiB per measurement, {} runs, in {}", args.mib, args.runs, root.path().display());
+    eprintln!("(pass --only N to measure one append pair, 0-3)");
     // Warm-up, not measured: the first large write of a process pays for page-cache growth.
     let warm = root.path().join("warm.bin");
     raw_write(&warm, args.mib, None);
     fs::remove_file(&warm).unwrap();
+
+    let mut pairs: Vec<Pair> = [
+        ("log append, 16 KiB batches, page cache", "raw write"),
+        ("log append, 1 MiB batches, page cache", "raw write"),
+        ("log append, 16 KiB batches, fsync every 1 s", "raw write, fdatasync every 1 s"),
+        ("log append, 1 MiB batches, fsync every 1 s", "raw write, fdatasync every 1 s"),
+        ("log read, 1 MiB fetches, fresh buffer (read_to_bytes)", "raw read"),
+        ("log read, 1 MiB fetches, reused buffer (read_into)", "raw read"),
+    ]
+    .into_iter()
+    .map(|(name, limit)| Pair { name, limit, log: Vec::new(), limits: Vec::new() })
+    .collect();
+    let raw = root.path().join("raw.bin");
     for run in 0..args.runs {
-        let raw = root.path().join("raw.bin");
-        let p = |i: usize, s: Sample, v: &mut Vec<Vec<Sample>>| {
-            eprintln!("run {run}: {:<45} {:>8.0} MiB/s", names[i], s.mib_s());
-            v[i].push(s);
-        };
-        sync_all();
-        p(0, raw_write(&raw, args.mib, None), &mut samples);
-        p(2, raw_read(&raw), &mut samples);
-        fs::remove_file(&raw).unwrap();
-        sync_all();
-        p(1, raw_write(&raw, args.mib, Some(Duration::from_secs(1))), &mut samples);
-        fs::remove_file(&raw).unwrap();
+        let limit_first = run % 2 == 0;
         for (i, records, flush) in [
-            (3, 16, FlushPolicy::PageCache),
-            (4, 1024, FlushPolicy::PageCache),
-            (5, 16, FlushPolicy::IntervalMs(1000)),
-            (6, 1024, FlushPolicy::IntervalMs(1000)),
+            (0, 16, FlushPolicy::PageCache),
+            (1, 1024, FlushPolicy::PageCache),
+            (2, 16, FlushPolicy::IntervalMs(1000)),
+            (3, 1024, FlushPolicy::IntervalMs(1000)),
         ] {
-            sync_all();
+            if args.only.is_some_and(|only| only != i) {
+                continue;
+            }
+            let sync_every = (i >= 2).then_some(Duration::from_secs(1));
             let dir = root.path().join(format!("log-{i}"));
-            let (log, s) = log_append(&dir, args.mib, records, flush);
-            p(i, s, &mut samples);
-            if i == 4 {
-                p(7, log_read(&log), &mut samples);
+            let (limit, (log, sample)) = pair(
+                limit_first,
+                || {
+                    sync_all();
+                    raw_write(&raw, args.mib, sync_every)
+                },
+                || {
+                    sync_all();
+                    log_append(&dir, args.mib, records, flush)
+                },
+            );
+            pairs[i].push(run, sample, limit);
+            if i == 1 {
+                // The 1 MiB-batch log and the raw file are both in the page cache: read them.
+                for (j, reuse) in [(4, false), (5, true)] {
+                    let (limit, sample) =
+                        pair(limit_first, || raw_read(&raw), || log_read(&log, reuse));
+                    pairs[j].push(run, sample, limit);
+                }
             }
             drop(log);
             fs::remove_dir_all(&dir).unwrap();
+            fs::remove_file(&raw).unwrap();
         }
     }
-    // Ratios are taken within each run (the limit and the figure measured minutes apart at
-    // most), then the median over runs: drift of a shared machine cancels out.
-    let limit_of = |i: usize| match i {
-        0..=2 => (i, "limit"),
-        3 | 4 => (0, "raw write"),
-        5 | 6 => (1, "raw write + fdatasync/1 s"),
-        _ => (2, "raw read"),
-    };
-    let ratios: Vec<f64> = (0..names.len())
-        .map(|i| {
-            let limit = limit_of(i).0;
-            let mut r: Vec<f64> = samples[i]
-                .iter()
-                .zip(&samples[limit])
-                .map(|(s, l)| s.mib_s() / l.mib_s() * 100.0)
-                .collect();
-            r.sort_by(f64::total_cmp);
-            r[r.len() / 2]
-        })
-        .collect();
-    let m: Vec<Sample> = samples.iter_mut().map(|s| median(s)).collect();
+
     println!("\nMachine: {}", machine());
     println!(
-        "Volume: {} MiB per measurement, median of {} runs, 1 KiB records\n",
+        "Volume: {} MiB per measurement, {} runs, 1 KiB records; medians over runs\n",
         args.mib, args.runs
     );
     println!(
-        "| measurement | MiB/s (median) | records/s (median) | vs limit (median of per-run ratios) |"
+        "| measurement | MiB/s | records/s | limit beside it | limit MiB/s | throughput vs limit (median of pairs; range) | CPU s per GiB, log / limit |"
     );
-    println!("|---|---:|---:|---:|");
-    for (i, name) in names.iter().enumerate() {
-        let (limit, label) = limit_of(i);
-        let records =
-            if m[i].records > 0 { format!("{:.0}", m[i].records_s()) } else { "-".into() };
-        let versus =
-            if limit == i { label.to_string() } else { format!("{:.0}% of {label}", ratios[i]) };
-        println!("| {name} | {:.0} | {records} | {versus} |", m[i].mib_s());
+    println!("|---|---:|---:|---|---:|---:|---:|");
+    for p in pairs.iter().filter(|p| !p.log.is_empty()) {
+        let mut ratios: Vec<f64> =
+            p.log.iter().zip(&p.limits).map(|(s, l)| s.mib_s() / l.mib_s() * 100.0).collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "| {} | {:.0} | {:.0} | {} | {:.0} | {:.0}% ({:.0}-{:.0}%) | {:.2} / {:.2} |",
+            p.name,
+            median_by(&p.log, Sample::mib_s),
+            median_by(&p.log, Sample::records_s),
+            p.limit,
+            median_by(&p.limits, Sample::mib_s),
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+            median_by(&p.log, Sample::cpu_s_per_gib),
+            median_by(&p.limits, Sample::cpu_s_per_gib),
+        );
     }
 }

@@ -94,20 +94,17 @@ impl FileRegion {
         self.next_offset
     }
 
-    /// Copies the region into memory, checking that it still holds whole batches (it could
-    /// not if the log was truncated under the reader).
+    /// Copies the region into `buf` (cleared first, its capacity reused: a broker's buffer
+    /// pool avoids an allocation per fetch), checking that it holds whole batches.
     ///
     /// # Errors
-    /// [`LogError::Io`] when the file cannot be read, [`LogError::Corrupt`] when the bytes are
-    /// not whole batches.
-    pub fn read_to_bytes(&self) -> Result<Bytes, LogError> {
-        // Read into uninitialised capacity: zero-filling first would double the memory
-        // traffic of a page-cache read.
-        let mut buf = Vec::with_capacity(self.len as usize);
+    /// As [`FileRegion::read_to_bytes`].
+    pub fn read_into(&self, buf: &mut Vec<u8>) -> Result<(), LogError> {
+        buf.clear();
+        buf.reserve(self.len as usize);
         while (buf.len() as u64) < self.len {
             let at = self.position + buf.len() as u64;
-            match rustix::io::pread(self.file.file(), rustix::buffer::spare_capacity(&mut buf), at)
-            {
+            match rustix::io::pread(self.file.file(), rustix::buffer::spare_capacity(buf), at) {
                 Ok(0) => {
                     return Err(io_err("read", self.file.path())(
                         std::io::ErrorKind::UnexpectedEof.into(),
@@ -117,9 +114,9 @@ impl FileRegion {
                 Err(e) => return Err(io_err("read", self.file.path())(e.into())),
             }
         }
-        // The allocator may have given more capacity than asked: keep only the region.
+        // The spare capacity may exceed the region: keep only the region.
         buf.truncate(self.len as usize);
-        for batch in batches(&buf) {
+        for batch in batches(buf) {
             if let Err(e) = batch {
                 return Err(LogError::Corrupt {
                     path: self.file.path().to_path_buf(),
@@ -130,6 +127,20 @@ impl FileRegion {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Copies the region into memory, checking that it still holds whole batches (it could
+    /// not if the log was truncated under the reader).
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when the file cannot be read, [`LogError::Corrupt`] when the bytes are
+    /// not whole batches.
+    pub fn read_to_bytes(&self) -> Result<Bytes, LogError> {
+        // A fresh buffer of exactly the region; read into uninitialised capacity, since
+        // zero-filling first would double the memory traffic of a page-cache read.
+        let mut buf = Vec::with_capacity(self.len as usize);
+        self.read_into(&mut buf)?;
         Ok(Bytes::from(buf))
     }
 }
