@@ -31,7 +31,7 @@ struct Args {
     mib: u64,
     runs: usize,
     dir: PathBuf,
-    /// Measure only this append pair (0-3), for profiling.
+    /// Measure only this append pair (0-4), for profiling.
     only: Option<usize>,
 }
 
@@ -141,15 +141,30 @@ fn batch(records: usize) -> bytes::Bytes {
     b.build()
 }
 
-fn log_append(dir: &Path, mib: u64, records_per_batch: usize, flush: FlushPolicy) -> (Log, Sample) {
+/// Appends `mib` MiB of batches of `records_per_batch` records from `producers` threads at
+/// once (a broker serves many produce requests concurrently: each validates its batch outside
+/// the writer lock, and only the file write is serialized).
+fn log_append(
+    dir: &Path,
+    mib: u64,
+    records_per_batch: usize,
+    flush: FlushPolicy,
+    producers: u64,
+) -> (Log, Sample) {
     let batch = batch(records_per_batch);
-    let count = (mib * MIB).div_ceil(batch.len() as u64);
+    let count = (mib * MIB).div_ceil(batch.len() as u64).div_ceil(producers) * producers;
     let config = LogConfig { max_batch_bytes: 2 << 20, flush, ..LogConfig::default() };
     let log = Log::open(dir, config).unwrap();
     let sample = measure(|| {
-        for _ in 0..count {
-            log.append(&batch, 0).unwrap();
-        }
+        std::thread::scope(|scope| {
+            for _ in 0..producers {
+                scope.spawn(|| {
+                    for _ in 0..count / producers {
+                        log.append(&batch, 0).unwrap();
+                    }
+                });
+            }
+        });
         (count * batch.len() as u64, count * records_per_batch as u64)
     });
     (log, sample)
@@ -238,17 +253,38 @@ fn main() {
     let args = parse_args();
     let root = tempfile::Builder::new().prefix("tideline-bench-").tempdir_in(&args.dir).unwrap();
     eprintln!("{} MiB per measurement, {} runs, in {}", args.mib, args.runs, root.path().display());
-    eprintln!("(pass --only N to measure one append pair, 0-3)");
+    eprintln!("(pass --only N to measure one append pair, 0-4)");
     // Warm-up, not measured: the first large write of a process pays for page-cache growth.
     let warm = root.path().join("warm.bin");
     raw_write(&warm, args.mib, None);
     fs::remove_file(&warm).unwrap();
+
+    // CPU-only: what validating a producer's batch costs, without any I/O.
+    for records in [16, 1024] {
+        let b = batch(records);
+        let (rounds, start) = ((512 * MIB) / b.len() as u64, Instant::now());
+        for _ in 0..rounds {
+            let parsed = tideline_log::RecordBatch::parse_exact(&b).unwrap();
+            parsed.validate(2 << 20, tideline_log::Validation::Full).unwrap();
+        }
+        let full = (rounds * b.len() as u64) as f64 / MIB as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(crc32c::crc32c(std::hint::black_box(&b[21..])));
+        }
+        let crc = (rounds * b.len() as u64) as f64 / MIB as f64 / start.elapsed().as_secs_f64();
+        println!(
+            "validation of {} KiB batches (CPU only): full {full:.0} MiB/s, CRC-32C alone {crc:.0} MiB/s",
+            b.len() / 1024
+        );
+    }
 
     let mut pairs: Vec<Pair> = [
         ("log append, 16 KiB batches, page cache", "raw write"),
         ("log append, 1 MiB batches, page cache", "raw write"),
         ("log append, 16 KiB batches, fsync every 1 s", "raw write, fdatasync every 1 s"),
         ("log append, 1 MiB batches, fsync every 1 s", "raw write, fdatasync every 1 s"),
+        ("log append, 1 MiB batches, page cache, 2 producers", "raw write"),
         ("log read, 1 MiB fetches, fresh buffer (read_to_bytes)", "raw read"),
         ("log read, 1 MiB fetches, reused buffer (read_into)", "raw read"),
     ]
@@ -258,16 +294,18 @@ fn main() {
     let raw = root.path().join("raw.bin");
     for run in 0..args.runs {
         let limit_first = run % 2 == 0;
-        for (i, records, flush) in [
-            (0, 16, FlushPolicy::PageCache),
-            (1, 1024, FlushPolicy::PageCache),
-            (2, 16, FlushPolicy::IntervalMs(1000)),
-            (3, 1024, FlushPolicy::IntervalMs(1000)),
+        for (i, records, flush, producers) in [
+            (0, 16, FlushPolicy::PageCache, 1),
+            (1, 1024, FlushPolicy::PageCache, 1),
+            (2, 16, FlushPolicy::IntervalMs(1000), 1),
+            (3, 1024, FlushPolicy::IntervalMs(1000), 1),
+            (4, 1024, FlushPolicy::PageCache, 2),
         ] {
             if args.only.is_some_and(|only| only != i) {
                 continue;
             }
-            let sync_every = (i >= 2).then_some(Duration::from_secs(1));
+            let sync_every =
+                matches!(flush, FlushPolicy::IntervalMs(_)).then_some(Duration::from_secs(1));
             let dir = root.path().join(format!("log-{i}"));
             let (limit, (log, sample)) = pair(
                 limit_first,
@@ -277,13 +315,13 @@ fn main() {
                 },
                 || {
                     sync_all();
-                    log_append(&dir, args.mib, records, flush)
+                    log_append(&dir, args.mib, records, flush, producers)
                 },
             );
             pairs[i].push(run, sample, limit);
             if i == 1 {
                 // The 1 MiB-batch log and the raw file are both in the page cache: read them.
-                for (j, reuse) in [(4, false), (5, true)] {
+                for (j, reuse) in [(5, false), (6, true)] {
                     let (limit, sample) =
                         pair(limit_first, || raw_read(&raw), || log_read(&log, reuse));
                     pairs[j].push(run, sample, limit);

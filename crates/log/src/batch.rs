@@ -324,6 +324,30 @@ impl<'a> RecordBatch<'a> {
             });
         }
         let records = self.records()?;
+        // The lean walk accepts exactly what the decoder accepts; when it refuses, the decoder
+        // runs to name the precise error.
+        let (seen, max_timestamp) = match check_records(&records.data, count, self.base_timestamp())
+        {
+            Some(result) => result,
+            None => self.explain_records(&records, count)?,
+        };
+        if seen != count {
+            return Err(BatchError::RecordCountMismatch { header: count, actual: seen });
+        }
+        if self.timestamp_type() == TimestampType::CreateTime
+            && max_timestamp != self.max_timestamp()
+        {
+            return Err(BatchError::MaxTimestampMismatch {
+                header: self.max_timestamp(),
+                actual: max_timestamp,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decodes the records one by one to find and describe what the lean walk refused; returns
+    /// the count and max timestamp when every record is fine.
+    fn explain_records(&self, records: &Records<'_>, count: i32) -> Result<(i32, i64), BatchError> {
         let mut seen: i32 = 0;
         let mut max_timestamp = i64::MIN;
         for record in records.iter() {
@@ -341,18 +365,7 @@ impl<'a> RecordBatch<'a> {
             max_timestamp = max_timestamp.max(record.timestamp);
             seen += 1;
         }
-        if seen != count {
-            return Err(BatchError::RecordCountMismatch { header: count, actual: seen });
-        }
-        if self.timestamp_type() == TimestampType::CreateTime
-            && max_timestamp != self.max_timestamp()
-        {
-            return Err(BatchError::MaxTimestampMismatch {
-                header: self.max_timestamp(),
-                actual: max_timestamp,
-            });
-        }
-        Ok(())
+        Ok((seen, max_timestamp))
     }
 
     /// The records section, decompressed when needed (to at most
@@ -555,6 +568,84 @@ fn decode_record<'a>(
     Ok((record, header_len + length as usize))
 }
 
+/// The validation walk over a records section: checks every record's framing exactly as
+/// [`decode_record`] does (lengths, varints, UTF-8 header keys, no bytes left over) and that
+/// offset deltas run 0, 1, 2, ..., without building records. Returns the number of records and
+/// the largest timestamp, or `None` at the first problem (or at record `count`, one too many).
+fn check_records(data: &[u8], count: i32, base_timestamp: i64) -> Option<(i32, i64)> {
+    let mut pos = 0usize;
+    let mut seen: i32 = 0;
+    let mut max_timestamp = i64::MIN;
+    while pos < data.len() {
+        if seen == count {
+            return None;
+        }
+        let length = usize::try_from(varint_at(data, &mut pos)?).ok()?;
+        let end = pos.checked_add(length).filter(|&e| e <= data.len())?;
+        let body = &data[..end];
+        pos += 1; // attributes
+        let timestamp_delta = varlong_at(body, &mut pos)?;
+        if varint_at(body, &mut pos)? != seen {
+            return None;
+        }
+        skip_nullable(body, &mut pos)?; // key
+        skip_nullable(body, &mut pos)?; // value
+        let headers = varint_at(body, &mut pos)?;
+        for _ in 0..usize::try_from(headers).ok()? {
+            let key_len = usize::try_from(varint_at(body, &mut pos)?).ok()?;
+            let key_end = pos.checked_add(key_len).filter(|&e| e <= end)?;
+            std::str::from_utf8(&body[pos..key_end]).ok()?;
+            pos = key_end;
+            skip_nullable(body, &mut pos)?;
+        }
+        if pos != end {
+            return None;
+        }
+        max_timestamp = max_timestamp.max(base_timestamp.wrapping_add(timestamp_delta));
+        seen += 1;
+    }
+    Some((seen, max_timestamp))
+}
+
+/// Reads a zig-zag varint at `*pos` of `buf` (one-byte values on a fast path).
+#[inline]
+fn varint_at(buf: &[u8], pos: &mut usize) -> Option<i32> {
+    let first = *buf.get(*pos)?;
+    if first < 0x80 {
+        *pos += 1;
+        return Some(i32::from(first >> 1) ^ -i32::from(first & 1));
+    }
+    let (v, n) = get_varint(&buf[*pos..]).ok()?;
+    *pos += n;
+    Some(v)
+}
+
+/// Reads a zig-zag varlong at `*pos` of `buf` (one-byte values on a fast path).
+#[inline]
+fn varlong_at(buf: &[u8], pos: &mut usize) -> Option<i64> {
+    let first = *buf.get(*pos)?;
+    if first < 0x80 {
+        *pos += 1;
+        return Some(i64::from(first >> 1) ^ -i64::from(first & 1));
+    }
+    let (v, n) = get_varlong(&buf[*pos..]).ok()?;
+    *pos += n;
+    Some(v)
+}
+
+/// Skips a varint length (-1 for null) and that many bytes.
+#[inline]
+fn skip_nullable(buf: &[u8], pos: &mut usize) -> Option<()> {
+    match varint_at(buf, pos)? {
+        -1 => Some(()),
+        len if len < 0 => None,
+        len => {
+            *pos = pos.checked_add(len as usize).filter(|&e| e <= buf.len())?;
+            Some(())
+        }
+    }
+}
+
 /// Iterates over the batches laid back to back in `buf`, checking each one's framing.
 pub fn batches(buf: &[u8]) -> BatchIter<'_> {
     BatchIter { rest: buf }
@@ -606,4 +697,57 @@ pub(crate) fn read_i32(buf: &[u8], pos: usize) -> i32 {
 
 pub(crate) fn read_i16(buf: &[u8], pos: usize) -> i16 {
     i16::from_be_bytes(buf[pos..pos + 2].try_into().expect("2 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{RecordBatchBuilder, RecordHeader};
+    use proptest::prelude::*;
+
+    /// What the full decoder says about a records section: count and max timestamp, or refusal.
+    fn decoded(data: &[u8], count: i32, base_timestamp: i64) -> Option<(i32, i64)> {
+        let records = Records { data: Cow::Borrowed(data), count, base_offset: 0, base_timestamp };
+        let mut seen = 0;
+        let mut max = i64::MIN;
+        for r in records.iter() {
+            let r = r.ok()?;
+            if seen == count || r.offset_delta != seen {
+                return None;
+            }
+            max = max.max(r.timestamp);
+            seen += 1;
+        }
+        Some((seen, max))
+    }
+
+    proptest! {
+        /// The lean validation walk accepts exactly what the record decoder accepts, with the
+        /// same count and max timestamp, for valid sections and for sections with random damage.
+        #[test]
+        fn lean_walk_agrees_with_the_decoder(
+            records in proptest::collection::vec(
+                (any::<i16>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
+                 proptest::option::of("[a-zé]{0,3}")),
+                1..20),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            count_delta in -1i32..=1,
+        ) {
+            let mut b = RecordBatchBuilder::new(Compression::None);
+            for (ts, value, header) in &records {
+                let headers: Vec<RecordHeader> =
+                    header.iter().map(|k| RecordHeader { key: k.clone(), value: None }).collect();
+                b.append(i64::from(*ts), None, value.as_deref(), &headers);
+            }
+            let built = b.build();
+            let mut data = built[BATCH_HEADER_LEN..].to_vec();
+            for (at, byte) in edits {
+                let i = at.index(data.len());
+                data[i] = byte;
+            }
+            let count = records.len() as i32 + count_delta;
+            let base = i64::from(records[0].0);
+            prop_assert_eq!(check_records(&data, count, base), decoded(&data, count, base));
+        }
+    }
 }
