@@ -206,7 +206,7 @@ impl<'a> RecordBatch<'a> {
 
     /// CRC-32C computed over `attributes..end`.
     pub fn computed_crc(&self) -> u32 {
-        crc32c::crc32c(&self.buf[ATTRIBUTES_POS..])
+        crc32c(&self.buf[ATTRIBUTES_POS..])
     }
 
     /// The raw attributes field.
@@ -646,6 +646,13 @@ fn skip_nullable(buf: &[u8], pos: &mut usize) -> Option<()> {
     }
 }
 
+/// CRC-32C (Castagnoli), the RecordBatch v2 checksum. `crc-fast` folds with carry-less
+/// multiplication (VPCLMULQDQ/PCLMULQDQ/PMULL, detected at run time): about twice the speed of
+/// the `crc32` instruction here, which matters because every produced byte is checksummed.
+pub fn crc32c(data: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+}
+
 /// Iterates over the batches laid back to back in `buf`, checking each one's framing.
 pub fn batches(buf: &[u8]) -> BatchIter<'_> {
     BatchIter { rest: buf }
@@ -722,6 +729,15 @@ mod tests {
     }
 
     proptest! {
+        /// The CRC-32C implementation agrees with the `crc32c` crate (SSE4.2 / table based) on
+        /// any input, including the lengths where SIMD folding switches strategy.
+        #[test]
+        fn crc32c_agrees_with_an_independent_implementation(
+            data in proptest::collection::vec(any::<u8>(), 0..5000),
+        ) {
+            prop_assert_eq!(crc32c(&data), ::crc32c::crc32c(&data));
+        }
+
         /// The lean validation walk accepts exactly what the record decoder accepts, with the
         /// same count and max timestamp, for valid sections and for sections with random damage.
         #[test]

@@ -135,7 +135,7 @@ impl RecordBatchBuilder {
         buf.put_i32(self.base_sequence);
         buf.put_i32(self.count);
         buf.put_slice(&section);
-        let crc = crc32c::crc32c(&buf[ATTRIBUTES_POS..]);
+        let crc = crate::batch::crc32c(&buf[ATTRIBUTES_POS..]);
         buf[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
         buf.freeze()
     }
