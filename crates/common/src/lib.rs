@@ -1,0 +1,12 @@
+//! `tideline-common`: what every Tideline service, the client and the CLI share: typed ids at
+//! crate boundaries ([`ids`]), Kafka's topic naming rules, and the one mapping from
+//! [`ErrorCode`] to gRPC statuses ([`error`]).
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod ids;
+
+pub use error::{
+    ErrorCode, error_code_of, grpc_code, is_retriable, leader_hint_of, status, with_leader,
+};
+pub use ids::{BrokerId, InvalidTopicName, LeaderEpoch, NodeId, PartitionId, TopicName};

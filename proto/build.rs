@@ -1,0 +1,18 @@
+//! Compiles `tideline/v1/*.proto` with protox (pure Rust: no system `protoc`), generates the
+//! prost messages and tonic clients and servers, and writes the descriptor set that server
+//! reflection serves.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files =
+        ["tideline/v1/common.proto", "tideline/v1/controller.proto", "tideline/v1/broker.proto"];
+    let mut compiler = protox::Compiler::new(["."])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(files)?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("tideline_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    tonic_prost_build::configure().bytes(".").compile_fds(compiler.file_descriptor_set())?;
+    println!("cargo:rerun-if-changed=tideline");
+    Ok(())
+}
