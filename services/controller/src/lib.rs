@@ -1,0 +1,9 @@
+//! `tideline-controller`: the controller quorum. A Raft group (openraft) replicates the cluster
+//! metadata; its log, vote and snapshots live in sled.
+//!
+//! - [`metadata`]: the replicated state and the commands that change it (a pure `apply`).
+
+#![warn(missing_docs)]
+
+pub mod metadata;
+pub mod types;
