@@ -2,10 +2,14 @@
 //! metadata; its log, vote and snapshots live in sled.
 //!
 //! - [`metadata`]: the replicated state and the commands that change it (a pure `apply`).
+//! - [`network`]: Raft RPCs between controllers over gRPC.
+//! - [`node`]: one quorum member: Raft over the sled store, serving the Raft transport.
 //! - [`store`]: openraft's v2 storage traits over sled, checked by openraft's conformance suite.
 
 #![warn(missing_docs)]
 
 pub mod metadata;
+pub mod network;
+pub mod node;
 pub mod store;
 pub mod types;

@@ -1,0 +1,153 @@
+//! [`ControllerNode`]: one member of the controller quorum: openraft over the sled store,
+//! serving the internal `RaftService` on its listener, bootstrapped from a static peer list.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, Raft};
+use tideline_proto::v1::raft_service_server::RaftServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::network::{GrpcNetwork, RaftGrpcService};
+use crate::store::{LogStore, StateMachineStore, open_db};
+use crate::types::TypeConfig;
+
+/// Settings of one controller.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This controller's id; must be a key of `peers`.
+    pub node_id: u64,
+    /// Where the Raft state (sled) lives.
+    pub data_dir: PathBuf,
+    /// Every voting member, this one included: node id -> gRPC address (host:port).
+    pub peers: BTreeMap<u64, String>,
+    /// Raft heartbeat interval, ms.
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout range, ms (randomized in it).
+    pub election_timeout_ms: (u64, u64),
+}
+
+impl NodeConfig {
+    /// A config with the default timings (heartbeat 200 ms, election 800-1600 ms).
+    pub fn new(node_id: u64, data_dir: impl Into<PathBuf>, peers: BTreeMap<u64, String>) -> Self {
+        NodeConfig {
+            node_id,
+            data_dir: data_dir.into(),
+            peers,
+            heartbeat_interval_ms: 200,
+            election_timeout_ms: (800, 1600),
+        }
+    }
+}
+
+/// Why a controller node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The config is inconsistent.
+    #[error("invalid controller config: {0}")]
+    Config(String),
+    /// The sled database cannot be opened.
+    #[error("failed to open the raft store in {path}: {source}")]
+    OpenStore {
+        /// The database directory.
+        path: PathBuf,
+        /// The sled error.
+        #[source]
+        source: sled::Error,
+    },
+    /// openraft refused to start or to initialize the quorum.
+    #[error("raft failed: {0}")]
+    Raft(String),
+}
+
+/// A running controller: the Raft node and its metadata state machine.
+pub struct ControllerNode {
+    /// The Raft node (clone freely).
+    pub raft: Raft<TypeConfig>,
+    /// The applied metadata.
+    pub state: StateMachineStore,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl std::fmt::Debug for ControllerNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerNode").finish_non_exhaustive()
+    }
+}
+
+impl ControllerNode {
+    /// Starts the node, serving `RaftService` on `listener`. A node with no Raft state
+    /// initializes the quorum with `peers` (every member does the same, which openraft accepts:
+    /// identical memberships at the same first log id); a restarted node keeps its state.
+    ///
+    /// # Errors
+    /// [`NodeError`] when the config is inconsistent, the store cannot be opened or Raft fails.
+    pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<Self, NodeError> {
+        if !config.peers.contains_key(&config.node_id) {
+            return Err(NodeError::Config(format!(
+                "node id {} is not in the peer list {:?}",
+                config.node_id,
+                config.peers.keys().collect::<Vec<_>>()
+            )));
+        }
+        let path = config.data_dir.join("raft");
+        let db =
+            open_db(&path).map_err(|source| NodeError::OpenStore { path: path.clone(), source })?;
+        let log =
+            LogStore::new(db.clone()).map_err(|source| NodeError::OpenStore { path, source })?;
+        let state = StateMachineStore::new(db).map_err(|e| NodeError::Raft(e.to_string()))?;
+        let raft_config = openraft::Config {
+            cluster_name: "tideline-controllers".into(),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_ms.0,
+            election_timeout_max: config.election_timeout_ms.1,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let raft =
+            Raft::new(config.node_id, Arc::new(raft_config), GrpcNetwork, log, state.clone())
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = RaftServiceServer::new(RaftGrpcService::new(raft.clone()))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+        );
+
+        let initialized =
+            raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        if !initialized {
+            let members: BTreeMap<u64, BasicNode> =
+                config.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+            match raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(NodeError::Raft(e.to_string())),
+            }
+        }
+        tracing::info!(node_id = config.node_id, peers = ?config.peers, initialized, "controller raft node started");
+        Ok(ControllerNode { raft, state, stop, server })
+    }
+
+    /// Stops Raft and the server, and waits for both.
+    pub async fn shutdown(self) {
+        let _ = self.raft.shutdown().await;
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
