@@ -4,6 +4,7 @@
 //! - [`metadata`]: the replicated state and the commands that change it (a pure `apply`).
 //! - [`network`]: Raft RPCs between controllers over gRPC.
 //! - [`node`]: one quorum member: Raft over the sled store, serving the Raft transport.
+//! - [`placement`]: rack-aware round-robin replica placement with balanced leaders.
 //! - [`store`]: openraft's v2 storage traits over sled, checked by openraft's conformance suite.
 
 #![warn(missing_docs)]
@@ -11,5 +12,6 @@
 pub mod metadata;
 pub mod network;
 pub mod node;
+pub mod placement;
 pub mod store;
 pub mod types;
