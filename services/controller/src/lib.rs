@@ -5,6 +5,8 @@
 //! - [`network`]: Raft RPCs between controllers over gRPC.
 //! - [`node`]: one quorum member: Raft over the sled store, serving the Raft transport.
 //! - [`placement`]: rack-aware round-robin replica placement with balanced leaders.
+//! - [`service`]: the `ControllerService` gRPC API (admin, metadata, broker leases, watch).
+//! - [`topic_config`]: the topic configs the cluster understands and their ranges.
 //! - [`store`]: openraft's v2 storage traits over sled, checked by openraft's conformance suite.
 
 #![warn(missing_docs)]
@@ -13,5 +15,7 @@ pub mod metadata;
 pub mod network;
 pub mod node;
 pub mod placement;
+pub mod service;
 pub mod store;
+pub mod topic_config;
 pub mod types;

@@ -1,5 +1,6 @@
 //! [`ControllerNode`]: one member of the controller quorum: openraft over the sled store,
-//! serving the internal `RaftService` on its listener, bootstrapped from a static peer list.
+//! bootstrapped from a static peer list, serving on one listener the client-facing
+//! `ControllerService`, the internal `RaftService`, `grpc.health.v1` and server reflection.
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
@@ -15,8 +16,11 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::network::{GrpcNetwork, RaftGrpcService};
+use crate::service::ControllerApi;
 use crate::store::{LogStore, StateMachineStore, open_db};
 use crate::types::TypeConfig;
+use std::time::Duration;
+use tideline_proto::v1::controller_service_server::ControllerServiceServer;
 
 /// Settings of one controller.
 #[derive(Debug, Clone)]
@@ -31,6 +35,8 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     /// Election timeout range, ms (randomized in it).
     pub election_timeout_ms: (u64, u64),
+    /// Broker lease length: a broker that does not heartbeat within it is fenced.
+    pub broker_lease_ms: u64,
 }
 
 impl NodeConfig {
@@ -42,6 +48,7 @@ impl NodeConfig {
             peers,
             heartbeat_interval_ms: 200,
             election_timeout_ms: (800, 1600),
+            broker_lease_ms: 6000,
         }
     }
 }
@@ -74,6 +81,9 @@ pub struct ControllerNode {
     pub state: StateMachineStore,
     stop: oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Ends watch streams and the lease checker.
+    stop_api: tokio::sync::watch::Sender<bool>,
+    lease_checker: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for ControllerNode {
@@ -118,17 +128,35 @@ impl ControllerNode {
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
 
         let (stop, stopped) = oneshot::channel::<()>();
-        let service = RaftServiceServer::new(RaftGrpcService::new(raft.clone()))
+        let raft_service = RaftServiceServer::new(RaftGrpcService::new(raft.clone()))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
-        let server = tokio::spawn(
-            tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            ),
+        let (stop_api, api_stopped) = tokio::sync::watch::channel(false);
+        let api = ControllerApi::new(
+            config.node_id,
+            raft.clone(),
+            state.clone(),
+            config.peers.clone(),
+            Duration::from_millis(config.broker_lease_ms),
+            api_stopped,
         );
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<ControllerServiceServer<ControllerApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tideline_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(raft_service)
+                .add_service(ControllerServiceServer::new(api.clone()))
+                .add_service(health_service)
+                .add_service(reflection)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        let lease_checker = tokio::spawn(api.run_lease_checker());
 
         let initialized =
             raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -141,11 +169,13 @@ impl ControllerNode {
             }
         }
         tracing::info!(node_id = config.node_id, peers = ?config.peers, initialized, "controller raft node started");
-        Ok(ControllerNode { raft, state, stop, server })
+        Ok(ControllerNode { raft, state, stop, server, stop_api, lease_checker })
     }
 
     /// Stops Raft and the server, and waits for both.
     pub async fn shutdown(self) {
+        let _ = self.stop_api.send(true);
+        let _ = self.lease_checker.await;
         let _ = self.raft.shutdown().await;
         let _ = self.stop.send(());
         let _ = self.server.await;

@@ -234,6 +234,8 @@ pub struct StateMachineStore {
     state: Arc<RwLock<Applied>>,
     /// Counts snapshots built by this process, to make snapshot ids unique.
     built: Arc<std::sync::atomic::AtomicU64>,
+    /// The metadata version after each apply or snapshot install, for watchers.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachineStore {
@@ -253,17 +255,24 @@ impl StateMachineStore {
                 metadata: serde_json::from_slice(&stored.data).map_err(|e| read_err(to_any(e)))?,
             };
         }
+        let (changes, _) = tokio::sync::watch::channel(applied.metadata.version);
         Ok(StateMachineStore {
             db,
             snapshots,
             state: Arc::new(RwLock::new(applied)),
             built: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            changes: Arc::new(changes),
         })
     }
 
     /// A copy of the current metadata.
     pub async fn metadata(&self) -> MetadataState {
         self.state.read().await.metadata.clone()
+    }
+
+    /// Notifies the metadata version after every change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     async fn save_snapshot(&self, stored: &StoredSnapshot) -> StorageResult<()> {
@@ -322,6 +331,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             });
         }
+        self.changes.send_replace(state.metadata.version);
         Ok(responses)
     }
 
@@ -345,11 +355,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.save_snapshot(&stored).await?;
         let mut state = self.state.write().await;
+        let version = metadata.version;
         *state = Applied {
             last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
             metadata,
         };
+        self.changes.send_replace(version);
         Ok(())
     }
 

@@ -1,13 +1,17 @@
 //! The controller quorum over real gRPC on loopback: three nodes elect one leader, replicate
-//! metadata commands to every state machine, fail over when the leader stops without losing a
-//! committed command, and a restarted node catches up from its persisted state.
+//! metadata commands to every state machine, answer reads on followers and redirect writes to
+//! the leader, fail over when the leader stops without losing a committed command, and a
+//! restarted node catches up from its persisted state.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use tideline_common::{ErrorCode, error_code_of, leader_hint_of};
 use tideline_controller::metadata::{MetadataCommand, MetadataResponse};
 use tideline_controller::node::{ControllerNode, NodeConfig};
+use tideline_proto::v1 as pb;
+use tideline_proto::v1::controller_service_client::ControllerServiceClient;
 use tokio::net::TcpListener;
 
 fn register(id: i32) -> MetadataCommand {
@@ -86,6 +90,24 @@ async fn three_controllers_replicate_fail_over_and_catch_up() {
         .await;
         assert_eq!(node.state.metadata().await.topics["orders"].partitions.len(), 2, "node {id}");
     }
+
+    // A follower answers reads itself and redirects writes to the leader.
+    let follower = *nodes.keys().find(|id| **id != leader).unwrap();
+    let mut client =
+        ControllerServiceClient::connect(format!("http://{}", peers[&follower])).await.unwrap();
+    let names = client.list_topics(pb::ListTopicsRequest {}).await.unwrap().into_inner().names;
+    assert_eq!(names, vec!["orders"]);
+    let refused = client
+        .create_topic(pb::CreateTopicRequest {
+            name: "elsewhere".into(),
+            partitions: 1,
+            replication_factor: 1,
+            configs: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error_code_of(&refused), Some(ErrorCode::NotController));
+    assert_eq!(leader_hint_of(&refused), Some((leader as i64, peers[&leader].clone())));
 
     // Stop the leader: the other two elect a new one and accept writes; nothing committed is lost.
     let old = nodes.remove(&leader).unwrap();

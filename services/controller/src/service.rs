@@ -1,0 +1,622 @@
+//! [`ControllerApi`]: the `ControllerService` gRPC API. Writes (topics, broker registration,
+//! fencing) go through Raft on the leader; a follower answers `NOT_CONTROLLER` with the
+//! leader's id and address so the client retries there. Reads answer from the local state
+//! machine on any controller. Broker leases are kept by the leader, in memory: a new leader
+//! grants every live broker a fresh lease, and a lease that lapses fences the broker through
+//! Raft.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft};
+use tideline_common::{ErrorCode, TopicName, status, with_leader};
+use tideline_proto::v1 as pb;
+use tideline_proto::v1::controller_service_server::ControllerService;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::metadata::{
+    BrokerRecord, MetadataCommand, MetadataError, MetadataResponse, MetadataState, TopicRecord,
+};
+use crate::placement::{Candidate, PlacementError, place};
+use crate::store::StateMachineStore;
+use crate::topic_config;
+use crate::types::TypeConfig;
+
+/// Most partitions one request may create.
+pub const MAX_PARTITIONS: i32 = 10_000;
+
+/// A broker's lease as the leader tracks it.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    broker_epoch: i64,
+    expires: Instant,
+}
+
+/// The controller's client-facing gRPC service. Cheap to clone.
+#[derive(Clone)]
+pub struct ControllerApi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: u64,
+    raft: Raft<TypeConfig>,
+    state: StateMachineStore,
+    peers: BTreeMap<u64, String>,
+    lease: Duration,
+    /// Leases of live brokers; only meaningful on the leader. Never held across an await.
+    leases: Mutex<HashMap<i32, Lease>>,
+    /// Turns true when the node shuts down: ends watch streams and the lease checker.
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for ControllerApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerApi")
+            .field("node_id", &self.inner.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn metadata_status(e: &MetadataError) -> Status {
+    let code = match e {
+        MetadataError::TopicExists(_) => ErrorCode::TopicAlreadyExists,
+        MetadataError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
+        MetadataError::InvalidAssignment { .. } => ErrorCode::InvalidReplicationFactor,
+    };
+    status(code, e.to_string())
+}
+
+fn placement_status(e: &PlacementError) -> Status {
+    let code = match e {
+        PlacementError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+        PlacementError::InvalidReplicationFactor(_) | PlacementError::NotEnoughBrokers { .. } => {
+            ErrorCode::InvalidReplicationFactor
+        }
+    };
+    status(code, e.to_string())
+}
+
+/// A stable per-topic rotation, so topics do not all start on the same broker.
+fn rotation(name: &str) -> usize {
+    name.bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+        as usize
+}
+
+/// 16 random bytes for a topic id (std's randomly keyed hasher, seeded per process and call).
+fn random_id(name: &str) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    for (i, chunk) in id.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write(name.as_bytes());
+        h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_be_bytes());
+    }
+    id
+}
+
+/// The proto form of a topic.
+pub fn topic_pb(t: &TopicRecord) -> pb::TopicMetadata {
+    pb::TopicMetadata {
+        name: t.name.clone(),
+        topic_id: t.topic_id.to_vec().into(),
+        replication_factor: t.replication_factor,
+        configs: t.configs.clone().into_iter().collect(),
+        partitions: t
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| pb::PartitionMetadata {
+                partition: i as i32,
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                replicas: p.replicas.clone(),
+                isr: p.isr.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The proto form of a broker.
+pub fn broker_pb(b: &BrokerRecord) -> pb::BrokerMetadata {
+    pb::BrokerMetadata {
+        endpoint: Some(pb::BrokerEndpoint {
+            broker_id: b.broker_id,
+            host: b.host.clone(),
+            port: b.port,
+            data_port: b.data_port,
+            rack: b.rack.clone(),
+        }),
+        broker_epoch: b.broker_epoch,
+        fenced: b.fenced,
+    }
+}
+
+/// The first event of a watch: everything.
+pub fn image(m: &MetadataState) -> pb::MetadataEvent {
+    pb::MetadataEvent {
+        version: m.version,
+        event: Some(pb::metadata_event::Event::Image(pb::MetadataImage {
+            brokers: m.brokers.values().map(broker_pb).collect(),
+            topics: m.topics.values().map(topic_pb).collect(),
+        })),
+    }
+}
+
+/// What changed from `old` to `new`.
+pub fn delta(old: &MetadataState, new: &MetadataState) -> pb::MetadataEvent {
+    pb::MetadataEvent {
+        version: new.version,
+        event: Some(pb::metadata_event::Event::Delta(pb::MetadataDelta {
+            brokers: new
+                .brokers
+                .iter()
+                .filter(|(id, b)| old.brokers.get(id) != Some(b))
+                .map(|(_, b)| broker_pb(b))
+                .collect(),
+            topics: new
+                .topics
+                .iter()
+                .filter(|(name, t)| old.topics.get(*name) != Some(t))
+                .map(|(_, t)| topic_pb(t))
+                .collect(),
+            deleted_topics: old
+                .topics
+                .keys()
+                .filter(|n| !new.topics.contains_key(*n))
+                .cloned()
+                .collect(),
+        })),
+    }
+}
+
+impl ControllerApi {
+    /// The API of controller `node_id`, whose peers (itself included) are `peers`; `shutdown`
+    /// turning true ends its watch streams and lease checker.
+    pub fn new(
+        node_id: u64,
+        raft: Raft<TypeConfig>,
+        state: StateMachineStore,
+        peers: BTreeMap<u64, String>,
+        lease: Duration,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        ControllerApi {
+            inner: Arc::new(Inner {
+                node_id,
+                raft,
+                state,
+                peers,
+                lease,
+                leases: Mutex::new(HashMap::new()),
+                shutdown,
+            }),
+        }
+    }
+
+    fn not_controller(&self, leader_id: Option<u64>, leader: Option<BasicNode>) -> Status {
+        let message = match leader_id {
+            Some(id) => {
+                format!("controller {} is not the leader; controller {id} is", self.inner.node_id)
+            }
+            None => format!(
+                "controller {} is not the leader and no leader is known",
+                self.inner.node_id
+            ),
+        };
+        let s = status(ErrorCode::NotController, message);
+        match (
+            leader_id,
+            leader
+                .map(|n| n.addr)
+                .or_else(|| leader_id.and_then(|id| self.inner.peers.get(&id).cloned())),
+        ) {
+            (Some(id), Some(addr)) => with_leader(s, id as i64, &addr),
+            _ => s,
+        }
+    }
+
+    /// Proposes `command` through Raft and waits until it is applied here.
+    async fn write(&self, command: MetadataCommand) -> Result<MetadataResponse, Status> {
+        match self.inner.raft.client_write(command).await {
+            Ok(answer) => match answer.data {
+                MetadataResponse::Refused(e) => Err(metadata_status(&e)),
+                other => Ok(other),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.not_controller(f.leader_id, f.leader_node))
+            }
+            Err(e) => Err(status(ErrorCode::NotController, format!("metadata write failed: {e}"))),
+        }
+    }
+
+    async fn require_leader(&self) -> Result<(), Status> {
+        let leader = self.inner.raft.current_leader().await;
+        if leader == Some(self.inner.node_id) {
+            return Ok(());
+        }
+        Err(self.not_controller(leader, None))
+    }
+
+    fn live_brokers(m: &MetadataState) -> Vec<Candidate> {
+        m.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| Candidate { id: b.broker_id, rack: b.rack.clone() })
+            .collect()
+    }
+
+    async fn topic(&self, name: &str) -> Result<pb::TopicMetadata, Status> {
+        let m = self.inner.state.metadata().await;
+        m.topics.get(name).map(topic_pb).ok_or_else(|| {
+            status(ErrorCode::UnknownTopicOrPartition, format!("unknown topic {name}"))
+        })
+    }
+
+    /// Fences brokers whose lease lapsed, every quarter lease, until shutdown. Runs on every
+    /// controller and acts only while it leads.
+    pub async fn run_lease_checker(self) {
+        let mut stop = self.inner.shutdown.clone();
+        let period = self.inner.lease / 4;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stop.changed() => return,
+            }
+            if self.inner.raft.current_leader().await != Some(self.inner.node_id) {
+                // Leases start afresh when this node becomes the leader.
+                self.inner.leases.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                continue;
+            }
+            let m = self.inner.state.metadata().await;
+            let now = Instant::now();
+            let lapsed: Vec<(i32, i64)> = {
+                let mut leases = self.inner.leases.lock().unwrap_or_else(|e| e.into_inner());
+                m.brokers
+                    .values()
+                    .filter(|b| !b.fenced)
+                    .filter_map(|b| {
+                        let lease = leases.entry(b.broker_id).or_insert(Lease {
+                            broker_epoch: b.broker_epoch,
+                            expires: now + self.inner.lease,
+                        });
+                        if lease.broker_epoch != b.broker_epoch {
+                            *lease = Lease {
+                                broker_epoch: b.broker_epoch,
+                                expires: now + self.inner.lease,
+                            };
+                        }
+                        (now > lease.expires).then_some((b.broker_id, b.broker_epoch))
+                    })
+                    .collect()
+            };
+            for (broker_id, broker_epoch) in lapsed {
+                tracing::warn!(broker_id, broker_epoch, "broker lease lapsed, fencing");
+                if let Err(e) =
+                    self.write(MetadataCommand::FenceBroker { broker_id, broker_epoch }).await
+                {
+                    tracing::warn!(broker_id, error = %e, "fencing failed");
+                }
+            }
+        }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::MetadataEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControllerService for ControllerApi {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
+        let req = request.into_inner();
+        let name =
+            TopicName::new(req.name).map_err(|e| status(ErrorCode::InvalidTopic, e.to_string()))?;
+        if !(1..=MAX_PARTITIONS).contains(&req.partitions) {
+            return Err(status(
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "partitions must be between 1 and {MAX_PARTITIONS}, got {}",
+                    req.partitions
+                ),
+            ));
+        }
+        if req.replication_factor < 1 {
+            return Err(status(
+                ErrorCode::InvalidReplicationFactor,
+                format!("replication factor must be at least 1, got {}", req.replication_factor),
+            ));
+        }
+        let configs: BTreeMap<String, String> = req.configs.into_iter().collect();
+        topic_config::validate(&configs, req.replication_factor)
+            .map_err(|e| status(ErrorCode::InvalidConfig, e))?;
+        let m = self.inner.state.metadata().await;
+        if m.topics.contains_key(name.as_str()) {
+            return Err(status(
+                ErrorCode::TopicAlreadyExists,
+                format!("topic {name} already exists"),
+            ));
+        }
+        let assignments = place(
+            &Self::live_brokers(&m),
+            req.partitions,
+            req.replication_factor,
+            0,
+            rotation(name.as_str()),
+        )
+        .map_err(|e| placement_status(&e))?;
+        self.write(MetadataCommand::CreateTopic {
+            name: name.to_string(),
+            topic_id: random_id(name.as_str()),
+            replication_factor: req.replication_factor,
+            configs,
+            assignments,
+        })
+        .await?;
+        Ok(Response::new(pb::CreateTopicResponse { topic: Some(self.topic(name.as_str()).await?) }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let name = request.into_inner().name;
+        self.write(MetadataCommand::DeleteTopic { name }).await?;
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let m = self.inner.state.metadata().await;
+        Ok(Response::new(pb::ListTopicsResponse { names: m.topics.keys().cloned().collect() }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
+        let topic = self.topic(&request.into_inner().name).await?;
+        Ok(Response::new(pb::DescribeTopicResponse { topic: Some(topic) }))
+    }
+
+    async fn create_partitions(
+        &self,
+        request: Request<pb::CreatePartitionsRequest>,
+    ) -> Result<Response<pb::CreatePartitionsResponse>, Status> {
+        let req = request.into_inner();
+        let m = self.inner.state.metadata().await;
+        let topic = m.topics.get(&req.name).ok_or_else(|| {
+            status(ErrorCode::UnknownTopicOrPartition, format!("unknown topic {}", req.name))
+        })?;
+        let current = topic.partitions.len() as i32;
+        if req.total <= current || req.total > MAX_PARTITIONS {
+            return Err(status(
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "topic {} has {current} partitions; the new total must be larger and at most {MAX_PARTITIONS}, got {}",
+                    req.name, req.total
+                ),
+            ));
+        }
+        let assignments = place(
+            &Self::live_brokers(&m),
+            req.total - current,
+            topic.replication_factor,
+            current as usize,
+            rotation(&req.name),
+        )
+        .map_err(|e| placement_status(&e))?;
+        self.write(MetadataCommand::CreatePartitions { name: req.name.clone(), assignments })
+            .await?;
+        Ok(Response::new(pb::CreatePartitionsResponse {
+            topic: Some(self.topic(&req.name).await?),
+        }))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<pb::AlterTopicConfigRequest>,
+    ) -> Result<Response<pb::AlterTopicConfigResponse>, Status> {
+        let req = request.into_inner();
+        let rf = {
+            let m = self.inner.state.metadata().await;
+            m.topics.get(&req.name).map(|t| t.replication_factor).ok_or_else(|| {
+                status(ErrorCode::UnknownTopicOrPartition, format!("unknown topic {}", req.name))
+            })?
+        };
+        let set: BTreeMap<String, String> = req.set.into_iter().collect();
+        topic_config::validate(&set, rf).map_err(|e| status(ErrorCode::InvalidConfig, e))?;
+        if let Some(key) = req.remove.iter().find(|k| !topic_config::is_known(k)) {
+            return Err(status(ErrorCode::InvalidConfig, format!("unknown topic config {key:?}")));
+        }
+        self.write(MetadataCommand::AlterTopicConfig {
+            name: req.name.clone(),
+            set,
+            remove: req.remove,
+        })
+        .await?;
+        Ok(Response::new(pb::AlterTopicConfigResponse {
+            topic: Some(self.topic(&req.name).await?),
+        }))
+    }
+
+    async fn get_metadata(
+        &self,
+        request: Request<pb::GetMetadataRequest>,
+    ) -> Result<Response<pb::GetMetadataResponse>, Status> {
+        let req = request.into_inner();
+        let m = self.inner.state.metadata().await;
+        let topics = if req.topics.is_empty() {
+            m.topics.values().map(topic_pb).collect()
+        } else {
+            req.topics
+                .iter()
+                .map(|name| {
+                    m.topics.get(name).map(topic_pb).ok_or_else(|| {
+                        status(ErrorCode::UnknownTopicOrPartition, format!("unknown topic {name}"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let leader = self.inner.raft.current_leader().await;
+        Ok(Response::new(pb::GetMetadataResponse {
+            version: m.version,
+            brokers: m.brokers.values().map(broker_pb).collect(),
+            topics,
+            controller_leader_id: leader.map_or(-1, |l| l as i32),
+        }))
+    }
+
+    async fn get_controller_status(
+        &self,
+        _request: Request<pb::GetControllerStatusRequest>,
+    ) -> Result<Response<pb::GetControllerStatusResponse>, Status> {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let version = self.inner.state.metadata().await.version;
+        Ok(Response::new(pb::GetControllerStatusResponse {
+            node_id: self.inner.node_id as i32,
+            leader_id: metrics.current_leader.map_or(-1, |l| l as i32),
+            term: metrics.current_term,
+            commit_index: metrics.last_applied.map_or(0, |l| l.index),
+            metadata_version: version,
+            members: self
+                .inner
+                .peers
+                .iter()
+                .map(|(id, addr)| pb::ControllerMember {
+                    node_id: *id as i32,
+                    address: addr.clone(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn register_broker(
+        &self,
+        request: Request<pb::RegisterBrokerRequest>,
+    ) -> Result<Response<pb::RegisterBrokerResponse>, Status> {
+        let req = request.into_inner();
+        let endpoint = req
+            .endpoint
+            .ok_or_else(|| status(ErrorCode::InvalidRequest, "registration without an endpoint"))?;
+        if endpoint.broker_id < 0
+            || endpoint.host.is_empty()
+            || !(1..=65535).contains(&endpoint.port)
+        {
+            return Err(status(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "bad broker endpoint: id {} host {:?} port {}",
+                    endpoint.broker_id, endpoint.host, endpoint.port
+                ),
+            ));
+        }
+        let answer = self
+            .write(MetadataCommand::RegisterBroker {
+                broker_id: endpoint.broker_id,
+                host: endpoint.host,
+                port: endpoint.port,
+                data_port: endpoint.data_port,
+                rack: endpoint.rack,
+                incarnation_id: req.incarnation_id.to_vec(),
+            })
+            .await?;
+        let MetadataResponse::BrokerRegistered { broker_epoch, .. } = answer else {
+            return Err(status(ErrorCode::InvalidRequest, format!("unexpected answer {answer:?}")));
+        };
+        self.inner.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            endpoint.broker_id,
+            Lease { broker_epoch, expires: Instant::now() + self.inner.lease },
+        );
+        Ok(Response::new(pb::RegisterBrokerResponse {
+            broker_epoch,
+            lease_ms: self.inner.lease.as_millis() as i64,
+        }))
+    }
+
+    async fn broker_heartbeat(
+        &self,
+        request: Request<pb::BrokerHeartbeatRequest>,
+    ) -> Result<Response<pb::BrokerHeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        self.require_leader().await?;
+        let m = self.inner.state.metadata().await;
+        let broker = m.brokers.get(&req.broker_id).ok_or_else(|| {
+            status(ErrorCode::BrokerFenced, format!("broker {} is not registered", req.broker_id))
+        })?;
+        if broker.broker_epoch != req.broker_epoch {
+            return Err(status(
+                ErrorCode::StaleBrokerEpoch,
+                format!(
+                    "broker {} heartbeat with epoch {}, current registration is epoch {}",
+                    req.broker_id, req.broker_epoch, broker.broker_epoch
+                ),
+            ));
+        }
+        if broker.fenced {
+            return Err(status(
+                ErrorCode::BrokerFenced,
+                format!(
+                    "broker {} epoch {} is fenced; register again",
+                    req.broker_id, req.broker_epoch
+                ),
+            ));
+        }
+        self.inner.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            req.broker_id,
+            Lease { broker_epoch: req.broker_epoch, expires: Instant::now() + self.inner.lease },
+        );
+        Ok(Response::new(pb::BrokerHeartbeatResponse {
+            lease_expires_ms: now_ms() + self.inner.lease.as_millis() as i64,
+        }))
+    }
+
+    type WatchMetadataStream = EventStream;
+
+    async fn watch_metadata(
+        &self,
+        _request: Request<pb::WatchMetadataRequest>,
+    ) -> Result<Response<Self::WatchMetadataStream>, Status> {
+        let state = self.inner.state.clone();
+        let mut changes = state.subscribe();
+        let mut shutdown = self.inner.shutdown.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last = state.metadata().await;
+            if tx.send(Ok(image(&last))).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = shutdown.changed() => return,
+                }
+                let now = state.metadata().await;
+                if now.version == last.version {
+                    continue;
+                }
+                if tx.send(Ok(delta(&last, &now))).await.is_err() {
+                    return;
+                }
+                last = now;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
