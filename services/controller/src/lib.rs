@@ -4,6 +4,7 @@
 //! - [`metadata`]: the replicated state and the commands that change it (a pure `apply`).
 //! - [`network`]: Raft RPCs between controllers over gRPC.
 //! - [`node`]: one quorum member: Raft over the sled store, serving the Raft transport.
+//! - [`options`]: command line and environment, validated into a config.
 //! - [`placement`]: rack-aware round-robin replica placement with balanced leaders.
 //! - [`service`]: the `ControllerService` gRPC API (admin, metadata, broker leases, watch).
 //! - [`topic_config`]: the topic configs the cluster understands and their ranges.
@@ -14,8 +15,33 @@
 pub mod metadata;
 pub mod network;
 pub mod node;
+pub mod options;
 pub mod placement;
 pub mod service;
 pub mod store;
 pub mod topic_config;
 pub mod types;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use node::{ControllerNode, NodeConfig, NodeError};
+
+/// Runs a controller until `shutdown` resolves: binds `listen`, starts the node, and stops it
+/// cleanly. The `tideline-controller` binary and `tide dev` call this.
+///
+/// # Errors
+/// [`NodeError`] when the listener cannot be bound or the node cannot start.
+pub async fn run(
+    config: NodeConfig,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| NodeError::Config(format!("cannot listen on {listen}: {e}")))?;
+    let node = ControllerNode::start(config, listener).await?;
+    shutdown.await;
+    node.shutdown().await;
+    Ok(())
+}
