@@ -2,9 +2,11 @@
 //! with precise error codes for bad input, placement, metadata watch, broker epochs, leases and
 //! fencing, health.
 
+mod common;
+
+use common::wait_until;
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tideline_common::{ErrorCode, error_code_of};
 use tideline_controller::node::{ControllerNode, NodeConfig};
@@ -12,21 +14,6 @@ use tideline_proto::v1 as pb;
 use tideline_proto::v1::controller_service_client::ControllerServiceClient;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
-
-async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn single_controller(
     lease_ms: u64,

@@ -2,8 +2,10 @@
 //! leader, survives `kill -9` of the leader with no metadata lost, a killed controller catches
 //! up after restarting, and a full restart of every controller keeps the state.
 
+mod common;
+
+use common::wait_until;
 use std::fs::File;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,21 +45,6 @@ fn spawn(id: u64, peers: &str, root: &Path) -> Controller {
         .spawn()
         .expect("start tideline-controller");
     Controller { id, child, log }
-}
-
-async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn client(addr: &str) -> Option<ControllerServiceClient<tonic::transport::Channel>> {

@@ -3,9 +3,11 @@
 //! the leader, fail over when the leader stops without losing a committed command, and a
 //! restarted node catches up from its persisted state.
 
+mod common;
+
+use common::wait_until;
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tideline_common::{ErrorCode, error_code_of, leader_hint_of};
 use tideline_controller::metadata::{MetadataCommand, MetadataResponse};
@@ -22,22 +24,6 @@ fn register(id: i32) -> MetadataCommand {
         data_port: 0,
         rack: String::new(),
         incarnation_id: vec![id as u8],
-    }
-}
-
-/// Polls `check` until it returns `Some`, for at most `limit`.
-async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
