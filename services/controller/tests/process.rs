@@ -158,3 +158,87 @@ async fn quorum_survives_kill_9_and_restarts() {
     }
     create_topic(&addr_of(third), "after-restart").await;
 }
+
+/// sled under SIGKILL (the pitfalls in DEPENDENCIES.md): a controller killed at varying points
+/// while topics are being created, and killed during start-up, always restarts, and every
+/// topic whose creation was acknowledged is there afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_writes_and_startup_loses_no_acknowledged_write() {
+    let root = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let peers = format!("1={addr}");
+    let spawn_one = || {
+        let log = root.path().join("controller-1.log");
+        let out = File::options().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tideline-controller"))
+            .args(["--node-id", "1", "--peers", &peers, "--broker-lease-ms", "600000"])
+            .arg("--data-dir")
+            .arg(root.path().join("data"))
+            .args(["--raft-heartbeat-ms", "100"])
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start tideline-controller");
+        Controller { id: 1, child, log }
+    };
+    let addrs = vec![(1u64, addr.clone())];
+    let mut acknowledged: Vec<String> = Vec::new();
+    for round in 0..8u64 {
+        let proc = spawn_one();
+        leader(&addrs).await;
+        let mut c = client(&addr).await.unwrap();
+        if round == 0 {
+            c.register_broker(pb::RegisterBrokerRequest {
+                endpoint: Some(pb::BrokerEndpoint {
+                    broker_id: 1,
+                    host: "127.0.0.1".into(),
+                    port: 9092,
+                    data_port: 0,
+                    rack: String::new(),
+                }),
+                incarnation_id: vec![1].into(),
+            })
+            .await
+            .unwrap();
+        }
+        // Every topic acknowledged before the kill must survive it.
+        let present = topics(&addr).await.unwrap();
+        for name in &acknowledged {
+            assert!(present.contains(name), "round {round}: acknowledged topic {name} was lost");
+        }
+        let writer = tokio::spawn(async move {
+            let mut done = Vec::new();
+            for k in 0.. {
+                let name = format!("t{round}-{k}");
+                let request = pb::CreateTopicRequest {
+                    name: name.clone(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    configs: Default::default(),
+                };
+                match c.create_topic(request).await {
+                    Ok(_) => done.push(name),
+                    Err(_) => return done,
+                }
+            }
+            done
+        });
+        tokio::time::sleep(Duration::from_millis(40 + 37 * round)).await;
+        drop(proc); // SIGKILL in the middle of writes
+        acknowledged.extend(writer.await.unwrap());
+        // Every other round, also kill the next start early, while sled opens.
+        if round % 2 == 1 {
+            let early = spawn_one();
+            tokio::time::sleep(Duration::from_millis(5 + 11 * round)).await;
+            drop(early);
+        }
+    }
+    let _last = spawn_one();
+    leader(&addrs).await;
+    let present = topics(&addr).await.unwrap();
+    eprintln!("{} acknowledged topic creations survived 8 kill -9 rounds", acknowledged.len());
+    assert!(acknowledged.len() > 8, "the test must write something: {}", acknowledged.len());
+    for name in &acknowledged {
+        assert!(present.contains(name), "acknowledged topic {name} was lost");
+    }
+}
