@@ -58,6 +58,9 @@ pub enum MetadataCommand {
     CreatePartitions {
         /// Topic name.
         name: String,
+        /// The partition count the request was based on; a different count (a concurrent or
+        /// retried request already applied) refuses the command.
+        existing: usize,
         /// Replica broker ids of each new partition.
         assignments: Vec<Vec<i32>>,
     },
@@ -81,6 +84,16 @@ pub enum MetadataError {
     /// No topic of this name.
     #[error("unknown topic {0}")]
     UnknownTopic(String),
+    /// The topic's partition count changed since the request was planned.
+    #[error("topic {name} has {actual} partitions, the request expected {expected}")]
+    PartitionCountChanged {
+        /// Topic name.
+        name: String,
+        /// The count the request was based on.
+        expected: usize,
+        /// The count now.
+        actual: usize,
+    },
     /// A replica assignment is empty, has duplicates, names an unknown broker, or does not
     /// match the replication factor.
     #[error("invalid replica assignment for partition {partition}: {reason}")]
@@ -196,6 +209,16 @@ impl MetadataState {
                 rack,
                 incarnation_id,
             } => {
+                // A retried registration of the same process: keep its epoch.
+                if let Some(b) = self.brokers.get(broker_id)
+                    && !b.fenced
+                    && b.incarnation_id == *incarnation_id
+                {
+                    return Ok(MetadataResponse::BrokerRegistered {
+                        broker_epoch: b.broker_epoch,
+                        version: self.version,
+                    });
+                }
                 self.last_broker_epoch += 1;
                 let broker_epoch = self.last_broker_epoch;
                 self.brokers.insert(
@@ -234,6 +257,7 @@ impl MetadataState {
                     for p in &mut topic.partitions {
                         if p.leader == *broker_id {
                             p.leader = -1;
+                            p.leader_epoch += 1;
                             p.partition_epoch += 1;
                         }
                     }
@@ -272,11 +296,18 @@ impl MetadataState {
                 self.version += 1;
                 Ok(MetadataResponse::Applied { version: self.version })
             }
-            MetadataCommand::CreatePartitions { name, assignments } => {
+            MetadataCommand::CreatePartitions { name, existing: expected, assignments } => {
                 let (rf, existing) = match self.topics.get(name) {
                     Some(t) => (t.replication_factor, t.partitions.len()),
                     None => return Err(MetadataError::UnknownTopic(name.clone())),
                 };
+                if existing != *expected {
+                    return Err(MetadataError::PartitionCountChanged {
+                        name: name.clone(),
+                        expected: *expected,
+                        actual: existing,
+                    });
+                }
                 let added = self.new_partitions(assignments, rf, existing)?;
                 self.topics.get_mut(name).expect("checked").partitions.extend(added);
                 self.version += 1;
@@ -396,17 +427,32 @@ mod tests {
             (
                 MetadataCommand::CreatePartitions {
                     name: "a".into(),
+                    existing: 2,
                     assignments: vec![vec![3, 1]],
                 },
                 true,
             ),
+            // The same request again (raced or retried after it applied): refused.
             (
-                MetadataCommand::CreatePartitions { name: "a".into(), assignments: vec![vec![3]] },
+                MetadataCommand::CreatePartitions {
+                    name: "a".into(),
+                    existing: 2,
+                    assignments: vec![vec![3, 1]],
+                },
+                false,
+            ),
+            (
+                MetadataCommand::CreatePartitions {
+                    name: "a".into(),
+                    existing: 3,
+                    assignments: vec![vec![3]],
+                },
                 false,
             ), // rf
             (
                 MetadataCommand::CreatePartitions {
                     name: "zz".into(),
+                    existing: 0,
                     assignments: vec![vec![3, 1]],
                 },
                 false,
@@ -462,7 +508,36 @@ mod tests {
         };
         assert!(broker_epoch > epoch, "a new registration gets a newer epoch");
         let p = &s.topics["t"].partitions[0];
-        assert_eq!((p.leader, p.leader_epoch), (2, 1), "leadership returns with a new epoch");
+        assert_eq!(
+            (p.leader, p.leader_epoch),
+            (2, 2),
+            "the leader epoch moved when the partition lost its leader and again when 2 took it back"
+        );
+    }
+
+    /// Review finding: a retried registration of the same process (same incarnation) used to
+    /// get a new epoch and invalidate the one the broker was using.
+    #[test]
+    fn a_retried_registration_keeps_its_epoch() {
+        let mut s = cluster();
+        let epoch = s.brokers[&1].broker_epoch;
+        let version = s.version;
+        assert_eq!(
+            s.apply(&register(1)),
+            MetadataResponse::BrokerRegistered { broker_epoch: epoch, version }
+        );
+        let restarted = MetadataCommand::RegisterBroker {
+            broker_id: 1,
+            host: "127.0.0.1".into(),
+            port: 9001,
+            data_port: 0,
+            rack: String::new(),
+            incarnation_id: vec![99],
+        };
+        let MetadataResponse::BrokerRegistered { broker_epoch, .. } = s.apply(&restarted) else {
+            panic!("refused");
+        };
+        assert!(broker_epoch > epoch, "a new process gets a new epoch");
     }
 
     #[test]

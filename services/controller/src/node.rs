@@ -118,6 +118,8 @@ impl ControllerNode {
             heartbeat_interval: config.heartbeat_interval_ms,
             election_timeout_min: config.election_timeout_ms.0,
             election_timeout_max: config.election_timeout_ms.1,
+            // A snapshot chunk is JSON; give it time on a slow link rather than restart it.
+            install_snapshot_timeout: 10_000,
             ..Default::default()
         }
         .validate()
@@ -175,8 +177,8 @@ impl ControllerNode {
     /// Stops Raft and the server, and waits for both.
     pub async fn shutdown(self) {
         let _ = self.stop_api.send(true);
-        let _ = self.lease_checker.await;
         let _ = self.raft.shutdown().await;
+        let _ = self.lease_checker.await;
         let _ = self.stop.send(());
         let _ = self.server.await;
     }

@@ -72,6 +72,7 @@ fn metadata_status(e: &MetadataError) -> Status {
         MetadataError::TopicExists(_) => ErrorCode::TopicAlreadyExists,
         MetadataError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
         MetadataError::InvalidAssignment { .. } => ErrorCode::InvalidReplicationFactor,
+        MetadataError::PartitionCountChanged { .. } => ErrorCode::InvalidPartitions,
     };
     status(code, e.to_string())
 }
@@ -242,12 +243,18 @@ impl ControllerApi {
         }
     }
 
+    /// Confirms with a quorum that this node still leads and has applied everything committed
+    /// (a deposed leader that has not noticed yet must not renew leases).
     async fn require_leader(&self) -> Result<(), Status> {
-        let leader = self.inner.raft.current_leader().await;
-        if leader == Some(self.inner.node_id) {
-            return Ok(());
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(self.not_controller(f.leader_id, f.leader_node))
+            }
+            Err(e) => {
+                Err(status(ErrorCode::NotController, format!("cannot confirm leadership: {e}")))
+            }
         }
-        Err(self.not_controller(leader, None))
     }
 
     fn live_brokers(m: &MetadataState) -> Vec<Candidate> {
@@ -304,10 +311,13 @@ impl ControllerApi {
             };
             for (broker_id, broker_epoch) in lapsed {
                 tracing::warn!(broker_id, broker_epoch, "broker lease lapsed, fencing");
-                if let Err(e) =
-                    self.write(MetadataCommand::FenceBroker { broker_id, broker_epoch }).await
-                {
-                    tracing::warn!(broker_id, error = %e, "fencing failed");
+                // Without a quorum the write never commits: do not let it hold up shutdown.
+                let fence = self.write(MetadataCommand::FenceBroker { broker_id, broker_epoch });
+                tokio::select! {
+                    result = fence => if let Err(e) = result {
+                        tracing::warn!(broker_id, error = %e, "fencing failed");
+                    },
+                    _ = stop.changed() => return,
                 }
             }
         }
@@ -421,8 +431,12 @@ impl ControllerService for ControllerApi {
             rotation(&req.name),
         )
         .map_err(|e| placement_status(&e))?;
-        self.write(MetadataCommand::CreatePartitions { name: req.name.clone(), assignments })
-            .await?;
+        self.write(MetadataCommand::CreatePartitions {
+            name: req.name.clone(),
+            existing: current as usize,
+            assignments,
+        })
+        .await?;
         Ok(Response::new(pb::CreatePartitionsResponse {
             topic: Some(self.topic(&req.name).await?),
         }))
@@ -516,7 +530,11 @@ impl ControllerService for ControllerApi {
             .ok_or_else(|| status(ErrorCode::InvalidRequest, "registration without an endpoint"))?;
         if endpoint.broker_id < 0
             || endpoint.host.is_empty()
+            || endpoint.host.len() > 255
+            || endpoint.rack.len() > 255
+            || req.incarnation_id.len() > 64
             || !(1..=65535).contains(&endpoint.port)
+            || endpoint.data_port > 65535
         {
             return Err(status(
                 ErrorCode::InvalidRequest,
@@ -577,10 +595,25 @@ impl ControllerService for ControllerApi {
                 ),
             ));
         }
-        self.inner.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            req.broker_id,
-            Lease { broker_epoch: req.broker_epoch, expires: Instant::now() + self.inner.lease },
-        );
+        {
+            // The lease checker decides under this lock too: once a lease has expired it is
+            // not renewed, so a broker is never told it holds a lease it is being fenced for.
+            let mut leases = self.inner.leases.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if let Some(lease) = leases.get(&req.broker_id)
+                && lease.broker_epoch == req.broker_epoch
+                && now > lease.expires
+            {
+                return Err(status(
+                    ErrorCode::BrokerFenced,
+                    format!("broker {} lease expired; register again", req.broker_id),
+                ));
+            }
+            leases.insert(
+                req.broker_id,
+                Lease { broker_epoch: req.broker_epoch, expires: now + self.inner.lease },
+            );
+        }
         Ok(Response::new(pb::BrokerHeartbeatResponse {
             lease_expires_ms: now_ms() + self.inner.lease.as_millis() as i64,
         }))
@@ -611,8 +644,9 @@ impl ControllerService for ControllerApi {
                 if now.version == last.version {
                     continue;
                 }
-                if tx.send(Ok(delta(&last, &now))).await.is_err() {
-                    return;
+                tokio::select! {
+                    sent = tx.send(Ok(delta(&last, &now))) => if sent.is_err() { return },
+                    _ = shutdown.changed() => return,
                 }
                 last = now;
             }

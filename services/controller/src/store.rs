@@ -236,6 +236,9 @@ pub struct StateMachineStore {
     built: Arc<std::sync::atomic::AtomicU64>,
     /// The metadata version after each apply or snapshot install, for watchers.
     changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Serializes snapshot saves: openraft builds snapshots in a task of its own, so a build
+    /// started before an install could otherwise overwrite the newer installed snapshot.
+    saving: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl StateMachineStore {
@@ -262,6 +265,7 @@ impl StateMachineStore {
             state: Arc::new(RwLock::new(applied)),
             built: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             changes: Arc::new(changes),
+            saving: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -275,12 +279,23 @@ impl StateMachineStore {
         self.changes.subscribe()
     }
 
-    async fn save_snapshot(&self, stored: &StoredSnapshot) -> StorageResult<()> {
+    /// Saves `stored` as the current snapshot unless the one already saved is newer (a build
+    /// that raced an install); returns whether it was saved.
+    async fn save_snapshot(&self, stored: &StoredSnapshot) -> StorageResult<bool> {
+        let _saving = self.saving.lock().await;
         let signature = Some(stored.meta.signature());
         let write = |e| StorageError::from(StorageIOError::write_snapshot(signature.clone(), e));
+        if let Some(bytes) = self.snapshots.get(SNAPSHOT_KEY).map_err(|e| read_err(to_any(e)))? {
+            let current: StoredSnapshot =
+                serde_json::from_slice(&bytes).map_err(|e| read_err(to_any(e)))?;
+            if current.meta.last_log_id > stored.meta.last_log_id {
+                return Ok(false);
+            }
+        }
         let bytes = serde_json::to_vec(stored).map_err(|e| write(to_any(e)))?;
         self.snapshots.insert(SNAPSHOT_KEY, bytes).map_err(|e| write(to_any(e)))?;
-        self.db.flush_async().await.map(|_| ()).map_err(|e| write(to_any(e)))
+        self.db.flush_async().await.map_err(|e| write(to_any(e)))?;
+        Ok(true)
     }
 }
 
@@ -298,7 +313,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         };
         let meta = SnapshotMeta { last_log_id: last_applied, last_membership, snapshot_id };
         let stored = StoredSnapshot { meta: meta.clone(), data };
-        self.save_snapshot(&stored).await?;
+        // An older build than the saved snapshot is returned but not saved; openraft ignores it.
+        let _saved = self.save_snapshot(&stored).await?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
@@ -353,7 +369,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), to_any(e)))
         })?;
         let stored = StoredSnapshot { meta: meta.clone(), data };
-        self.save_snapshot(&stored).await?;
+        if !self.save_snapshot(&stored).await? {
+            return Err(StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                to_any(std::io::Error::other("a newer snapshot is already installed")),
+            )
+            .into());
+        }
         let mut state = self.state.write().await;
         let version = metadata.version;
         *state = Applied {
@@ -377,5 +399,39 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(index: u64, id: &str) -> StoredSnapshot {
+        StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 0), index)),
+                last_membership: StoredMembership::default(),
+                snapshot_id: id.into(),
+            },
+            data: serde_json::to_vec(&MetadataState::default()).unwrap(),
+        }
+    }
+
+    /// Review finding: openraft builds snapshots in a task of its own, so a build that read the
+    /// state before an install could save after it and replace the newer installed snapshot;
+    /// a restart could then not re-apply the log the install had purged.
+    #[test]
+    fn an_older_snapshot_is_not_saved_over_a_newer_one() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        rt.block_on(async {
+            let sm = StateMachineStore::new(open_db(dir.path()).unwrap()).unwrap();
+            assert!(sm.save_snapshot(&stored(200, "installed")).await.unwrap());
+            assert!(!sm.save_snapshot(&stored(1, "stale build")).await.unwrap());
+            let bytes = sm.snapshots.get(SNAPSHOT_KEY).unwrap().unwrap();
+            let current: StoredSnapshot = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(current.meta.snapshot_id, "installed");
+            assert!(sm.save_snapshot(&stored(300, "newer")).await.unwrap());
+        });
     }
 }

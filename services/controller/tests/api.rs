@@ -277,7 +277,7 @@ async fn leases_fence_silent_brokers() {
         .into_inner();
     let back: Vec<_> = m.topics[0].partitions.iter().filter(|p| p.leader == 2).collect();
     assert_eq!(back.len(), 1);
-    assert_eq!(back[0].leader_epoch, 1, "leadership returns with a new leader epoch");
+    assert_eq!(back[0].leader_epoch, 2, "leader epoch bumped at fencing and at the return");
     assert_eq!(
         code_of(c.get_metadata(pb::GetMetadataRequest { topics: vec!["zz".into()] }).await),
         (tonic::Code::NotFound, Some(ErrorCode::UnknownTopicOrPartition))

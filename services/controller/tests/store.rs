@@ -114,3 +114,34 @@ fn a_partial_sled_snapshot_file_does_not_block_open() {
     assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     assert!(!dir.path().join("snap.7fffffffffffffff.generating").exists());
 }
+
+/// After a snapshot is installed, the current snapshot is never older than it, even when a
+/// build runs afterwards (the race itself, a build that read the state before the install, is
+/// pinned by the unit test `store::tests::an_older_snapshot_is_not_saved_over_a_newer_one`).
+#[test]
+fn a_build_after_an_install_keeps_the_installed_state() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let db = open_db(dir.path()).unwrap();
+        let mut sm = StateMachineStore::new(db).unwrap();
+        let entries: Vec<Entry<TypeConfig>> =
+            vec![Entry { log_id: log_id(1, 1), payload: EntryPayload::Normal(register(1)) }];
+        sm.apply(entries).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        let mut newer = tideline_controller::metadata::MetadataState::default();
+        newer.apply(&register(1));
+        newer.apply(&register(2));
+        let meta = openraft::SnapshotMeta {
+            last_log_id: Some(log_id(2, 200)),
+            last_membership: Default::default(),
+            snapshot_id: "leader-200".into(),
+        };
+        let data = serde_json::to_vec(&newer).unwrap();
+        sm.install_snapshot(&meta, Box::new(Cursor::new(data))).await.unwrap();
+        builder.build_snapshot().await.unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id, Some(log_id(2, 200)));
+        assert_eq!(sm.metadata().await, newer);
+    });
+}
