@@ -73,6 +73,23 @@ async fn topics(addr: &str) -> Option<Vec<String>> {
     Some(c.list_topics(pb::ListTopicsRequest {}).await.ok()?.into_inner().names)
 }
 
+/// Registers broker 1 (topics need a live broker for their replicas).
+async fn register_broker(addr: &str) {
+    let mut c = client(addr).await.expect("connect to the leader");
+    c.register_broker(pb::RegisterBrokerRequest {
+        endpoint: Some(pb::BrokerEndpoint {
+            broker_id: 1,
+            host: "127.0.0.1".into(),
+            port: 9092,
+            data_port: 0,
+            rack: String::new(),
+        }),
+        incarnation_id: vec![1].into(),
+    })
+    .await
+    .expect("register broker 1");
+}
+
 async fn create_topic(addr: &str, name: &str) {
     let mut c = client(addr).await.expect("connect to the leader");
     c.create_topic(pb::CreateTopicRequest {
@@ -99,19 +116,7 @@ async fn quorum_survives_kill_9_and_restarts() {
     let mut procs: Vec<Controller> = (1..=3).map(|id| spawn(id, &peers, root.path())).collect();
 
     let first = leader(&addrs).await;
-    let mut c = client(&addr_of(first)).await.unwrap();
-    c.register_broker(pb::RegisterBrokerRequest {
-        endpoint: Some(pb::BrokerEndpoint {
-            broker_id: 1,
-            host: "127.0.0.1".into(),
-            port: 9092,
-            data_port: 0,
-            rack: String::new(),
-        }),
-        incarnation_id: vec![1].into(),
-    })
-    .await
-    .unwrap();
+    register_broker(&addr_of(first)).await;
     create_topic(&addr_of(first), "before-kill").await;
 
     // kill -9 the leader: the others elect a new one; nothing committed is lost.
@@ -188,18 +193,7 @@ async fn kill_9_during_writes_and_startup_loses_no_acknowledged_write() {
         leader(&addrs).await;
         let mut c = client(&addr).await.unwrap();
         if round == 0 {
-            c.register_broker(pb::RegisterBrokerRequest {
-                endpoint: Some(pb::BrokerEndpoint {
-                    broker_id: 1,
-                    host: "127.0.0.1".into(),
-                    port: 9092,
-                    data_port: 0,
-                    rack: String::new(),
-                }),
-                incarnation_id: vec![1].into(),
-            })
-            .await
-            .unwrap();
+            register_broker(&addr).await;
         }
         // Every topic acknowledged before the kill must survive it.
         let present = topics(&addr).await.unwrap();
