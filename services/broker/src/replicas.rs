@@ -1,0 +1,323 @@
+//! [`ReplicaManager`]: the partition replicas this broker holds, kept in line with the
+//! controller's metadata. Each replica is a `tideline-log` directory `<topic>-<partition>` with a
+//! `partition.metadata` file naming the topic id (as Kafka does), so a topic deleted and
+//! re-created under the same name never serves the old topic's data. The data directory belongs
+//! to the broker alone: any `<name>-<number>` directory in it that is not placed here is deleted.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tideline_log::{Log, LogConfig, LogError};
+use tideline_proto::v1 as pb;
+
+use crate::log_config::log_config;
+
+/// File in each partition directory holding the topic id, in hex.
+pub const PARTITION_METADATA_FILE: &str = "partition.metadata";
+
+/// Why the replicas could not be brought in line.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// A log failed to open, reconfigure or delete.
+    #[error("partition {topic}-{partition}: {source}")]
+    Log {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// The log error.
+        #[source]
+        source: LogError,
+    },
+    /// A topic's configs do not make a valid log config.
+    #[error("topic {topic}: {reason}")]
+    Config {
+        /// Topic name.
+        topic: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A partition directory or its metadata file could not be read, written or removed.
+    #[error("failed to {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A partition replica on this broker.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// The topic's id.
+    pub topic_id: Vec<u8>,
+    /// The partition's log.
+    pub log: Arc<Log>,
+    /// Broker id of the partition's leader, -1 for none.
+    pub leader: i32,
+    /// The partition's leader epoch.
+    pub leader_epoch: i32,
+}
+
+/// What one [`ReplicaManager::apply`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Replicas opened, as (topic, partition).
+    pub opened: Vec<(String, i32)>,
+    /// Replicas whose logs were deleted (topic deleted, replica moved, or topic re-created).
+    pub removed: Vec<(String, i32)>,
+}
+
+/// The replicas of one broker.
+#[derive(Debug)]
+pub struct ReplicaManager {
+    dir: PathBuf,
+    broker_id: i32,
+    defaults: LogConfig,
+    replicas: BTreeMap<(String, i32), Replica>,
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ReplicaError {
+    let path = path.to_path_buf();
+    move |source| ReplicaError::Io { op, path, source }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ReplicaManager {
+    /// A manager for broker `broker_id` keeping logs under `dir`, with `defaults` for configs a
+    /// topic does not set. Nothing is opened until [`ReplicaManager::apply`].
+    pub fn new(dir: impl Into<PathBuf>, broker_id: i32, defaults: LogConfig) -> Self {
+        ReplicaManager { dir: dir.into(), broker_id, defaults, replicas: BTreeMap::new() }
+    }
+
+    /// The replica of `topic`/`partition`, if this broker holds it.
+    pub fn get(&self, topic: &str, partition: i32) -> Option<&Replica> {
+        self.replicas.get(&(topic.to_string(), partition))
+    }
+
+    /// Number of replicas held.
+    pub fn len(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// True when no replica is held.
+    pub fn is_empty(&self) -> bool {
+        self.replicas.is_empty()
+    }
+
+    /// Brings the replicas in line with `topics` (every topic of the cluster): opens (creating
+    /// if needed) the partitions placed on this broker, applies config changes and leadership,
+    /// and deletes the logs of partitions no longer placed here, including directories left
+    /// from before a restart and those of an older topic with the same name.
+    ///
+    /// # Errors
+    /// [`ReplicaError`] for the first partition that cannot be brought in line; the others are
+    /// still as they were or already updated.
+    pub fn apply(&mut self, topics: &[pb::TopicMetadata]) -> Result<ApplyOutcome, ReplicaError> {
+        fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
+        let mut outcome = ApplyOutcome::default();
+        let mut wanted: BTreeMap<(String, i32), (&pb::TopicMetadata, &pb::PartitionMetadata)> =
+            BTreeMap::new();
+        for topic in topics {
+            for p in topic.partitions.iter().filter(|p| p.replicas.contains(&self.broker_id)) {
+                wanted.insert((topic.name.clone(), p.partition), (topic, p));
+            }
+        }
+        // Replicas that are no longer wanted here, or belong to an older topic of that name.
+        let stale: Vec<(String, i32)> = self
+            .replicas
+            .iter()
+            .filter(|(key, r)| {
+                wanted.get(*key).is_none_or(|(t, _)| t.topic_id[..] != r.topic_id[..])
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            let replica = self.replicas.remove(&key).expect("listed");
+            replica.log.delete().map_err(|source| ReplicaError::Log {
+                topic: key.0.clone(),
+                partition: key.1,
+                source,
+            })?;
+            outcome.removed.push(key);
+        }
+        // Directories of partitions not wanted (left from before a restart).
+        for entry in fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
+            let entry = entry.map_err(io("list", &self.dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((topic, partition)) = name.rsplit_once('-') else { continue };
+            let Ok(partition) = partition.parse::<i32>() else { continue };
+            let key = (topic.to_string(), partition);
+            if !wanted.contains_key(&key) && entry.path().is_dir() {
+                fs::remove_dir_all(entry.path()).map_err(io("remove", &entry.path()))?;
+                outcome.removed.push(key);
+            }
+        }
+        for (key, (topic, p)) in wanted {
+            let config = log_config(&topic.configs, &self.defaults)
+                .map_err(|reason| ReplicaError::Config { topic: topic.name.clone(), reason })?;
+            let log_err =
+                |source| ReplicaError::Log { topic: key.0.clone(), partition: key.1, source };
+            if let Some(replica) = self.replicas.get_mut(&key) {
+                if replica.log.config() != config {
+                    replica.log.set_config(config).map_err(log_err)?;
+                }
+                replica.leader = p.leader;
+                replica.leader_epoch = p.leader_epoch;
+                continue;
+            }
+            let path = self.dir.join(format!("{}-{}", key.0, key.1));
+            let id_file = path.join(PARTITION_METADATA_FILE);
+            let id = hex(&topic.topic_id);
+            match fs::read_to_string(&id_file) {
+                Ok(existing) if existing.trim() == id => {}
+                Ok(_) => {
+                    // An older topic of the same name: its data must not be served.
+                    fs::remove_dir_all(&path).map_err(io("remove", &path))?;
+                    outcome.removed.push(key.clone());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("read", &id_file)(e)),
+            }
+            let log = Log::open(&path, config).map_err(log_err)?;
+            fs::write(&id_file, &id).map_err(io("write", &id_file))?;
+            self.replicas.insert(
+                key.clone(),
+                Replica {
+                    topic_id: topic.topic_id.to_vec(),
+                    log: Arc::new(log),
+                    leader: p.leader,
+                    leader_epoch: p.leader_epoch,
+                },
+            );
+            outcome.opened.push(key);
+        }
+        Ok(outcome)
+    }
+
+    /// Closes every log cleanly (the next start skips recovery scans).
+    ///
+    /// # Errors
+    /// The first close that failed; the others are still closed.
+    pub fn close(&mut self) -> Result<(), ReplicaError> {
+        let mut first = None;
+        for ((topic, partition), replica) in std::mem::take(&mut self.replicas) {
+            if let Err(source) = replica.log.close() {
+                first.get_or_insert(ReplicaError::Log { topic, partition, source });
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tideline_log::{Compression, RecordBatchBuilder};
+
+    fn topic(
+        name: &str,
+        id: u8,
+        partitions: &[&[i32]],
+        configs: &[(&str, &str)],
+    ) -> pb::TopicMetadata {
+        pb::TopicMetadata {
+            name: name.into(),
+            topic_id: vec![id; 16].into(),
+            replication_factor: partitions[0].len() as i32,
+            configs: configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            partitions: partitions
+                .iter()
+                .enumerate()
+                .map(|(i, r)| pb::PartitionMetadata {
+                    partition: i as i32,
+                    leader: r[0],
+                    leader_epoch: 3,
+                    partition_epoch: 0,
+                    replicas: r.to_vec(),
+                    isr: r.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    fn append(r: &Replica) {
+        let mut b = RecordBatchBuilder::new(Compression::None);
+        b.append(1, None, Some(b"v"), &[]);
+        r.log.append(&b.build(), r.leader_epoch).unwrap();
+    }
+
+    /// Only the partitions placed on this broker are opened, with their topic configs and
+    /// leadership; data survives a restart of the manager.
+    #[test]
+    fn opens_assigned_partitions_and_keeps_data_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = ReplicaManager::new(dir.path(), 1, LogConfig::default());
+        let t = topic("orders-v2", 7, &[&[1, 2], &[2, 3], &[3, 1]], &[("retention.ms", "1000")]);
+        let outcome = m.apply(std::slice::from_ref(&t)).unwrap();
+        assert_eq!(outcome.opened, vec![("orders-v2".into(), 0), ("orders-v2".into(), 2)]);
+        assert!(m.get("orders-v2", 1).is_none(), "not placed here");
+        let r = m.get("orders-v2", 0).unwrap();
+        assert_eq!((r.leader, r.leader_epoch), (1, 3));
+        assert_eq!(r.log.config().retention_ms, Some(1000));
+        append(r);
+        m.close().unwrap();
+
+        let mut again = ReplicaManager::new(dir.path(), 1, LogConfig::default());
+        again.apply(std::slice::from_ref(&t)).unwrap();
+        assert_eq!(again.get("orders-v2", 0).unwrap().log.log_end_offset(), 1, "data kept");
+    }
+
+    /// Deleting a topic, moving a replica away, or re-creating a topic under the same name
+    /// removes the old logs, also when it happened while the broker was down.
+    #[test]
+    fn removes_deleted_moved_and_recreated_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = ReplicaManager::new(dir.path(), 1, LogConfig::default());
+        let a = topic("a", 1, &[&[1], &[1]], &[]);
+        let b = topic("b", 2, &[&[1]], &[]);
+        m.apply(&[a.clone(), b.clone()]).unwrap();
+        append(m.get("a", 0).unwrap());
+        append(m.get("b", 0).unwrap());
+
+        // Partition a-1 moves to broker 2; topic b is deleted.
+        let a_moved = topic("a", 1, &[&[1], &[2]], &[]);
+        let outcome = m.apply(std::slice::from_ref(&a_moved)).unwrap();
+        assert_eq!(outcome.removed, vec![("a".into(), 1), ("b".into(), 0)]);
+        assert!(!dir.path().join("b-0").exists());
+        assert_eq!(m.len(), 1);
+
+        // Topic a is re-created with a new id while this manager is down.
+        m.close().unwrap();
+        let a_new = topic("a", 9, &[&[1]], &[]);
+        let mut again = ReplicaManager::new(dir.path(), 1, LogConfig::default());
+        let outcome = again.apply(&[a_new]).unwrap();
+        assert_eq!(outcome.removed, vec![("a".into(), 0)]);
+        assert_eq!(
+            again.get("a", 0).unwrap().log.log_end_offset(),
+            0,
+            "the old topic's data is gone"
+        );
+    }
+
+    /// A config change reaches the open log.
+    #[test]
+    fn config_changes_reach_open_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = ReplicaManager::new(dir.path(), 1, LogConfig::default());
+        m.apply(&[topic("t", 1, &[&[1]], &[])]).unwrap();
+        m.apply(&[topic("t", 1, &[&[1]], &[("segment.bytes", "1048576")])]).unwrap();
+        assert_eq!(m.get("t", 0).unwrap().log.config().segment_bytes, 1 << 20);
+        let bad = m.apply(&[topic("t", 1, &[&[1]], &[("segment.bytes", "3")])]).unwrap_err();
+        assert!(bad.to_string().contains("segment.bytes"), "{bad}");
+    }
+}
