@@ -212,11 +212,6 @@ impl State {
     }
 }
 
-/// A batch of an append, validated, with where it sits in the caller's buffer.
-struct Pending<'a> {
-    batch: RecordBatch<'a>,
-}
-
 /// A partition replica's log. `Send + Sync`: share it with an `Arc`.
 pub struct Log {
     dir: PathBuf,
@@ -399,7 +394,7 @@ impl Log {
         {
             return Err(LogError::EpochRegression { latest: latest.epoch, got: leader_epoch });
         }
-        let records: i64 = pending.iter().map(|p| i64::from(p.batch.last_offset_delta()) + 1).sum();
+        let records: i64 = pending.iter().map(|p| i64::from(p.last_offset_delta()) + 1).sum();
         let base = self.read_state().log_end_offset;
         self.maybe_roll(&mut w, base, base + records - 1, batches.len() as u64)?;
 
@@ -408,16 +403,16 @@ impl Log {
         let mut offset = base;
         let mut pos = position;
         for p in &pending {
-            headers.push(BatchHeader::of(&p.batch, pos, offset, leader_epoch));
-            offset += i64::from(p.batch.last_offset_delta()) + 1;
-            pos += p.batch.size() as u64;
+            headers.push(BatchHeader::of(p, pos, offset, leader_epoch));
+            offset += i64::from(p.last_offset_delta()) + 1;
+            pos += p.size() as u64;
         }
         let prefixes: Vec<[u8; LEADER_EPOCH_POS + 4]> = pending
             .iter()
             .zip(&headers)
             .map(|(p, h)| {
                 let mut prefix = [0u8; LEADER_EPOCH_POS + 4];
-                prefix.copy_from_slice(&p.batch.as_bytes()[..LEADER_EPOCH_POS + 4]);
+                prefix.copy_from_slice(&p.as_bytes()[..LEADER_EPOCH_POS + 4]);
                 crate::batch::set_offset_and_epoch(&mut prefix, h.base_offset, leader_epoch);
                 prefix
             })
@@ -425,7 +420,7 @@ impl Log {
         let mut slices = Vec::with_capacity(pending.len() * 2);
         for (p, prefix) in pending.iter().zip(&prefixes) {
             slices.push(IoSlice::new(prefix));
-            slices.push(IoSlice::new(&p.batch.as_bytes()[LEADER_EPOCH_POS + 4..]));
+            slices.push(IoSlice::new(&p.as_bytes()[LEADER_EPOCH_POS + 4..]));
         }
         self.write_and_publish(
             &mut w,
@@ -458,8 +453,7 @@ impl Log {
         let mut expected = log_end;
         let mut epoch = latest_epoch;
         let mut new_epochs = Vec::new();
-        for (index, p) in pending.iter().enumerate() {
-            let b = &p.batch;
+        for (index, b) in pending.iter().enumerate() {
             if b.base_offset() < expected {
                 return Err(if index == 0 {
                     LogError::NonContiguousAppend { expected, got: b.base_offset() }
@@ -486,14 +480,14 @@ impl Log {
             }
             expected = b.next_offset();
         }
-        let first = pending[0].batch.base_offset();
+        let first = pending[0].base_offset();
         if expected - 1 - first > i64::from(u32::MAX) && pending.len() > 1 {
             // The batches span more offsets than one segment can index (a leader's compacted
             // gap): append them one by one, each rolling where it must.
             drop(w);
             let mut info: Option<AppendInfo> = None;
             for p in &pending {
-                let one = self.append_replicated(p.batch.as_bytes())?;
+                let one = self.append_replicated(p.as_bytes())?;
                 info = Some(match info {
                     None => one,
                     Some(sum) => AppendInfo {
@@ -513,12 +507,7 @@ impl Log {
         let headers: Vec<BatchHeader> = pending
             .iter()
             .map(|p| {
-                let h = BatchHeader::of(
-                    &p.batch,
-                    pos,
-                    p.batch.base_offset(),
-                    p.batch.partition_leader_epoch(),
-                );
+                let h = BatchHeader::of(p, pos, p.base_offset(), p.partition_leader_epoch());
                 pos += h.size;
                 h
             })
@@ -1126,7 +1115,7 @@ fn check_offset_argument(offset: i64) -> Result<(), LogError> {
 fn parse_all<'a>(
     buf: &'a [u8],
     check: impl Fn(&RecordBatch<'a>) -> Result<(), BatchError>,
-) -> Result<Vec<Pending<'a>>, LogError> {
+) -> Result<Vec<RecordBatch<'a>>, LogError> {
     if buf.is_empty() {
         return Err(LogError::InvalidBatch {
             index: 0,
@@ -1141,7 +1130,7 @@ fn parse_all<'a>(
         .map(|(index, batch)| {
             let batch = batch.map_err(|source| LogError::InvalidBatch { index, source })?;
             check(&batch).map_err(|source| LogError::InvalidBatch { index, source })?;
-            Ok(Pending { batch })
+            Ok(batch)
         })
         .collect()
 }
