@@ -12,6 +12,11 @@ pub const ERROR_CODE_KEY: &str = "tideline-error-code";
 pub const LEADER_ID_KEY: &str = "tideline-leader-id";
 /// Metadata key carrying the address (host:port) of the node that leads instead.
 pub const LEADER_ADDRESS_KEY: &str = "tideline-leader-address";
+/// Metadata key carrying a partition's log start offset (with `OFFSET_OUT_OF_RANGE`).
+pub const LOG_START_OFFSET_KEY: &str = "tideline-log-start-offset";
+/// Metadata key carrying a partition's readable end offset, the high watermark (with
+/// `OFFSET_OUT_OF_RANGE`).
+pub const LOG_END_OFFSET_KEY: &str = "tideline-log-end-offset";
 
 /// The gRPC status code for an error code.
 pub fn grpc_code(code: ErrorCode) -> tonic::Code {
@@ -43,11 +48,13 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
 }
 
 /// Whether a client should retry after this error (once it refreshed metadata where a leader
-/// moved). The others need a different request.
+/// moved; `BROKER_FENCED` from a broker means its lease lapsed and leadership moves or returns
+/// once it registers again). The others need a different request.
 pub fn is_retriable(code: ErrorCode) -> bool {
     matches!(
         code,
-        ErrorCode::NotLeader
+        ErrorCode::BrokerFenced
+            | ErrorCode::NotLeader
             | ErrorCode::NotController
             | ErrorCode::LeaderNotAvailable
             | ErrorCode::NotEnoughReplicas
@@ -72,6 +79,22 @@ pub fn with_leader(mut status: tonic::Status, leader_id: i64, address: &str) -> 
         md.insert(LEADER_ADDRESS_KEY, value);
     }
     status
+}
+
+/// Adds the valid offset range `[log_start, log_end)` (for `OFFSET_OUT_OF_RANGE`).
+pub fn with_offset_range(mut status: tonic::Status, log_start: i64, log_end: i64) -> tonic::Status {
+    let md = status.metadata_mut();
+    md.insert(LOG_START_OFFSET_KEY, MetadataValue::from(log_start));
+    md.insert(LOG_END_OFFSET_KEY, MetadataValue::from(log_end));
+    status
+}
+
+/// The valid offset range an `OFFSET_OUT_OF_RANGE` status carries: (log start, log end).
+pub fn offset_range_of(status: &tonic::Status) -> Option<(i64, i64)> {
+    let md = status.metadata();
+    let start = md.get(LOG_START_OFFSET_KEY)?.to_str().ok()?.parse().ok()?;
+    let end = md.get(LOG_END_OFFSET_KEY)?.to_str().ok()?.parse().ok()?;
+    Some((start, end))
 }
 
 /// The error code a status carries, if it came from a Tideline service.
@@ -111,5 +134,8 @@ mod tests {
         assert!(is_retriable(ErrorCode::NotController));
         assert!(!is_retriable(ErrorCode::InvalidTopic));
         assert_eq!(error_code_of(&tonic::Status::internal("plain")), None);
+        let s = with_offset_range(status(ErrorCode::OffsetOutOfRange, "offset 9"), 2, 7);
+        assert_eq!(offset_range_of(&s), Some((2, 7)));
+        assert_eq!(offset_range_of(&status(ErrorCode::OffsetOutOfRange, "none")), None);
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod ids;
 
 pub use error::{
-    ErrorCode, error_code_of, grpc_code, is_retriable, leader_hint_of, status, with_leader,
+    ErrorCode, error_code_of, grpc_code, is_retriable, leader_hint_of, offset_range_of, status,
+    with_leader, with_offset_range,
 };
 pub use ids::{BrokerId, InvalidTopicName, LeaderEpoch, NodeId, PartitionId, TopicName};

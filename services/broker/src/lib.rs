@@ -1,9 +1,203 @@
-//! `tideline-broker`: the storage broker. It hosts partition replicas on `tideline-log`, follows
-//! the controller's metadata, and (in progress) serves produce and fetch.
+//! `tideline-broker`: the storage broker. It hosts partition replicas on `tideline-log`, holds a
+//! lease from the controller quorum, follows its metadata, and serves produce, fetch and offset
+//! lookups over gRPC.
 //!
+//! - [`config`]: the broker's settings.
 //! - [`log_config`]: topic configs to a partition log's `LogConfig`.
+//! - [`membership`]: registration, heartbeats (the lease) and the metadata watch.
+//! - [`options`]: command line and environment, validated into a config.
 //! - [`replicas`]: the partitions this broker holds, kept in line with cluster metadata.
+//! - [`service`]: the `BrokerService` gRPC API.
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod log_config;
+pub mod membership;
+pub mod options;
 pub mod replicas;
+pub mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tideline_proto::v1::broker_service_server::BrokerServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::BrokerConfig;
+use config::MAX_MESSAGE_BYTES;
+use membership::{Lease, MetadataImage, Shared};
+use replicas::ReplicaManager;
+use service::BrokerApi;
+
+/// Why a broker could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The config is invalid.
+    #[error("invalid broker config: {0}")]
+    Config(String),
+    /// The listener cannot be bound or served.
+    #[error("{0}")]
+    Listen(String),
+    /// A log could not be closed cleanly at shutdown.
+    #[error("closing logs: {0}")]
+    Close(#[from] replicas::ReplicaError),
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Broker {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Broker {
+    /// Starts a broker serving on `listener`: registers with the controllers, follows their
+    /// metadata and serves `BrokerService`, `grpc.health.v1` and reflection. Returns at once;
+    /// the broker serves partitions once it holds a lease and has the metadata.
+    ///
+    /// # Errors
+    /// [`BrokerError::Config`] for an invalid config.
+    pub async fn start(config: BrokerConfig, listener: TcpListener) -> Result<Broker, BrokerError> {
+        config.validate().map_err(BrokerError::Config)?;
+        let local_addr = listener.local_addr().map_err(|e| BrokerError::Listen(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            replicas: RwLock::new(ReplicaManager::new(
+                &config.data_dir,
+                config.broker_id,
+                config.log_defaults,
+            )),
+            config,
+            port: local_addr.port(),
+            metadata: RwLock::new(MetadataImage::default()),
+            lease: Mutex::new(Lease::default()),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<BrokerServiceServer<BrokerApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tideline_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| BrokerError::Config(format!("reflection: {e}")))?;
+        let api = BrokerServiceServer::new(BrokerApi::new(Arc::clone(&shared)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut server_stopped = stopped.clone();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .initial_stream_window_size(16 << 20)
+                .initial_connection_window_size(32 << 20)
+                .max_frame_size(16_777_215)
+                .add_service(api)
+                .add_service(health_service)
+                .add_service(reflection)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = server_stopped.wait_for(|s| *s).await;
+                }),
+        );
+        let tasks = vec![
+            tokio::spawn(membership::run_lease(Arc::clone(&shared), stopped.clone())),
+            tokio::spawn(membership::run_watch(Arc::clone(&shared), stopped.clone())),
+            tokio::spawn(housekeeping(Arc::clone(&shared), stopped)),
+        ];
+        tracing::info!(broker_id = shared.config.broker_id, %local_addr, data_dir = %shared.config.data_dir.display(), "broker started");
+        Ok(Broker { shared, local_addr, stop, tasks, server })
+    }
+
+    /// The address the broker listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The broker's epoch while it holds a lease.
+    pub fn broker_epoch(&self) -> Option<i64> {
+        let lease = self.shared.lease();
+        lease.is_live().then_some(lease.broker_epoch).flatten()
+    }
+
+    /// Stops serving, stops the background tasks and closes every log cleanly.
+    ///
+    /// # Errors
+    /// [`BrokerError::Close`] when a log cannot be closed cleanly (it recovers at next start).
+    pub async fn shutdown(self) -> Result<(), BrokerError> {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let shared = self.shared;
+        tokio::task::spawn_blocking(move || {
+            shared.replicas.write().unwrap_or_else(|e| e.into_inner()).close()
+        })
+        .await
+        .map_err(|e| BrokerError::Listen(format!("close task failed: {e}")))??;
+        Ok(())
+    }
+}
+
+/// Flushes logs whose flush interval is due (every 100 ms) and applies retention (every
+/// `retention_check_interval`). Runs until `stop`.
+async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut last_retention = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let retention = last_retention.elapsed() >= shared.config.retention_check_interval;
+        if retention {
+            last_retention = Instant::now();
+        }
+        let logs: Vec<_> = {
+            let r = shared.replicas.read().unwrap_or_else(|e| e.into_inner());
+            r.iter().map(|(key, r)| (key.clone(), Arc::clone(&r.log))).collect()
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            for ((topic, partition), log) in logs {
+                if let Err(e) = log.flush_if_due() {
+                    tracing::error!(%topic, partition, error = %e, "interval flush failed");
+                }
+                if retention {
+                    match log.apply_retention() {
+                        Ok(o) if !o.deleted_segments.is_empty() => {
+                            tracing::info!(%topic, partition, segments = o.deleted_segments.len(), bytes = o.deleted_bytes, "retention deleted segments");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(%topic, partition, error = %e, "retention failed"),
+                    }
+                }
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::error!(error = %e, "housekeeping task failed");
+        }
+    }
+}
+
+/// Runs a broker until `shutdown` resolves: binds `listen`, starts, and stops cleanly. The
+/// `tideline-broker` binary and `tide dev` call this.
+///
+/// # Errors
+/// [`BrokerError`] when the listener cannot be bound, the config is invalid, or logs cannot be
+/// closed.
+pub async fn run(
+    config: BrokerConfig,
+    listen: SocketAddr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BrokerError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| BrokerError::Listen(format!("cannot listen on {listen}: {e}")))?;
+    let broker = Broker::start(config, listener).await?;
+    shutdown.await;
+    broker.shutdown().await
+}

@@ -63,6 +63,27 @@ pub struct Replica {
     pub leader: i32,
     /// The partition's leader epoch.
     pub leader_epoch: i32,
+    /// The offset below which records are readable by consumers (the high watermark; the log
+    /// end offset until replication tracks followers). Fetches waiting for data watch it.
+    pub high_watermark: Arc<tokio::sync::watch::Sender<i64>>,
+}
+
+impl Replica {
+    /// Raises the high watermark to `offset` (never lowers it) and wakes waiting fetches.
+    pub fn advance_high_watermark(&self, offset: i64) {
+        self.high_watermark.send_if_modified(|hw| {
+            let advanced = offset > *hw;
+            if advanced {
+                *hw = offset;
+            }
+            advanced
+        });
+    }
+
+    /// The current high watermark.
+    pub fn high_watermark(&self) -> i64 {
+        *self.high_watermark.borrow()
+    }
 }
 
 /// What one [`ReplicaManager::apply`] changed.
@@ -102,6 +123,11 @@ impl ReplicaManager {
     /// The replica of `topic`/`partition`, if this broker holds it.
     pub fn get(&self, topic: &str, partition: i32) -> Option<&Replica> {
         self.replicas.get(&(topic.to_string(), partition))
+    }
+
+    /// Every replica held, by (topic, partition).
+    pub fn iter(&self) -> impl Iterator<Item = (&(String, i32), &Replica)> {
+        self.replicas.iter()
     }
 
     /// Number of replicas held.
@@ -190,10 +216,12 @@ impl ReplicaManager {
             }
             let log = Log::open(&path, config).map_err(log_err)?;
             fs::write(&id_file, &id).map_err(io("write", &id_file))?;
+            let end = log.log_end_offset();
             self.replicas.insert(
                 key.clone(),
                 Replica {
                     topic_id: topic.topic_id.to_vec(),
+                    high_watermark: Arc::new(tokio::sync::watch::channel(end).0),
                     log: Arc::new(log),
                     leader: p.leader,
                     leader_epoch: p.leader_epoch,

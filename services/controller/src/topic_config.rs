@@ -21,7 +21,8 @@ const KNOWN: &[(&str, Check)] = &[
     ("retention.bytes", |v, _| int_in(v, -1, i64::MAX)),
     ("segment.bytes", |v, _| int_in(v, 1024, i64::from(i32::MAX))),
     ("segment.ms", |v, _| int_in(v, 1, i64::MAX)),
-    ("max.message.bytes", |v, _| int_in(v, 61, i64::from(i32::MAX))),
+    // At most the brokers' gRPC request limit (64 MiB) less room for the request's framing.
+    ("max.message.bytes", |v, _| int_in(v, 61, (64 << 20) - 1024)),
     ("index.interval.bytes", |v, _| int_in(v, 0, i64::from(i32::MAX))),
     ("flush.ms", |v, _| int_in(v, 1, i64::MAX)),
     ("min.insync.replicas", |v, rf| int_in(v, 1, i64::from(rf.max(1)))),

@@ -1,0 +1,85 @@
+//! [`BrokerConfig`]: what one storage broker needs to run: its id, where its logs live, how to
+//! reach the controllers, what address to advertise, and the log defaults for topics that set
+//! nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tideline_log::LogConfig;
+
+/// Largest gRPC message the broker accepts or sends (a produce request or fetch response).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Settings of one broker.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// This broker's id, unique in the cluster.
+    pub broker_id: i32,
+    /// Directory holding one sub-directory per partition replica.
+    pub data_dir: PathBuf,
+    /// Controller addresses (host:port); any one of them is enough to find the others.
+    pub controllers: Vec<String>,
+    /// Host clients use to reach this broker; the port is the bound listener's.
+    pub advertised_host: String,
+    /// Rack, for rack-aware placement; empty when unknown.
+    pub rack: String,
+    /// Log settings for topics that do not set their own.
+    pub log_defaults: LogConfig,
+    /// How often retention deletes old segments.
+    pub retention_check_interval: Duration,
+    /// Longest `max_wait_ms` a fetch may ask for.
+    pub max_fetch_wait: Duration,
+}
+
+impl BrokerConfig {
+    /// A config with the default log settings, a 30 s retention check and fetch waits capped at
+    /// 30 s.
+    pub fn new(broker_id: i32, data_dir: impl Into<PathBuf>, controllers: Vec<String>) -> Self {
+        BrokerConfig {
+            broker_id,
+            data_dir: data_dir.into(),
+            controllers,
+            advertised_host: "127.0.0.1".into(),
+            rack: String::new(),
+            log_defaults: LogConfig::default(),
+            retention_check_interval: Duration::from_secs(30),
+            max_fetch_wait: Duration::from_secs(30),
+        }
+    }
+
+    /// Checks the values that the rest of the broker relies on.
+    ///
+    /// # Errors
+    /// A one-line message naming the bad setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.broker_id < 0 {
+            return Err(format!("broker id {} is negative", self.broker_id));
+        }
+        if self.controllers.is_empty() {
+            return Err("no controller address given".into());
+        }
+        for c in &self.controllers {
+            if c.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                return Err(format!("controller address {c:?} is not HOST:PORT"));
+            }
+        }
+        if self.advertised_host.is_empty() || self.advertised_host.len() > 255 {
+            return Err(format!("advertised host {:?} is empty or too long", self.advertised_host));
+        }
+        if self.rack.len() > 255 {
+            return Err("rack is longer than 255 bytes".into());
+        }
+        if self.retention_check_interval.is_zero() {
+            return Err("retention check interval must be positive".into());
+        }
+        self.log_defaults.validate().map_err(|e| e.to_string())?;
+        if self.log_defaults.max_batch_bytes > MAX_MESSAGE_BYTES - 1024 {
+            return Err(format!(
+                "max message bytes {} exceeds the broker's request limit of {} bytes",
+                self.log_defaults.max_batch_bytes,
+                MAX_MESSAGE_BYTES - 1024
+            ));
+        }
+        Ok(())
+    }
+}

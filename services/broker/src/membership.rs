@@ -1,0 +1,348 @@
+//! The broker's standing with the controller quorum: registration (a new broker epoch per
+//! start), heartbeats that renew its lease, and the metadata watch that keeps a local image of
+//! the cluster and brings the replicas in line with it.
+//!
+//! The lease is also enforced locally: a broker serves only while its last acknowledged
+//! heartbeat, counted from when it was *sent*, is younger than the lease. The controller counts
+//! from when it *received* it, so a broker that was stopped or cut off stops serving before the
+//! controller fences it and moves its leaderships.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tideline_common::{ErrorCode, error_code_of, leader_hint_of};
+use tideline_proto::v1 as pb;
+use tideline_proto::v1::controller_service_client::ControllerServiceClient;
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::BrokerConfig;
+use crate::replicas::ReplicaManager;
+
+/// The cluster metadata as this broker last saw it.
+#[derive(Debug, Default, Clone)]
+pub struct MetadataImage {
+    /// Metadata version, 0 before the first image arrived.
+    pub version: u64,
+    /// True once a full image arrived.
+    pub loaded: bool,
+    /// Brokers by id.
+    pub brokers: HashMap<i32, pb::BrokerMetadata>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, pb::TopicMetadata>,
+}
+
+impl MetadataImage {
+    /// Applies one event of the watch stream.
+    pub fn apply(&mut self, event: pb::MetadataEvent) {
+        self.version = event.version;
+        match event.event {
+            Some(pb::metadata_event::Event::Image(image)) => {
+                self.loaded = true;
+                self.brokers = image
+                    .brokers
+                    .into_iter()
+                    .filter_map(|b| Some((b.endpoint.as_ref()?.broker_id, b)))
+                    .collect();
+                self.topics = image.topics.into_iter().map(|t| (t.name.clone(), t)).collect();
+            }
+            Some(pb::metadata_event::Event::Delta(delta)) => {
+                for b in delta.brokers {
+                    if let Some(id) = b.endpoint.as_ref().map(|e| e.broker_id) {
+                        self.brokers.insert(id, b);
+                    }
+                }
+                for t in delta.topics {
+                    self.topics.insert(t.name.clone(), t);
+                }
+                for name in delta.deleted_topics {
+                    self.topics.remove(&name);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The gRPC address (host:port) of broker `id`, if known.
+    pub fn broker_address(&self, id: i32) -> Option<String> {
+        let e = self.brokers.get(&id)?.endpoint.as_ref()?;
+        Some(format!("{}:{}", e.host, e.port))
+    }
+}
+
+/// This broker's registration: its epoch and until when it may serve.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lease {
+    /// Epoch of the current registration, if registered.
+    pub broker_epoch: Option<i64>,
+    /// The broker serves until this instant.
+    pub valid_until: Option<Instant>,
+}
+
+impl Lease {
+    /// True while the broker holds a lease it may serve under.
+    pub fn is_live(&self) -> bool {
+        self.broker_epoch.is_some() && self.valid_until.is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// State the membership tasks and the request handlers share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The broker's settings.
+    pub config: BrokerConfig,
+    /// The gRPC port the broker listens on (advertised with `config.advertised_host`).
+    pub port: u16,
+    /// The replicas held.
+    pub replicas: RwLock<ReplicaManager>,
+    /// The cluster metadata.
+    pub metadata: RwLock<MetadataImage>,
+    /// The lease.
+    pub lease: Mutex<Lease>,
+}
+
+impl Shared {
+    /// The current lease.
+    pub fn lease(&self) -> Lease {
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_lease(&self, lease: Lease) {
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = lease;
+    }
+}
+
+/// Connections to the controllers, trying the known Raft leader first.
+#[derive(Debug)]
+pub struct Controllers {
+    addresses: Vec<String>,
+    leader: Option<String>,
+    next: usize,
+}
+
+impl Controllers {
+    /// Connections to `addresses` (host:port).
+    pub fn new(addresses: Vec<String>) -> Self {
+        Controllers { addresses, leader: None, next: 0 }
+    }
+
+    fn pick(&mut self) -> String {
+        if let Some(l) = &self.leader {
+            return l.clone();
+        }
+        let a = self.addresses[self.next % self.addresses.len()].clone();
+        self.next += 1;
+        a
+    }
+
+    async fn client(address: &str) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| tonic::Status::invalid_argument(format!("bad address {address}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(|e| {
+            tonic::Status::unavailable(format!("cannot reach controller {address}: {e}"))
+        })?;
+        Ok(ControllerServiceClient::new(channel))
+    }
+
+    /// Calls `f` on a controller, following `NOT_CONTROLLER` redirects and moving on to the next
+    /// controller when one cannot be reached, up to one round over all of them (plus redirects).
+    async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(ControllerServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut last = tonic::Status::unavailable("no controller tried");
+        for _ in 0..self.addresses.len() + 2 {
+            let address = self.pick();
+            let result = match Self::client(&address).await {
+                Ok(client) => f(client).await.map(tonic::Response::into_inner),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(v) => {
+                    self.leader = Some(address);
+                    return Ok(v);
+                }
+                Err(s) if error_code_of(&s) == Some(ErrorCode::NotController) => {
+                    self.leader = leader_hint_of(&s).map(|(_, addr)| addr);
+                    last = s;
+                }
+                Err(s) if error_code_of(&s).is_none() => {
+                    // Transport failure or a controller that is not up: try another.
+                    self.leader = None;
+                    last = s;
+                }
+                Err(s) => return Err(s),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn incarnation_id() -> Vec<u8> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = Vec::with_capacity(16);
+    for salt in 0..2u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u32(std::process::id());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        out.extend_from_slice(&h.finish().to_be_bytes());
+    }
+    out
+}
+
+/// Registers, then heartbeats every third of the lease; registers again (with a new epoch)
+/// when the controller says the broker is fenced or its epoch is stale. Runs until `stop`.
+pub async fn run_lease(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut controllers = Controllers::new(shared.config.controllers.clone());
+    let incarnation = incarnation_id();
+    let endpoint = pb::BrokerEndpoint {
+        broker_id: shared.config.broker_id,
+        host: shared.config.advertised_host.clone(),
+        port: u32::from(shared.port),
+        data_port: 0,
+        rack: shared.config.rack.clone(),
+    };
+    let mut backoff = Duration::from_millis(100);
+    'register: loop {
+        if *stop.borrow() {
+            return;
+        }
+        let sent = Instant::now();
+        let request = pb::RegisterBrokerRequest {
+            endpoint: Some(endpoint.clone()),
+            incarnation_id: incarnation.clone().into(),
+        };
+        let registered = controllers
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.register_broker(request).await }
+            })
+            .await;
+        let (epoch, lease) = match registered {
+            Ok(r) => (r.broker_epoch, Duration::from_millis(r.lease_ms.max(1) as u64)),
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "broker registration failed; retrying");
+                if sleep_or_stop(backoff, &mut stop).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        tracing::info!(broker_id = endpoint.broker_id, broker_epoch = epoch, "registered");
+        shared.set_lease(Lease { broker_epoch: Some(epoch), valid_until: Some(sent + lease) });
+        let interval = lease / 3;
+        loop {
+            if sleep_or_stop(interval, &mut stop).await {
+                return;
+            }
+            let sent = Instant::now();
+            let request =
+                pb::BrokerHeartbeatRequest { broker_id: endpoint.broker_id, broker_epoch: epoch };
+            match controllers.call(|mut c| async move { c.broker_heartbeat(request).await }).await {
+                Ok(_) => shared.set_lease(Lease {
+                    broker_epoch: Some(epoch),
+                    valid_until: Some(sent + lease),
+                }),
+                Err(s)
+                    if matches!(
+                        error_code_of(&s),
+                        Some(ErrorCode::BrokerFenced | ErrorCode::StaleBrokerEpoch)
+                    ) =>
+                {
+                    tracing::warn!(error = %s.message(), "fenced by the controller; registering again");
+                    shared.set_lease(Lease::default());
+                    continue 'register;
+                }
+                Err(s) => {
+                    // The lease lapses locally if this goes on; keep trying.
+                    tracing::warn!(error = %s.message(), "heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps for `d`; true when `stop` turned true first.
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    let stopped = tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    stopped || *stop.borrow()
+}
+
+/// Follows WatchMetadata on some controller, reconnecting (and starting over from a full image)
+/// when the stream breaks; after every event brings the replicas in line. Runs until `stop`.
+pub async fn run_watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let addresses = shared.config.controllers.clone();
+    let mut next = 0usize;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let address = addresses[next % addresses.len()].clone();
+        next += 1;
+        let stream = match Controllers::client(&address).await {
+            Ok(mut c) => c
+                .watch_metadata(pb::WatchMetadataRequest { from_version: 0 })
+                .await
+                .map(tonic::Response::into_inner),
+            Err(e) => Err(e),
+        };
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%address, error = %e.message(), "metadata watch failed");
+                if sleep_or_stop(Duration::from_millis(200), &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                e = stream.message() => e,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match event {
+                Ok(Some(event)) => {
+                    let topics: Vec<pb::TopicMetadata> = {
+                        let mut m = shared.metadata.write().unwrap_or_else(|e| e.into_inner());
+                        m.apply(event);
+                        m.topics.values().cloned().collect()
+                    };
+                    let s = Arc::clone(&shared);
+                    let applied = tokio::task::spawn_blocking(move || {
+                        s.replicas.write().unwrap_or_else(|e| e.into_inner()).apply(&topics)
+                    })
+                    .await;
+                    match applied {
+                        Ok(Ok(outcome)) => {
+                            if !outcome.opened.is_empty() || !outcome.removed.is_empty() {
+                                tracing::info!(opened = ?outcome.opened, removed = ?outcome.removed, "replicas changed");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::error!(error = %e, "cannot bring replicas in line"),
+                        Err(e) => tracing::error!(error = %e, "replica update task failed"),
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    tracing::debug!(%address, "metadata watch ended; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! [`Options`]: the broker's command line and `TIDELINE_*` environment, validated into a
+//! [`BrokerConfig`] and a listen address.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tideline_log::FlushPolicy;
+
+use crate::config::BrokerConfig;
+
+/// Runs one Tideline storage broker.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tideline-broker", version)]
+pub struct Options {
+    /// This broker's id, unique in the cluster.
+    #[arg(long, env = "TIDELINE_BROKER_ID", allow_negative_numbers = true)]
+    pub broker_id: i32,
+    /// Controller addresses as HOST:PORT, comma separated (any one is enough to start).
+    #[arg(long, env = "TIDELINE_CONTROLLERS", value_delimiter = ',', required = true)]
+    pub controllers: Vec<String>,
+    /// Address to serve gRPC on; port 0 picks a free port (registered with the controller).
+    #[arg(long, env = "TIDELINE_LISTEN", default_value = "0.0.0.0:9092")]
+    pub listen: SocketAddr,
+    /// Host clients use to reach this broker; defaults to the listen address, or the machine's
+    /// host name when listening on all interfaces.
+    #[arg(long, env = "TIDELINE_ADVERTISED_HOST")]
+    pub advertised_host: Option<String>,
+    /// Directory for partition logs.
+    #[arg(long, env = "TIDELINE_DATA_DIR", default_value = "tideline-data/broker")]
+    pub data_dir: PathBuf,
+    /// Rack (or zone) of this broker, for rack-aware replica placement.
+    #[arg(long, env = "TIDELINE_RACK", default_value = "")]
+    pub rack: String,
+    /// Default segment size in bytes (topic config segment.bytes).
+    #[arg(long, env = "TIDELINE_LOG_SEGMENT_BYTES", default_value_t = 1 << 30)]
+    pub log_segment_bytes: u64,
+    /// Default retention in ms, -1 to keep forever (topic config retention.ms).
+    #[arg(long, env = "TIDELINE_LOG_RETENTION_MS", default_value_t = 7 * 24 * 3600 * 1000, allow_negative_numbers = true)]
+    pub log_retention_ms: i64,
+    /// Default size cap per partition in bytes, -1 for none (topic config retention.bytes).
+    #[arg(long, env = "TIDELINE_LOG_RETENTION_BYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub log_retention_bytes: i64,
+    /// Default largest record batch in bytes (topic config max.message.bytes).
+    #[arg(long, env = "TIDELINE_MESSAGE_MAX_BYTES", default_value_t = 1_048_588)]
+    pub message_max_bytes: usize,
+    /// Default fsync interval in ms; unset leaves flushing to the OS page cache, as Kafka does
+    /// (durability comes from replication).
+    #[arg(long, env = "TIDELINE_LOG_FLUSH_INTERVAL_MS")]
+    pub log_flush_interval_ms: Option<u64>,
+    /// How often retention runs, in ms.
+    #[arg(long, env = "TIDELINE_RETENTION_CHECK_INTERVAL_MS", default_value_t = 30_000)]
+    pub retention_check_interval_ms: u64,
+    /// Log format: text or json.
+    #[arg(long, env = "TIDELINE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+impl TryFrom<Options> for (BrokerConfig, SocketAddr) {
+    type Error = String;
+
+    fn try_from(o: Options) -> Result<Self, String> {
+        if o.log_format != "text" && o.log_format != "json" {
+            return Err(format!("--log-format {:?} is not text or json", o.log_format));
+        }
+        let advertised_host = match o.advertised_host {
+            Some(h) => h,
+            None if !o.listen.ip().is_unspecified() => o.listen.ip().to_string(),
+            None => hostname().ok_or("cannot tell the host name; set --advertised-host")?,
+        };
+        let mut c = BrokerConfig::new(o.broker_id, o.data_dir, o.controllers);
+        c.advertised_host = advertised_host;
+        c.rack = o.rack;
+        c.log_defaults.segment_bytes = o.log_segment_bytes;
+        c.log_defaults.retention_ms = u64::try_from(o.log_retention_ms).ok();
+        c.log_defaults.retention_bytes = u64::try_from(o.log_retention_bytes).ok();
+        c.log_defaults.max_batch_bytes = o.message_max_bytes;
+        if let Some(ms) = o.log_flush_interval_ms {
+            c.log_defaults.flush = FlushPolicy::IntervalMs(ms);
+        }
+        c.retention_check_interval = Duration::from_millis(o.retention_check_interval_ms);
+        c.validate()?;
+        Ok((c, o.listen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<(BrokerConfig, SocketAddr), String> {
+        let mut all = vec!["tideline-broker"];
+        all.extend_from_slice(args);
+        Options::try_parse_from(all).map_err(|e| e.to_string())?.try_into()
+    }
+
+    #[test]
+    fn options_become_a_config_or_one_clear_error() {
+        let (c, listen) = parse(&[
+            "--broker-id",
+            "3",
+            "--controllers",
+            "a:7001,b:7002",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-retention-ms",
+            "-1",
+        ])
+        .unwrap();
+        assert_eq!((c.broker_id, c.controllers.len(), listen.port()), (3, 2, 0));
+        assert_eq!(c.advertised_host, "127.0.0.1");
+        assert_eq!(c.log_defaults.retention_ms, None);
+        for (args, message) in [
+            (&["--broker-id", "-1", "--controllers", "a:1"][..], "negative"),
+            (&["--broker-id", "1", "--controllers", "a"][..], "HOST:PORT"),
+            (
+                &["--broker-id", "1", "--controllers", "a:1", "--log-segment-bytes", "3"][..],
+                "segment",
+            ),
+            (
+                &["--broker-id", "1", "--controllers", "a:1", "--log-format", "xml"][..],
+                "text or json",
+            ),
+            (
+                &["--broker-id", "1", "--controllers", "a:1", "--message-max-bytes", "999999999"][..],
+                "request limit",
+            ),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(message), "{args:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Harness for the broker's integration tests: one in-process controller (a one-node quorum
+//! with a short broker lease) and real `tideline-broker` processes on ephemeral loopback ports,
+//! killed when dropped, also when a test fails.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use tideline_controller::node::{ControllerNode, NodeConfig};
+use tideline_proto::v1 as pb;
+use tideline_proto::v1::broker_service_client::BrokerServiceClient;
+use tideline_proto::v1::controller_service_client::ControllerServiceClient;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+/// Broker lease used by the tests, in ms.
+pub const LEASE_MS: u64 = 1500;
+
+/// Polls `check` every 50 ms until it returns `Some`, failing the test after `limit`.
+pub async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `tideline-broker` process.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    /// Broker id.
+    pub id: i32,
+    /// The child process.
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Sends `signal` (e.g. "STOP", "CONT", "TERM", "KILL") to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Stops the process with SIGTERM and waits; true when it exited with success.
+    pub fn terminate(&mut self) -> bool {
+        self.signal("TERM");
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- broker {} log ---\n{}",
+                self.id,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// One controller plus brokers.
+pub struct Cluster {
+    /// Holds every data directory.
+    pub root: tempfile::TempDir,
+    /// The controller's address.
+    pub controller_addr: String,
+    controller: Option<ControllerNode>,
+    /// Broker processes by id.
+    pub brokers: BTreeMap<i32, BrokerProcess>,
+}
+
+impl Cluster {
+    /// A controller and brokers `ids`, each registered.
+    pub async fn start(ids: &[i32]) -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let controller_addr = listener.local_addr().unwrap().to_string();
+        let mut config = NodeConfig::new(
+            1,
+            root.path().join("controller"),
+            BTreeMap::from([(1, controller_addr.clone())]),
+        );
+        config.broker_lease_ms = LEASE_MS;
+        let controller = ControllerNode::start(config, listener).await.unwrap();
+        let mut cluster = Cluster {
+            root,
+            controller_addr,
+            controller: Some(controller),
+            brokers: BTreeMap::new(),
+        };
+        for &id in ids {
+            cluster.start_broker(id).await;
+        }
+        cluster
+    }
+
+    /// The data directory of broker `id`.
+    pub fn data_dir(&self, id: i32) -> PathBuf {
+        self.root.path().join(format!("broker-{id}"))
+    }
+
+    /// Starts (or restarts) broker `id` and waits until it is registered and unfenced.
+    pub async fn start_broker(&mut self, id: i32) {
+        let log = self.root.path().join(format!("broker-{id}.log"));
+        let out = File::options().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tideline-broker"))
+            .args(["--broker-id", &id.to_string(), "--controllers", &self.controller_addr])
+            .args(["--listen", "127.0.0.1:0", "--log-segment-bytes", "65536"])
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        self.brokers.insert(id, BrokerProcess { id, child, log });
+        self.wait_broker_live(id).await;
+    }
+
+    /// Waits until broker `id` is registered, unfenced and reachable at its advertised address.
+    pub async fn wait_broker_live(&self, id: i32) {
+        wait_until(Duration::from_secs(30), "the broker to register", || async {
+            let m = self.metadata().await?;
+            let b = m.brokers.iter().find(|b| b.endpoint.as_ref().unwrap().broker_id == id)?;
+            let addr = self.broker_addr_in(&m, id)?;
+            (!b.fenced && BrokerServiceClient::connect(format!("http://{addr}")).await.is_ok())
+                .then_some(())
+        })
+        .await;
+    }
+
+    fn broker_addr_in(&self, m: &pb::GetMetadataResponse, id: i32) -> Option<String> {
+        let e = m.brokers.iter().find_map(|b| b.endpoint.as_ref().filter(|e| e.broker_id == id))?;
+        Some(format!("{}:{}", e.host, e.port))
+    }
+
+    /// A client of the controller.
+    pub async fn controller(&self) -> ControllerServiceClient<Channel> {
+        ControllerServiceClient::connect(format!("http://{}", self.controller_addr)).await.unwrap()
+    }
+
+    /// The cluster metadata, or `None` when the controller does not answer.
+    pub async fn metadata(&self) -> Option<pb::GetMetadataResponse> {
+        let mut c = ControllerServiceClient::connect(format!("http://{}", self.controller_addr))
+            .await
+            .ok()?;
+        Some(c.get_metadata(pb::GetMetadataRequest { topics: vec![] }).await.ok()?.into_inner())
+    }
+
+    /// A client of broker `id`, at its currently registered address.
+    pub async fn broker(&self, id: i32) -> BrokerServiceClient<Channel> {
+        let m = self.metadata().await.expect("metadata");
+        let addr = self.broker_addr_in(&m, id).expect("broker registered");
+        BrokerServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// Creates a topic and waits until every partition's leader accepts requests.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        rf: i32,
+        configs: &[(&str, &str)],
+    ) -> pb::TopicMetadata {
+        let topic = self
+            .controller()
+            .await
+            .create_topic(pb::CreateTopicRequest {
+                name: name.into(),
+                partitions,
+                replication_factor: rf,
+                configs: configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .topic
+            .unwrap();
+        for p in &topic.partitions {
+            self.wait_leader_ready(name, p.partition).await;
+        }
+        topic
+    }
+
+    /// The leader of a partition per the controller, -1 for none.
+    pub async fn leader_of(&self, topic: &str, partition: i32) -> i32 {
+        let m = self.metadata().await.expect("metadata");
+        m.topics
+            .iter()
+            .find(|t| t.name == topic)
+            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+            .map_or(-1, |p| p.leader)
+    }
+
+    /// Waits until the partition's leader answers ListOffsets.
+    pub async fn wait_leader_ready(&self, topic: &str, partition: i32) -> i32 {
+        wait_until(Duration::from_secs(30), "the partition leader to serve", || async {
+            let leader = self.leader_of(topic, partition).await;
+            if leader < 0 {
+                return None;
+            }
+            let mut b = self.broker(leader).await;
+            b.list_offsets(pb::ListOffsetsRequest {
+                topic: topic.into(),
+                partition,
+                spec: pb::OffsetSpec::Latest as i32,
+                timestamp_ms: 0,
+            })
+            .await
+            .ok()
+            .map(|_| leader)
+        })
+        .await
+    }
+
+    /// Stops the controller (brokers are killed on drop).
+    pub async fn stop(mut self) {
+        self.brokers.clear();
+        if let Some(c) = self.controller.take() {
+            c.shutdown().await;
+        }
+    }
+}
+
+/// A plain record.
+pub fn record(key: &str, value: &str, headers: &[(&str, Option<&str>)], ts: i64) -> pb::Record {
+    pb::Record {
+        key: Some(key.as_bytes().to_vec().into()),
+        value: Some(value.as_bytes().to_vec().into()),
+        headers: headers
+            .iter()
+            .map(|(k, v)| pb::RecordHeader {
+                key: k.to_string(),
+                value: v.map(|v| v.as_bytes().to_vec().into()),
+            })
+            .collect(),
+        timestamp_ms: ts,
+        offset: 0,
+    }
+}
+
+/// A produce request of plain records.
+pub fn produce_records(
+    topic: &str,
+    partition: i32,
+    records: Vec<pb::Record>,
+) -> pb::ProduceRequest {
+    pb::ProduceRequest {
+        topic: topic.into(),
+        partition,
+        acks: pb::Acks::All as i32,
+        timeout_ms: 0,
+        payload: Some(pb::produce_request::Payload::Records(pb::RecordList {
+            records,
+            compression: String::new(),
+        })),
+    }
+}
+
+/// A produce request of raw batch bytes.
+pub fn produce_bytes(topic: &str, partition: i32, bytes: Vec<u8>) -> pb::ProduceRequest {
+    pb::ProduceRequest {
+        topic: topic.into(),
+        partition,
+        acks: pb::Acks::Leader as i32,
+        timeout_ms: 0,
+        payload: Some(pb::produce_request::Payload::RecordBatches(bytes.into())),
+    }
+}
+
+/// A fetch request returning decoded records.
+pub fn fetch(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> pb::FetchRequest {
+    pb::FetchRequest {
+        topic: topic.into(),
+        partition,
+        offset,
+        max_bytes: 1 << 20,
+        max_wait_ms,
+        min_bytes: 1,
+        decode_records: true,
+    }
+}
+
+/// Reads every record of a partition from `from` up to the high watermark.
+pub async fn read_all(
+    b: &mut BrokerServiceClient<Channel>,
+    topic: &str,
+    partition: i32,
+    from: i64,
+) -> Vec<pb::Record> {
+    let mut out = Vec::new();
+    let mut offset = from;
+    loop {
+        let r = b.fetch(fetch(topic, partition, offset, 0)).await.unwrap().into_inner();
+        if r.records.is_empty() {
+            assert!(offset >= r.high_watermark, "no records below the high watermark");
+            return out;
+        }
+        offset = r.next_offset;
+        out.extend(r.records);
+    }
+}
