@@ -1,0 +1,73 @@
+//! [`ConsumerConfig`] and [`AutoOffsetReset`]: where a consumer starts and how it fetches.
+
+use std::time::Duration;
+
+use crate::error::ClientError;
+
+/// Where a partition without a valid position starts (`auto.offset.reset`): when it was just
+/// assigned without `seek`, or when its position fell outside the log (retention deleted it,
+/// or the log was truncated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AutoOffsetReset {
+    /// The first offset of the log.
+    Earliest,
+    /// The end of the log: only records produced from now on.
+    #[default]
+    Latest,
+    /// No reset: `poll` fails with [`ClientError::NoPosition`] or
+    /// [`ClientError::OffsetOutOfRange`].
+    None,
+}
+
+/// Consumer settings, named after Kafka's consumer configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Where to start without a valid position. Default [`AutoOffsetReset::Latest`].
+    pub auto_offset_reset: AutoOffsetReset,
+    /// Most bytes fetched per partition per request (`max.partition.fetch.bytes`); a batch
+    /// larger than this still comes whole. Default 1 MiB.
+    pub max_partition_fetch_bytes: usize,
+    /// Fewest bytes a broker waits for before answering a fetch (`fetch.min.bytes`).
+    /// Default 1.
+    pub fetch_min_bytes: usize,
+    /// Longest wait of one fetch request for `fetch_min_bytes` (`fetch.max.wait.ms`); `poll`
+    /// repeats fetches until its own timeout. Default 500 ms.
+    pub fetch_max_wait: Duration,
+    /// Pause after failed fetches before trying again within one `poll`
+    /// (`retry.backoff.ms`). Default 100 ms.
+    pub retry_backoff: Duration,
+    /// Check the CRC of fetched batches (`check.crcs`). Default true.
+    pub check_crcs: bool,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            auto_offset_reset: AutoOffsetReset::Latest,
+            max_partition_fetch_bytes: 1 << 20,
+            fetch_min_bytes: 1,
+            fetch_max_wait: Duration::from_millis(500),
+            retry_backoff: Duration::from_millis(100),
+            check_crcs: true,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] naming the first bad value.
+    pub(crate) fn validate(&self) -> Result<(), ClientError> {
+        let invalid = |reason: &str| Err(ClientError::InvalidArgument { reason: reason.into() });
+        if self.max_partition_fetch_bytes == 0
+            || i32::try_from(self.max_partition_fetch_bytes).is_err()
+        {
+            return invalid("max_partition_fetch_bytes must be between 1 byte and 2 GiB");
+        }
+        if i32::try_from(self.fetch_min_bytes).is_err() {
+            return invalid("fetch_min_bytes must be below 2 GiB");
+        }
+        Ok(())
+    }
+}

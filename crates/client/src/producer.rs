@@ -1,0 +1,275 @@
+//! [`Producer`]: sends records to partition leaders in batches, and [`DeliveryFuture`], the
+//! outcome of one record.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tideline_log::batch::BATCH_HEADER_LEN;
+use tideline_log::{RecordBatchBuilder, RecordHeader};
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::error;
+
+use crate::accumulator::{Accumulator, PendingRecord};
+use crate::cluster::{Cluster, lock};
+use crate::error::ClientError;
+use crate::metadata::Metadata;
+use crate::partitioner::{Partitioner, XorShift};
+use crate::producer_config::ProducerConfig;
+use crate::record::{ProducerRecord, RecordMetadata};
+use crate::sender::{self, Shared};
+
+/// Sends records to Tideline, as Kafka's producer does: `send` encodes the record into its
+/// partition's open batch and returns at once with a [`DeliveryFuture`]; a background task
+/// sends batches when they are full or have lingered, one in flight per partition (so order
+/// holds across retries), many partitions in parallel, retrying retriable errors until
+/// `delivery_timeout`.
+///
+/// Share it between tasks behind an `Arc`. Dropping it without [`Producer::close`] still
+/// sends what is buffered, in the background.
+#[derive(Debug)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    sender: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Producer {
+    /// A producer on `cluster`; starts its sender task.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] for a bad config, or when called outside a tokio
+    /// runtime.
+    pub fn new(cluster: &Cluster, config: ProducerConfig) -> Result<Self, ClientError> {
+        config.validate()?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ClientError::InvalidArgument {
+                reason: "a producer must be created inside a tokio runtime".into(),
+            })?;
+        let accumulator = Accumulator::new(
+            config.batch_size,
+            config.linger,
+            config.compression,
+            Partitioner::new(XorShift::seed_from_time()),
+        );
+        let shared = Arc::new(Shared {
+            cluster: cluster.clone(),
+            memory: Arc::new(Semaphore::new(config.buffer_memory)),
+            config,
+            accumulator: Mutex::new(accumulator),
+            wake: Notify::new(),
+        });
+        let sender = runtime.spawn(sender::run(shared.clone()));
+        Ok(Producer { shared, sender: Mutex::new(Some(sender)) })
+    }
+
+    /// The producer's config.
+    pub fn config(&self) -> &ProducerConfig {
+        &self.shared.config
+    }
+
+    /// Adds a record to its partition's batch and returns the future of its delivery. Waits
+    /// (up to `max_block`) for the topic's metadata and for buffer memory.
+    ///
+    /// The partition is the record's own, else `murmur2(key)` for a keyed record, else the
+    /// topic's sticky partition.
+    ///
+    /// # Errors
+    /// [`ClientError::RecordTooLarge`] when the record cannot fit in `buffer_memory`;
+    /// [`ClientError::UnknownPartition`] for a partition the topic lacks;
+    /// [`ClientError::TimedOut`] when the topic stays unknown or memory stays full for
+    /// `max_block`; [`ClientError::Closed`] after [`Producer::close`]. Delivery errors come
+    /// through the [`DeliveryFuture`].
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        if lock(&shared.accumulator).is_closing() {
+            return Err(ClientError::Closed);
+        }
+        let deadline = Instant::now() + config.max_block;
+        let ProducerRecord { topic, partition, key, value, headers, timestamp_ms } = record;
+        let headers: Vec<RecordHeader> =
+            headers.into_iter().map(|(key, value)| RecordHeader { key, value }).collect();
+        let size = RecordBatchBuilder::record_size(key.as_deref(), value.as_deref(), &headers);
+        if size + BATCH_HEADER_LEN > config.buffer_memory {
+            return Err(ClientError::RecordTooLarge {
+                size: size + BATCH_HEADER_LEN,
+                max: config.buffer_memory,
+            });
+        }
+
+        let metadata = self.wait_for_topic(&topic, deadline).await?;
+        let partitions = metadata.partition_count(&topic).unwrap_or(0);
+        if partitions <= 0 {
+            return Err(ClientError::UnexpectedResponse {
+                operation: "get metadata".into(),
+                reason: format!("topic {topic} has no partitions"),
+            });
+        }
+        if let Some(p) = partition
+            && !(0..partitions).contains(&p)
+        {
+            return Err(ClientError::UnknownPartition { topic, partition: p, partitions });
+        }
+
+        let permits = u32::try_from(size).expect("size is below buffer_memory, at most 4 GiB");
+        let permit = match tokio::time::timeout_at(
+            deadline,
+            shared.memory.clone().acquire_many_owned(permits),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(ClientError::Closed),
+            Err(_) => {
+                return Err(ClientError::TimedOut {
+                    operation: format!(
+                        "waiting for {size} bytes of buffer memory (buffer_memory {})",
+                        config.buffer_memory
+                    ),
+                    after: config.max_block,
+                    attempts: 0,
+                    last: None,
+                });
+            }
+        };
+
+        let (delivery, rx) = oneshot::channel();
+        let pending = PendingRecord {
+            timestamp_ms: timestamp_ms.unwrap_or_else(now_ms),
+            key,
+            value,
+            headers,
+            size,
+            permit: Some(permit),
+            delivery,
+        };
+        let wake = {
+            let mut accumulator = lock(&shared.accumulator);
+            if accumulator.is_closing() {
+                return Err(ClientError::Closed);
+            }
+            let partition = partition.unwrap_or_else(|| {
+                accumulator.choose_partition(
+                    &topic,
+                    pending.key.as_deref(),
+                    partitions,
+                    metadata.available_partitions(&topic),
+                )
+            });
+            accumulator.append(&topic, partition, pending, Instant::now())
+        };
+        if wake {
+            shared.wake.notify_one();
+        }
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// [`Producer::send`], then waits for the delivery.
+    ///
+    /// # Errors
+    /// Those of `send`, then the delivery's: the last retriable error wrapped in
+    /// [`ClientError::TimedOut`] after `delivery_timeout`, or the first error that is not
+    /// retriable (e.g. `MESSAGE_TOO_LARGE`).
+    pub async fn send_and_wait(
+        &self,
+        record: ProducerRecord,
+    ) -> Result<RecordMetadata, ClientError> {
+        self.send(record).await?.await
+    }
+
+    /// Sends every buffered record without lingering and waits until the records sent before
+    /// the call are delivered or failed (their futures tell which).
+    pub async fn flush(&self) {
+        let signals = lock(&self.shared.accumulator).begin_flush();
+        // Ends the flush even if this future is dropped.
+        struct EndFlush<'a>(&'a Shared);
+        impl Drop for EndFlush<'_> {
+            fn drop(&mut self) {
+                lock(&self.0.accumulator).end_flush();
+            }
+        }
+        let _end = EndFlush(&self.shared);
+        self.shared.wake.notify_one();
+        for mut signal in signals {
+            // Nothing is ever sent on it: it ends when the batch is dropped after completing.
+            while signal.changed().await.is_ok() {}
+        }
+    }
+
+    /// Stops accepting records, sends everything buffered (retrying as usual) and waits for
+    /// the sender to stop. Later `send` calls fail with [`ClientError::Closed`].
+    pub async fn close(&self) {
+        lock(&self.shared.accumulator).close();
+        self.shared.wake.notify_one();
+        let sender = lock(&self.sender).take();
+        if let Some(sender) = sender
+            && let Err(e) = sender.await
+        {
+            error!(error = %e, "producer sender task failed");
+        }
+    }
+
+    /// Metadata that has `topic`, waiting for it to appear (e.g. just after it was created
+    /// through another controller) until `deadline`.
+    async fn wait_for_topic(
+        &self,
+        topic: &str,
+        deadline: Instant,
+    ) -> Result<Arc<Metadata>, ClientError> {
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let error = match self.shared.cluster.topic_metadata(topic).await {
+                Ok(metadata) => return Ok(metadata),
+                // Not there yet, or no controller answered: wait.
+                Err(e @ (ClientError::UnknownTopic { .. } | ClientError::TimedOut { .. })) => e,
+                Err(e) => return Err(e),
+            };
+            let now = Instant::now();
+            let backoff = self.shared.config.retry_backoff;
+            if now + backoff >= deadline {
+                return Err(ClientError::TimedOut {
+                    operation: format!("waiting for metadata of topic {topic}"),
+                    after: now - started,
+                    attempts,
+                    last: Some(Box::new(error)),
+                });
+            }
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        // The sender sends what is buffered, then stops.
+        lock(&self.shared.accumulator).close();
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The outcome of one record given to [`Producer::send`]: where it was stored, or why it
+/// was not. Dropping it does not cancel the delivery.
+#[derive(Debug)]
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Result<RecordMetadata, ClientError>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The sender went away without resolving: the runtime shut down under it.
+        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

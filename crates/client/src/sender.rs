@@ -1,0 +1,197 @@
+//! The producer's background sender: one task that drains the accumulator whenever a batch is
+//! ready, a linger timer fires or a batch completes, and one task per batch in flight that
+//! produces it to the partition leader, retrying until the delivery timeout.
+
+use std::future::pending;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tideline_log::{Compression, RecordBatchBuilder};
+use tideline_proto::v1 as pb;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, error, warn};
+
+use crate::accumulator::{Accumulator, Completion, ProducerBatch};
+use crate::cluster::{Cluster, lock};
+use crate::error::ClientError;
+use crate::producer_config::{Acks, ProducerConfig};
+use crate::record::RecordMetadata;
+
+/// State shared by a producer's handle, its sender task and its batch tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) cluster: Cluster,
+    pub(crate) config: ProducerConfig,
+    /// Never held across `.await`.
+    pub(crate) accumulator: Mutex<Accumulator>,
+    /// Wakes the sender: a batch opened or closed, one completed, a flush or close began.
+    pub(crate) wake: Notify,
+    /// Buffer memory in bytes (`buffer_memory` permits).
+    pub(crate) memory: Arc<Semaphore>,
+}
+
+/// Runs until the producer is closed and everything buffered was sent.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut tasks = JoinSet::new();
+    loop {
+        let (batches, linger_deadline, finished) = {
+            let mut accumulator = lock(&shared.accumulator);
+            let batches = accumulator.drain(Instant::now());
+            let finished = accumulator.is_closing() && accumulator.is_idle();
+            (batches, accumulator.next_linger_deadline(), finished)
+        };
+        for batch in batches {
+            tasks.spawn(send_batch(shared.clone(), batch));
+        }
+        if finished {
+            break;
+        }
+        let linger = async {
+            match linger_deadline {
+                Some(deadline) => sleep_until(deadline).await,
+                None => pending().await,
+            }
+        };
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = linger => {}
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => report_panic(joined),
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        report_panic(joined);
+    }
+    debug!("producer sender stopped");
+}
+
+fn report_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined {
+        error!(error = %e, "producer batch task failed");
+    }
+}
+
+/// Marks the partition's batch completed when the batch task ends, however it ends.
+struct InFlight {
+    shared: Arc<Shared>,
+    topic: Arc<str>,
+    partition: i32,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.shared.accumulator).complete(&self.topic, self.partition);
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Produces one batch and resolves its records.
+async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
+    let _in_flight =
+        InFlight { shared: shared.clone(), topic: batch.topic.clone(), partition: batch.partition };
+    // Fields dropped in order at the end: records resolved, then memory and the done signal.
+    let ProducerBatch { topic, partition, created, builder, completions, permit, done } = batch;
+    let config = &shared.config;
+    let cluster = &shared.cluster;
+    let operation = format!("produce to {topic}-{partition}");
+
+    let bytes = match encode(builder, config.compression).await {
+        Ok(bytes) => bytes,
+        Err(error) => return resolve_failed(completions, &error),
+    };
+    let request = pb::ProduceRequest {
+        topic: topic.to_string(),
+        partition,
+        acks: config.acks.to_pb() as i32,
+        timeout_ms: i32::try_from(cluster.request_timeout().as_millis()).unwrap_or(i32::MAX),
+        payload: Some(pb::produce_request::Payload::RecordBatches(bytes)),
+    };
+    let produce = |mut client: pb::broker_service_client::BrokerServiceClient<_>| {
+        let request = request.clone();
+        async move { client.produce(request).await }
+    };
+
+    if config.acks == Acks::None {
+        // Fire and forget: the records count as delivered once the request is on its way.
+        // The task still waits for the answer (immediate with acks=0), so that one request
+        // per partition is in flight and `close` sends everything.
+        for c in completions {
+            let metadata = record_metadata(&topic, partition, -1, &c);
+            let _ = c.delivery.send(Ok(metadata));
+        }
+        let deadline = Instant::now() + cluster.request_timeout();
+        let result = cluster
+            .call_leader(&operation, &topic, partition, deadline, config.retry_backoff, produce)
+            .await;
+        if let Err(error) = result {
+            warn!(%topic, partition, %error, "acks=0 produce failed; records lost");
+        }
+        drop((permit, done));
+        return;
+    }
+
+    let deadline = created + config.delivery_timeout;
+    let result = cluster
+        .call_leader(&operation, &topic, partition, deadline, config.retry_backoff, produce)
+        .await
+        .map_err(|e| match e {
+            // Count from the first record, not from the first attempt.
+            ClientError::TimedOut { operation, attempts, last, .. } => {
+                ClientError::TimedOut { operation, after: created.elapsed(), attempts, last }
+            }
+            e => e,
+        });
+    match result {
+        Ok(response) => {
+            let expected = completions.len() as i64;
+            if response.last_offset - response.base_offset + 1 != expected {
+                warn!(
+                    %topic,
+                    partition,
+                    base_offset = response.base_offset,
+                    last_offset = response.last_offset,
+                    records = expected,
+                    "broker assigned an offset range of another size than the batch"
+                );
+            }
+            for (i, c) in completions.into_iter().enumerate() {
+                let metadata =
+                    record_metadata(&topic, partition, response.base_offset + i as i64, &c);
+                let _ = c.delivery.send(Ok(metadata));
+            }
+        }
+        Err(error) => {
+            warn!(%topic, partition, records = completions.len(), %error, "batch failed");
+            resolve_failed(completions, &error);
+        }
+    }
+    drop((permit, done));
+}
+
+fn record_metadata(topic: &str, partition: i32, offset: i64, c: &Completion) -> RecordMetadata {
+    RecordMetadata { topic: topic.to_string(), partition, offset, timestamp_ms: c.timestamp_ms }
+}
+
+fn resolve_failed(completions: Vec<Completion>, error: &ClientError) {
+    for c in completions {
+        let _ = c.delivery.send(Err(error.clone()));
+    }
+}
+
+/// The batch's bytes. Compressing 64 KiB takes longer than a poll should, so compressed
+/// batches are built on the blocking pool.
+async fn encode(
+    builder: RecordBatchBuilder,
+    compression: Compression,
+) -> Result<Bytes, ClientError> {
+    if compression == Compression::None {
+        return Ok(builder.build());
+    }
+    match tokio::task::spawn_blocking(move || builder.build()).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => Err(ClientError::Closed),
+    }
+}
