@@ -1,0 +1,127 @@
+//! `tide`: Tideline's command line. Topic admin, produce and consume from a terminal or a
+//! script, cluster status, and `tide dev` for a whole cluster on one machine. Tables for people,
+//! `--output json` for scripts; an error is one line on stderr and a non-zero exit status.
+
+mod admin;
+mod dev;
+mod io;
+mod output;
+
+use std::future::Future;
+
+use clap::{Parser, Subcommand};
+
+use output::Output;
+
+/// Tideline: a distributed commit log.
+#[derive(Debug, Parser)]
+#[command(name = "tide", version, about)]
+struct Cli {
+    /// Controller addresses (HOST:PORT, comma separated).
+    #[arg(
+        long,
+        global = true,
+        env = "TIDELINE_BOOTSTRAP",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
+    bootstrap: Vec<String>,
+    /// Output format: table (for people) or json (for scripts).
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a whole cluster on this machine: 3 controllers and 3 brokers as processes.
+    Dev(dev::DevArgs),
+    /// Create, list, describe, delete and alter topics.
+    #[command(subcommand)]
+    Topic(admin::TopicCommand),
+    /// Produce lines from stdin or a file as records.
+    Produce(io::ProduceArgs),
+    /// Consume records and print them.
+    Consume(io::ConsumeArgs),
+    /// Cluster health: controllers, brokers, topics.
+    #[command(subcommand)]
+    Cluster(admin::ClusterCommand),
+    /// Run a controller (what `tide dev` starts; same options as `tideline-controller`).
+    #[command(hide = true)]
+    Controller(tideline_controller::options::Options),
+    /// Run a broker (what `tide dev` starts; same options as `tideline-broker`).
+    #[command(hide = true)]
+    Broker(tideline_broker::options::Options),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Topic(c) => admin::topic(&cli.bootstrap, cli.output, c).await,
+        Command::Cluster(c) => admin::cluster(&cli.bootstrap, cli.output, c).await,
+        Command::Produce(args) => io::produce(&cli.bootstrap, cli.output, args).await,
+        Command::Consume(args) => io::consume(&cli.bootstrap, cli.output, args).await,
+        Command::Controller(options) => {
+            init_tracing(&options.log_format);
+            let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
+            tideline_controller::run(config, listen, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Broker(options) => {
+            init_tracing(&options.log_format);
+            let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
+            tideline_broker::run(config, listen, shutdown_signal()).await?;
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
+    if format == "json" {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+}
+
+/// Resolves on SIGTERM, Ctrl-C, or when the parent process (`tide dev`) is gone, so that a
+/// killed `tide dev` leaves no orphaned processes behind.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    let parent = rustix::process::getppid();
+    async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        let orphaned = async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                if rustix::process::getppid() != parent {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = orphaned => tracing::warn!("parent process exited"),
+        }
+        tracing::info!("shutting down");
+    }
+}

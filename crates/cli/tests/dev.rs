@@ -1,0 +1,202 @@
+//! `tide dev` end to end: it starts a whole cluster as processes, the CLI creates a topic,
+//! produces lines and consumes them back (keys, values and headers intact), `tide cluster
+//! status` sees every node, SIGTERM stops every process cleanly, and a second run resumes the
+//! same data.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TIDE: &str = env!("CARGO_BIN_EXE_tide");
+
+/// A running `tide dev`, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Dev {
+    child: Child,
+    bootstrap: String,
+}
+
+impl Dev {
+    fn start(data: &Path) -> Dev {
+        let mut child = Command::new(TIDE)
+            .args([
+                "dev",
+                "--controller-port",
+                "0",
+                "--broker-port",
+                "0",
+                "--broker-lease-ms",
+                "3000",
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        // Read stdout until the ready banner names the bootstrap addresses.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(b) = line.trim().strip_prefix("export TIDELINE_BOOTSTRAP=") {
+                    let _ = tx.send(b.to_string());
+                }
+            }
+        });
+        let bootstrap = rx.recv_timeout(Duration::from_secs(120)).expect("tide dev became ready");
+        Dev { child, bootstrap }
+    }
+
+    fn tide(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(TIDE)
+            .args(args)
+            .env("TIDELINE_BOOTSTRAP", &self.bootstrap)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tide {args:?} did not finish in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.tide(args, stdin);
+        assert!(
+            out.status.success(),
+            "tide {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// SIGTERM, and true when `tide dev` and all its processes exited cleanly.
+    fn stop(mut self) -> bool {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "tide dev did not stop within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+            std::thread::sleep(Duration::from_secs(3));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn pids_under(data: &Path) -> Vec<String> {
+    // Processes whose command line names this test's data directory.
+    let needle = data.display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(&needle) {
+            pids.push(name);
+        }
+    }
+    pids
+}
+
+#[test]
+fn tide_dev_round_trip_clean_stop_and_resume() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("tideline-data");
+    let dev = Dev::start(&data);
+
+    let status = dev.ok(&["cluster", "status", "--output", "json"], None);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["controllers"].as_array().unwrap().len(), 3);
+    let brokers = status["brokers"].as_array().unwrap();
+    assert_eq!(brokers.len(), 3);
+    assert!(brokers.iter().all(|b| b["fenced"] == false));
+
+    dev.ok(
+        &["topic", "create", "greetings", "--partitions", "3", "--replication-factor", "1"],
+        None,
+    );
+    let listed = dev.ok(&["topic", "list"], None);
+    assert_eq!(listed.trim(), "greetings");
+    let produced = dev.tide(
+        &["produce", "greetings", "--key-separator", ":", "--header", "source=test"],
+        Some("alice:hello\nbob:hi\ncarol:hey there\n"),
+    );
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+    assert!(String::from_utf8_lossy(&produced.stderr).contains("produced 3 records"));
+
+    let consumed = dev.ok(
+        &["consume", "greetings", "--from-beginning", "--max-messages", "3", "--output", "json"],
+        None,
+    );
+    let mut got: Vec<(String, String, String)> = consumed
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["headers"][0]["key"], "source");
+            (
+                v["key"].as_str().unwrap().to_string(),
+                v["value"].as_str().unwrap().to_string(),
+                v["headers"][0]["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("alice".into(), "hello".into(), "test".into()),
+            ("bob".into(), "hi".into(), "test".into()),
+            ("carol".into(), "hey there".into(), "test".into()),
+        ]
+    );
+
+    // Errors are one line and a non-zero exit.
+    let bad = dev.tide(&["topic", "create", "bad/name"], None);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error:"), "{err}");
+
+    assert!(dev.stop(), "tide dev exits with success after stopping every process");
+    assert!(pids_under(&data).is_empty(), "no process of the cluster is left running");
+
+    // Running it again resumes the same data.
+    let dev = Dev::start(&data);
+    let consumed = dev.ok(&["consume", "greetings", "--from-beginning", "--print-key"], None);
+    let mut lines: Vec<&str> = consumed.lines().collect();
+    lines.sort();
+    assert_eq!(lines, vec!["alice\thello", "bob\thi", "carol\they there"]);
+    assert!(dev.stop());
+}
