@@ -68,6 +68,8 @@ impl Broker {
     pub async fn start(config: BrokerConfig, listener: TcpListener) -> Result<Broker, BrokerError> {
         config.validate().map_err(BrokerError::Config)?;
         let local_addr = listener.local_addr().map_err(|e| BrokerError::Listen(e.to_string()))?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_not_serving::<BrokerServiceServer<BrokerApi>>().await;
         let shared = Arc::new(Shared {
             replicas: RwLock::new(ReplicaManager::new(
                 &config.data_dir,
@@ -78,10 +80,9 @@ impl Broker {
             port: local_addr.port(),
             metadata: RwLock::new(MetadataImage::default()),
             lease: Mutex::new(Lease::default()),
+            health,
         });
         let (stop, stopped) = watch::channel(false);
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<BrokerServiceServer<BrokerApi>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tideline_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -143,14 +144,25 @@ impl Broker {
     }
 }
 
-/// Flushes logs whose flush interval is due (every 100 ms) and applies retention (every
-/// `retention_check_interval`). Runs until `stop`.
+/// Every 100 ms: keeps the health status in line with whether the broker may serve, and
+/// flushes logs whose flush interval is due; applies retention every
+/// `retention_check_interval`. Runs until `stop`.
 async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut last_retention = Instant::now();
+    let mut serving = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+        let now_serving = shared.is_serving();
+        if now_serving != serving {
+            serving = now_serving;
+            if serving {
+                shared.health.set_serving::<BrokerServiceServer<BrokerApi>>().await;
+            } else {
+                shared.health.set_not_serving::<BrokerServiceServer<BrokerApi>>().await;
+            }
         }
         let retention = last_retention.elapsed() >= shared.config.retention_check_interval;
         if retention {

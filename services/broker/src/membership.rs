@@ -100,12 +100,19 @@ pub struct Shared {
     pub metadata: RwLock<MetadataImage>,
     /// The lease.
     pub lease: Mutex<Lease>,
+    /// Reports `tideline.v1.BrokerService` as serving only while the broker may serve.
+    pub health: tonic_health::server::HealthReporter,
 }
 
 impl Shared {
     /// The current lease.
     pub fn lease(&self) -> Lease {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while the broker may serve: it holds a lease and has the cluster metadata.
+    pub fn is_serving(&self) -> bool {
+        self.lease().is_live() && self.metadata.read().unwrap_or_else(|e| e.into_inner()).loaded
     }
 
     fn set_lease(&self, lease: Lease) {
@@ -140,7 +147,13 @@ impl Controllers {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| tonic::Status::invalid_argument(format!("bad address {address}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5));
+            // Bounds each call's answer (not the metadata stream's later messages).
+            .timeout(Duration::from_secs(5))
+            // A controller that vanishes without closing the connection ends the metadata
+            // stream within seconds instead of leaving the broker on stale metadata.
+            .http2_keep_alive_interval(Duration::from_secs(3))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true);
         let channel = endpoint.connect().await.map_err(|e| {
             tonic::Status::unavailable(format!("cannot reach controller {address}: {e}"))
         })?;

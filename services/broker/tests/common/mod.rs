@@ -87,6 +87,8 @@ pub struct Cluster {
     controller: Option<ControllerNode>,
     /// Broker processes by id.
     pub brokers: BTreeMap<i32, BrokerProcess>,
+    /// Each broker's last registered address.
+    addrs: std::sync::Mutex<BTreeMap<i32, String>>,
 }
 
 impl Cluster {
@@ -107,6 +109,7 @@ impl Cluster {
             controller_addr,
             controller: Some(controller),
             brokers: BTreeMap::new(),
+            addrs: Default::default(),
         };
         for &id in ids {
             cluster.start_broker(id).await;
@@ -150,7 +153,14 @@ impl Cluster {
 
     fn broker_addr_in(&self, m: &pb::GetMetadataResponse, id: i32) -> Option<String> {
         let e = m.brokers.iter().find_map(|b| b.endpoint.as_ref().filter(|e| e.broker_id == id))?;
-        Some(format!("{}:{}", e.host, e.port))
+        let addr = format!("{}:{}", e.host, e.port);
+        self.addrs.lock().unwrap().insert(id, addr.clone());
+        Some(addr)
+    }
+
+    /// Broker `id`'s last registered address.
+    pub fn addr_of(&self, id: i32) -> String {
+        self.addrs.lock().unwrap()[&id].clone()
     }
 
     /// A client of the controller.
@@ -166,10 +176,13 @@ impl Cluster {
         Some(c.get_metadata(pb::GetMetadataRequest { topics: vec![] }).await.ok()?.into_inner())
     }
 
-    /// A client of broker `id`, at its currently registered address.
+    /// A client of broker `id`, at its currently registered address (the last known one when
+    /// the controller is gone).
     pub async fn broker(&self, id: i32) -> BrokerServiceClient<Channel> {
-        let m = self.metadata().await.expect("metadata");
-        let addr = self.broker_addr_in(&m, id).expect("broker registered");
+        let addr = match self.metadata().await {
+            Some(m) => self.broker_addr_in(&m, id).expect("broker registered"),
+            None => self.addr_of(id),
+        };
         BrokerServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap()
@@ -234,6 +247,34 @@ impl Cluster {
             .map(|_| leader)
         })
         .await
+    }
+
+    /// Stops the controller, leaving the brokers without anyone to renew their leases.
+    pub async fn stop_controller(&mut self) {
+        if let Some(c) = self.controller.take() {
+            c.shutdown().await;
+        }
+    }
+
+    /// The health status broker `id` reports for `tideline.v1.BrokerService`.
+    pub async fn broker_health(
+        &self,
+        id: i32,
+    ) -> tonic_health::pb::health_check_response::ServingStatus {
+        let addr = self.addr_of(id);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "tideline.v1.BrokerService".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
     }
 
     /// Stops the controller (brokers are killed on drop).
