@@ -19,6 +19,7 @@ pub mod service;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -43,9 +44,12 @@ pub enum BrokerError {
     /// The listener cannot be bound or served.
     #[error("{0}")]
     Listen(String),
-    /// A log could not be closed cleanly at shutdown.
-    #[error("closing logs: {0}")]
-    Close(#[from] replicas::ReplicaError),
+    /// The data directory cannot be used, or a log could not be closed cleanly at shutdown.
+    #[error("{0}")]
+    Replicas(#[from] replicas::ReplicaError),
+    /// The gRPC server stopped on its own.
+    #[error("the gRPC server failed: {0}")]
+    Server(String),
 }
 
 /// A running broker.
@@ -55,7 +59,7 @@ pub struct Broker {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 impl Broker {
@@ -70,19 +74,20 @@ impl Broker {
         let local_addr = listener.local_addr().map_err(|e| BrokerError::Listen(e.to_string()))?;
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_not_serving::<BrokerServiceServer<BrokerApi>>().await;
+        let replicas =
+            ReplicaManager::new(&config.data_dir, config.broker_id, config.log_defaults)?;
+        let (stop, stopped) = watch::channel(false);
         let shared = Arc::new(Shared {
-            replicas: RwLock::new(ReplicaManager::new(
-                &config.data_dir,
-                config.broker_id,
-                config.log_defaults,
-            )),
+            replicas,
             config,
             port: local_addr.port(),
+            lease_ms: AtomicU64::new(0),
             metadata: RwLock::new(MetadataImage::default()),
+            metadata_applied: watch::channel(0).0,
             lease: Mutex::new(Lease::default()),
+            stop: stopped.clone(),
             health,
         });
-        let (stop, stopped) = watch::channel(false);
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tideline_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -94,6 +99,8 @@ impl Broker {
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
+                // Bounds the requests (and so the memory) one connection can have in flight.
+                .concurrency_limit_per_connection(256)
                 .initial_stream_window_size(16 << 20)
                 .initial_connection_window_size(32 << 20)
                 .max_frame_size(16_777_215)
@@ -110,7 +117,7 @@ impl Broker {
             tokio::spawn(housekeeping(Arc::clone(&shared), stopped)),
         ];
         tracing::info!(broker_id = shared.config.broker_id, %local_addr, data_dir = %shared.config.data_dir.display(), "broker started");
-        Ok(Broker { shared, local_addr, stop, tasks, server })
+        Ok(Broker { shared, local_addr, stop, tasks, server: Some(server) })
     }
 
     /// The address the broker listens on.
@@ -124,22 +131,38 @@ impl Broker {
         lease.is_live().then_some(lease.broker_epoch).flatten()
     }
 
-    /// Stops serving, stops the background tasks and closes every log cleanly.
+    /// Resolves if the gRPC server stops on its own (it should not before [`Broker::shutdown`]).
+    pub async fn server_failed(&mut self) -> BrokerError {
+        let Some(server) = self.server.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = server.await;
+        self.server = None;
+        BrokerError::Server(match result {
+            Ok(Ok(())) => "stopped".into(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        })
+    }
+
+    /// Stops serving (waiting fetches answer at once), stops the background tasks and closes
+    /// every log cleanly.
     ///
     /// # Errors
-    /// [`BrokerError::Close`] when a log cannot be closed cleanly (it recovers at next start).
-    pub async fn shutdown(self) -> Result<(), BrokerError> {
+    /// [`BrokerError::Replicas`] when a log cannot be closed cleanly (it recovers at next
+    /// start).
+    pub async fn shutdown(mut self) -> Result<(), BrokerError> {
         let _ = self.stop.send(true);
-        let _ = self.server.await;
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
         for t in self.tasks {
             let _ = t.await;
         }
         let shared = self.shared;
-        tokio::task::spawn_blocking(move || {
-            shared.replicas.write().unwrap_or_else(|e| e.into_inner()).close()
-        })
-        .await
-        .map_err(|e| BrokerError::Listen(format!("close task failed: {e}")))??;
+        tokio::task::spawn_blocking(move || shared.replicas.close())
+            .await
+            .map_err(|e| BrokerError::Server(format!("close task failed: {e}")))??;
         Ok(())
     }
 }
@@ -168,10 +191,8 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         if retention {
             last_retention = Instant::now();
         }
-        let logs: Vec<_> = {
-            let r = shared.replicas.read().unwrap_or_else(|e| e.into_inner());
-            r.iter().map(|(key, r)| (key.clone(), Arc::clone(&r.log))).collect()
-        };
+        let logs: Vec<_> =
+            shared.replicas.all().into_iter().map(|(key, r)| (key, Arc::clone(&r.log))).collect();
         let done = tokio::task::spawn_blocking(move || {
             for ((topic, partition), log) in logs {
                 if let Err(e) = log.flush_if_due() {
@@ -209,7 +230,13 @@ pub async fn run(
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| BrokerError::Listen(format!("cannot listen on {listen}: {e}")))?;
-    let broker = Broker::start(config, listener).await?;
-    shutdown.await;
+    let mut broker = Broker::start(config, listener).await?;
+    tokio::select! {
+        _ = shutdown => {}
+        e = broker.server_failed() => {
+            let _ = broker.shutdown().await;
+            return Err(e);
+        }
+    }
     broker.shutdown().await
 }

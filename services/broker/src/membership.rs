@@ -31,11 +31,17 @@ pub struct MetadataImage {
     pub brokers: HashMap<i32, pb::BrokerMetadata>,
     /// Topics by name.
     pub topics: BTreeMap<String, pb::TopicMetadata>,
+    /// When the metadata stream broke, while it is down.
+    pub stream_down_since: Option<Instant>,
 }
 
 impl MetadataImage {
-    /// Applies one event of the watch stream.
-    pub fn apply(&mut self, event: pb::MetadataEvent) {
+    /// Applies one event of the watch stream. An image older than what was already applied is
+    /// refused (false): acting on it could delete the logs of topics it does not know yet.
+    pub fn apply(&mut self, event: pb::MetadataEvent) -> bool {
+        if event.version < self.version {
+            return false;
+        }
         self.version = event.version;
         match event.event {
             Some(pb::metadata_event::Event::Image(image)) => {
@@ -62,6 +68,7 @@ impl MetadataImage {
             }
             None => {}
         }
+        true
     }
 
     /// The gRPC address (host:port) of broker `id`, if known.
@@ -78,6 +85,9 @@ pub struct Lease {
     pub broker_epoch: Option<i64>,
     /// The broker serves until this instant.
     pub valid_until: Option<Instant>,
+    /// The metadata version that includes the registration: until the broker's metadata has
+    /// reached it, its view of leadership may predate a fencing.
+    pub metadata_version: u64,
 }
 
 impl Lease {
@@ -94,12 +104,19 @@ pub struct Shared {
     pub config: BrokerConfig,
     /// The gRPC port the broker listens on (advertised with `config.advertised_host`).
     pub port: u16,
+    /// The lease length the controller granted, in ms.
+    pub lease_ms: std::sync::atomic::AtomicU64,
     /// The replicas held.
-    pub replicas: RwLock<ReplicaManager>,
+    pub replicas: ReplicaManager,
     /// The cluster metadata.
     pub metadata: RwLock<MetadataImage>,
+    /// Bumped after every metadata change is applied to the replicas; long-poll fetches watch
+    /// it to notice a change of leadership.
+    pub metadata_applied: watch::Sender<u64>,
     /// The lease.
     pub lease: Mutex<Lease>,
+    /// Turns true when the broker stops.
+    pub stop: watch::Receiver<bool>,
     /// Reports `tideline.v1.BrokerService` as serving only while the broker may serve.
     pub health: tonic_health::server::HealthReporter,
 }
@@ -110,9 +127,39 @@ impl Shared {
         *self.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// True while the broker may serve: it holds a lease and has the cluster metadata.
+    /// Why the broker may not serve now, or `None` when it may: it must hold a lease, have
+    /// metadata at least as new as its registration, and a live metadata stream (or one that
+    /// broke less than a lease ago).
+    pub fn not_serving_reason(&self) -> Option<String> {
+        let lease = self.lease();
+        if !lease.is_live() {
+            return Some("holds no lease from the controller".into());
+        }
+        let m = self.metadata.read().unwrap_or_else(|e| e.into_inner());
+        if !m.loaded || m.version < lease.metadata_version {
+            return Some(format!(
+                "has metadata version {}, older than its registration (version {})",
+                m.version, lease.metadata_version
+            ));
+        }
+        if let Some(since) = m.stream_down_since
+            && since.elapsed() > self.lease_length()
+        {
+            return Some(format!(
+                "has had no metadata stream for {} ms",
+                since.elapsed().as_millis()
+            ));
+        }
+        None
+    }
+
+    /// True while the broker may serve.
     pub fn is_serving(&self) -> bool {
-        self.lease().is_live() && self.metadata.read().unwrap_or_else(|e| e.into_inner()).loaded
+        self.not_serving_reason().is_none()
+    }
+
+    fn lease_length(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.load(std::sync::atomic::Ordering::Relaxed).max(1))
     }
 
     fn set_lease(&self, lease: Lease) {
@@ -120,18 +167,20 @@ impl Shared {
     }
 }
 
-/// Connections to the controllers, trying the known Raft leader first.
+/// Connections to the controllers (one reused channel each), trying the known Raft leader
+/// first.
 #[derive(Debug)]
 pub struct Controllers {
     addresses: Vec<String>,
     leader: Option<String>,
     next: usize,
+    channels: HashMap<String, Channel>,
 }
 
 impl Controllers {
     /// Connections to `addresses` (host:port).
     pub fn new(addresses: Vec<String>) -> Self {
-        Controllers { addresses, leader: None, next: 0 }
+        Controllers { addresses, leader: None, next: 0, channels: HashMap::new() }
     }
 
     fn pick(&mut self) -> String {
@@ -143,7 +192,10 @@ impl Controllers {
         a
     }
 
-    async fn client(address: &str) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
+    fn client(&mut self, address: &str) -> Result<ControllerServiceClient<Channel>, tonic::Status> {
+        if let Some(c) = self.channels.get(address) {
+            return Ok(ControllerServiceClient::new(c.clone()));
+        }
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| tonic::Status::invalid_argument(format!("bad address {address}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
@@ -154,9 +206,8 @@ impl Controllers {
             .http2_keep_alive_interval(Duration::from_secs(3))
             .keep_alive_timeout(Duration::from_secs(3))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect().await.map_err(|e| {
-            tonic::Status::unavailable(format!("cannot reach controller {address}: {e}"))
-        })?;
+        let channel = endpoint.connect_lazy();
+        self.channels.insert(address.to_string(), channel.clone());
         Ok(ControllerServiceClient::new(channel))
     }
 
@@ -170,7 +221,7 @@ impl Controllers {
         let mut last = tonic::Status::unavailable("no controller tried");
         for _ in 0..self.addresses.len() + 2 {
             let address = self.pick();
-            let result = match Self::client(&address).await {
+            let result = match self.client(&address) {
                 Ok(client) => f(client).await.map(tonic::Response::into_inner),
                 Err(e) => Err(e),
             };
@@ -227,22 +278,22 @@ pub async fn run_lease(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     };
     let mut backoff = Duration::from_millis(100);
     'register: loop {
-        if *stop.borrow() {
-            return;
-        }
         let sent = Instant::now();
         let request = pb::RegisterBrokerRequest {
             endpoint: Some(endpoint.clone()),
             incarnation_id: incarnation.clone().into(),
         };
-        let registered = controllers
-            .call(|mut c| {
-                let request = request.clone();
-                async move { c.register_broker(request).await }
-            })
-            .await;
-        let (epoch, lease) = match registered {
-            Ok(r) => (r.broker_epoch, Duration::from_millis(r.lease_ms.max(1) as u64)),
+        let call = controllers.call(|mut c| {
+            let request = request.clone();
+            async move { c.register_broker(request).await }
+        });
+        let Some(registered) = until_stop(call, &mut stop).await else { return };
+        let (epoch, lease, version) = match registered {
+            Ok(r) => (
+                r.broker_epoch,
+                Duration::from_millis(r.lease_ms.max(1) as u64),
+                r.metadata_version,
+            ),
             Err(e) => {
                 tracing::warn!(error = %e.message(), "broker registration failed; retrying");
                 if sleep_or_stop(backoff, &mut stop).await {
@@ -253,8 +304,19 @@ pub async fn run_lease(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
         };
         backoff = Duration::from_millis(100);
-        tracing::info!(broker_id = endpoint.broker_id, broker_epoch = epoch, "registered");
-        shared.set_lease(Lease { broker_epoch: Some(epoch), valid_until: Some(sent + lease) });
+        tracing::info!(
+            broker_id = endpoint.broker_id,
+            broker_epoch = epoch,
+            metadata_version = version,
+            "registered"
+        );
+        shared.lease_ms.store(lease.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        let live = |sent: Instant| Lease {
+            broker_epoch: Some(epoch),
+            valid_until: Some(sent + lease),
+            metadata_version: version,
+        };
+        shared.set_lease(live(sent));
         let interval = lease / 3;
         loop {
             if sleep_or_stop(interval, &mut stop).await {
@@ -263,11 +325,10 @@ pub async fn run_lease(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             let sent = Instant::now();
             let request =
                 pb::BrokerHeartbeatRequest { broker_id: endpoint.broker_id, broker_epoch: epoch };
-            match controllers.call(|mut c| async move { c.broker_heartbeat(request).await }).await {
-                Ok(_) => shared.set_lease(Lease {
-                    broker_epoch: Some(epoch),
-                    valid_until: Some(sent + lease),
-                }),
+            let call = controllers.call(|mut c| async move { c.broker_heartbeat(request).await });
+            let Some(answer) = until_stop(call, &mut stop).await else { return };
+            match answer {
+                Ok(_) => shared.set_lease(live(sent)),
                 Err(s)
                     if matches!(
                         error_code_of(&s),
@@ -287,6 +348,17 @@ pub async fn run_lease(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Runs `f` unless `stop` turns true first (`None` then).
+async fn until_stop<T>(
+    f: impl std::future::Future<Output = T>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<T> {
+    tokio::select! {
+        v = f => Some(v),
+        _ = stop.wait_for(|s| *s) => None,
+    }
+}
+
 /// Sleeps for `d`; true when `stop` turned true first.
 async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     let stopped = tokio::select! {
@@ -296,66 +368,135 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     stopped || *stop.borrow()
 }
 
-/// Follows WatchMetadata on some controller, reconnecting (and starting over from a full image)
-/// when the stream breaks; after every event brings the replicas in line. Runs until `stop`.
-pub async fn run_watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let addresses = shared.config.controllers.clone();
-    let mut next = 0usize;
-    loop {
-        if *stop.borrow() {
-            return;
+/// Brings the replicas in line with the current metadata (off the async threads), logs what
+/// changed, and tells waiting fetches. True when every partition is in line.
+async fn apply_replicas(shared: &Arc<Shared>) -> bool {
+    let topics: Vec<pb::TopicMetadata> = shared
+        .metadata
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .topics
+        .values()
+        .cloned()
+        .collect();
+    let s = Arc::clone(shared);
+    let outcome = tokio::task::spawn_blocking(move || s.replicas.apply(&topics)).await;
+    shared.metadata_applied.send_modify(|v| *v += 1);
+    match outcome {
+        Ok(outcome) => {
+            if !outcome.opened.is_empty() || !outcome.removed.is_empty() {
+                tracing::info!(opened = ?outcome.opened, removed = ?outcome.removed, "replicas changed");
+            }
+            for e in &outcome.errors {
+                tracing::error!(error = %e, "cannot bring a replica in line; retrying");
+            }
+            outcome.errors.is_empty()
         }
-        let address = addresses[next % addresses.len()].clone();
-        next += 1;
-        let stream = match Controllers::client(&address).await {
-            Ok(mut c) => c
-                .watch_metadata(pb::WatchMetadataRequest { from_version: 0 })
-                .await
-                .map(tonic::Response::into_inner),
-            Err(e) => Err(e),
-        };
+        Err(e) => {
+            tracing::error!(error = %e, "replica update task failed");
+            false
+        }
+    }
+}
+
+/// Follows WatchMetadata on the Raft leader (following `NOT_CONTROLLER` redirects),
+/// reconnecting and starting over from a full image when the stream breaks; after every event
+/// brings the replicas in line, and retries partitions that failed every 5 s. Runs until `stop`.
+pub async fn run_watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut controllers = Controllers::new(shared.config.controllers.clone());
+    let mark_down = |shared: &Shared| {
+        let mut m = shared.metadata.write().unwrap_or_else(|e| e.into_inner());
+        m.stream_down_since.get_or_insert_with(Instant::now);
+    };
+    mark_down(&shared);
+    loop {
+        let call = controllers.call(|mut c| async move {
+            c.watch_metadata(pb::WatchMetadataRequest { from_version: 0 }).await
+        });
+        let Some(stream) = until_stop(call, &mut stop).await else { return };
         let mut stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(%address, error = %e.message(), "metadata watch failed");
+                tracing::debug!(error = %e.message(), "metadata watch failed");
                 if sleep_or_stop(Duration::from_millis(200), &mut stop).await {
                     return;
                 }
                 continue;
             }
         };
+        let mut in_line = true;
         loop {
+            let retry = tokio::time::sleep(Duration::from_secs(5));
             let event = tokio::select! {
-                e = stream.message() => e,
+                e = stream.message() => Some(e),
+                _ = retry, if !in_line => None,
                 _ = stop.wait_for(|s| *s) => return,
+            };
+            let Some(event) = event else {
+                in_line = apply_replicas(&shared).await;
+                continue;
             };
             match event {
                 Ok(Some(event)) => {
-                    let topics: Vec<pb::TopicMetadata> = {
+                    let accepted = {
                         let mut m = shared.metadata.write().unwrap_or_else(|e| e.into_inner());
-                        m.apply(event);
-                        m.topics.values().cloned().collect()
-                    };
-                    let s = Arc::clone(&shared);
-                    let applied = tokio::task::spawn_blocking(move || {
-                        s.replicas.write().unwrap_or_else(|e| e.into_inner()).apply(&topics)
-                    })
-                    .await;
-                    match applied {
-                        Ok(Ok(outcome)) => {
-                            if !outcome.opened.is_empty() || !outcome.removed.is_empty() {
-                                tracing::info!(opened = ?outcome.opened, removed = ?outcome.removed, "replicas changed");
-                            }
+                        let accepted = m.apply(event);
+                        if accepted {
+                            m.stream_down_since = None;
                         }
-                        Ok(Err(e)) => tracing::error!(error = %e, "cannot bring replicas in line"),
-                        Err(e) => tracing::error!(error = %e, "replica update task failed"),
+                        accepted
+                    };
+                    if !accepted {
+                        tracing::warn!("metadata older than already applied; reconnecting");
+                        break;
                     }
+                    in_line = apply_replicas(&shared).await;
                 }
                 Ok(None) | Err(_) => {
-                    tracing::debug!(%address, "metadata watch ended; reconnecting");
+                    tracing::debug!("metadata watch ended; reconnecting");
                     break;
                 }
             }
         }
+        mark_down(&shared);
+        if sleep_or_stop(Duration::from_millis(200), &mut stop).await {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(version: u64, topics: &[&str]) -> pb::MetadataEvent {
+        pb::MetadataEvent {
+            version,
+            event: Some(pb::metadata_event::Event::Image(pb::MetadataImage {
+                brokers: vec![],
+                topics: topics
+                    .iter()
+                    .map(|t| pb::TopicMetadata { name: t.to_string(), ..Default::default() })
+                    .collect(),
+            })),
+        }
+    }
+
+    /// An image older than what was applied (from a controller that is behind) is refused, so
+    /// it cannot make the broker delete topics it does not know yet.
+    #[test]
+    fn older_images_are_refused() {
+        let mut m = MetadataImage::default();
+        assert!(m.apply(image(5, &["a", "b"])));
+        assert!(!m.apply(image(4, &["a"])));
+        assert_eq!(m.topics.len(), 2);
+        assert!(m.apply(pb::MetadataEvent {
+            version: 6,
+            event: Some(pb::metadata_event::Event::Delta(pb::MetadataDelta {
+                deleted_topics: vec!["b".into()],
+                ..Default::default()
+            })),
+        }));
+        assert_eq!(m.topics.keys().collect::<Vec<_>>(), ["a"]);
     }
 }

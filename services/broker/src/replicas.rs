@@ -1,13 +1,20 @@
 //! [`ReplicaManager`]: the partition replicas this broker holds, kept in line with the
 //! controller's metadata. Each replica is a `tideline-log` directory `<topic>-<partition>` with a
 //! `partition.metadata` file naming the topic id (as Kafka does), so a topic deleted and
-//! re-created under the same name never serves the old topic's data. The data directory belongs
-//! to the broker alone: any `<name>-<number>` directory in it that is not placed here is deleted.
+//! re-created under the same name never serves the old topic's data.
+//!
+//! The data directory belongs to one broker: a `broker.metadata` file names its id, and a
+//! broker refuses a directory of another id. Partition directories (those holding a
+//! `partition.metadata` file) that are not placed here are deleted; other files are left alone.
+//!
+//! Requests look replicas up under a lock held only for a map access; opening, recovering and
+//! deleting logs happen outside it, so a broker opening hundreds of partitions keeps serving the
+//! ones already open.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tideline_log::{Log, LogConfig, LogError};
 use tideline_proto::v1 as pb;
@@ -16,6 +23,8 @@ use crate::log_config::log_config;
 
 /// File in each partition directory holding the topic id, in hex.
 pub const PARTITION_METADATA_FILE: &str = "partition.metadata";
+/// File in the data directory naming the broker that owns it.
+pub const BROKER_METADATA_FILE: &str = "broker.metadata";
 
 /// Why the replicas could not be brought in line.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +47,16 @@ pub enum ReplicaError {
         topic: String,
         /// What is wrong.
         reason: String,
+    },
+    /// The data directory belongs to another broker.
+    #[error("data directory {dir} belongs to broker {owner}, not broker {broker_id}")]
+    WrongOwner {
+        /// The directory.
+        dir: PathBuf,
+        /// The id in its broker.metadata.
+        owner: String,
+        /// This broker's id.
+        broker_id: i32,
     },
     /// A partition directory or its metadata file could not be read, written or removed.
     #[error("failed to {op} {path}: {source}")]
@@ -87,12 +106,14 @@ impl Replica {
 }
 
 /// What one [`ReplicaManager::apply`] changed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct ApplyOutcome {
     /// Replicas opened, as (topic, partition).
     pub opened: Vec<(String, i32)>,
     /// Replicas whose logs were deleted (topic deleted, replica moved, or topic re-created).
     pub removed: Vec<(String, i32)>,
+    /// Partitions that could not be brought in line; the others were. Applying again retries.
+    pub errors: Vec<ReplicaError>,
 }
 
 /// The replicas of one broker.
@@ -101,7 +122,7 @@ pub struct ReplicaManager {
     dir: PathBuf,
     broker_id: i32,
     defaults: LogConfig,
-    replicas: BTreeMap<(String, i32), Replica>,
+    replicas: RwLock<BTreeMap<(String, i32), Replica>>,
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ReplicaError {
@@ -115,41 +136,70 @@ fn hex(bytes: &[u8]) -> String {
 
 impl ReplicaManager {
     /// A manager for broker `broker_id` keeping logs under `dir`, with `defaults` for configs a
-    /// topic does not set. Nothing is opened until [`ReplicaManager::apply`].
-    pub fn new(dir: impl Into<PathBuf>, broker_id: i32, defaults: LogConfig) -> Self {
-        ReplicaManager { dir: dir.into(), broker_id, defaults, replicas: BTreeMap::new() }
+    /// topic does not set. Claims the directory for this broker (or checks that it is this
+    /// broker's); nothing is opened until [`ReplicaManager::apply`].
+    ///
+    /// # Errors
+    /// [`ReplicaError::WrongOwner`] when the directory belongs to another broker id;
+    /// [`ReplicaError::Io`] when it cannot be created or claimed.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        broker_id: i32,
+        defaults: LogConfig,
+    ) -> Result<Self, ReplicaError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let file = dir.join(BROKER_METADATA_FILE);
+        let mine = format!("broker.id={broker_id}\n");
+        match fs::read_to_string(&file) {
+            Ok(owner) if owner == mine => {}
+            Ok(owner) => {
+                let owner = owner.trim().trim_start_matches("broker.id=").to_string();
+                return Err(ReplicaError::WrongOwner { dir, owner, broker_id });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::write(&file, mine).map_err(io("write", &file))?;
+            }
+            Err(e) => return Err(io("read", &file)(e)),
+        }
+        Ok(ReplicaManager { dir, broker_id, defaults, replicas: RwLock::new(BTreeMap::new()) })
+    }
+
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<(String, i32), Replica>> {
+        self.replicas.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn map_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<(String, i32), Replica>> {
+        self.replicas.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The replica of `topic`/`partition`, if this broker holds it.
-    pub fn get(&self, topic: &str, partition: i32) -> Option<&Replica> {
-        self.replicas.get(&(topic.to_string(), partition))
+    pub fn get(&self, topic: &str, partition: i32) -> Option<Replica> {
+        self.map().get(&(topic.to_string(), partition)).cloned()
     }
 
     /// Every replica held, by (topic, partition).
-    pub fn iter(&self) -> impl Iterator<Item = (&(String, i32), &Replica)> {
-        self.replicas.iter()
+    pub fn all(&self) -> Vec<((String, i32), Replica)> {
+        self.map().iter().map(|(k, r)| (k.clone(), r.clone())).collect()
     }
 
     /// Number of replicas held.
     pub fn len(&self) -> usize {
-        self.replicas.len()
+        self.map().len()
     }
 
     /// True when no replica is held.
     pub fn is_empty(&self) -> bool {
-        self.replicas.is_empty()
+        self.map().is_empty()
     }
 
-    /// Brings the replicas in line with `topics` (every topic of the cluster): opens (creating
-    /// if needed) the partitions placed on this broker, applies config changes and leadership,
-    /// and deletes the logs of partitions no longer placed here, including directories left
-    /// from before a restart and those of an older topic with the same name.
-    ///
-    /// # Errors
-    /// [`ReplicaError`] for the first partition that cannot be brought in line; the others are
-    /// still as they were or already updated.
-    pub fn apply(&mut self, topics: &[pb::TopicMetadata]) -> Result<ApplyOutcome, ReplicaError> {
-        fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
+    /// Brings the replicas in line with `topics` (every topic of the cluster, from a metadata
+    /// image no older than any applied before): opens (creating if needed) the partitions
+    /// placed on this broker, applies config changes and leadership, and deletes the logs of
+    /// partitions no longer placed here, including directories left from before a restart and
+    /// those of an older topic with the same name. A partition that fails is reported in
+    /// [`ApplyOutcome::errors`] and the others still proceed. Calls must not overlap.
+    pub fn apply(&self, topics: &[pb::TopicMetadata]) -> ApplyOutcome {
         let mut outcome = ApplyOutcome::default();
         let mut wanted: BTreeMap<(String, i32), (&pb::TopicMetadata, &pb::PartitionMetadata)> =
             BTreeMap::new();
@@ -158,87 +208,119 @@ impl ReplicaManager {
                 wanted.insert((topic.name.clone(), p.partition), (topic, p));
             }
         }
-        // Replicas that are no longer wanted here, or belong to an older topic of that name.
-        let stale: Vec<(String, i32)> = self
-            .replicas
-            .iter()
-            .filter(|(key, r)| {
-                wanted.get(*key).is_none_or(|(t, _)| t.topic_id[..] != r.topic_id[..])
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in stale {
-            let replica = self.replicas.remove(&key).expect("listed");
-            replica.log.delete().map_err(|source| ReplicaError::Log {
-                topic: key.0.clone(),
-                partition: key.1,
-                source,
-            })?;
-            outcome.removed.push(key);
-        }
-        // Directories of partitions not wanted (left from before a restart).
-        for entry in fs::read_dir(&self.dir).map_err(io("list", &self.dir))? {
-            let entry = entry.map_err(io("list", &self.dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((topic, partition)) = name.rsplit_once('-') else { continue };
-            let Ok(partition) = partition.parse::<i32>() else { continue };
-            let key = (topic.to_string(), partition);
-            if !wanted.contains_key(&key) && entry.path().is_dir() {
-                fs::remove_dir_all(entry.path()).map_err(io("remove", &entry.path()))?;
-                outcome.removed.push(key);
+        // Replicas no longer wanted here, or of an older topic of that name: out of the map
+        // first (requests stop finding them), then deleted.
+        let stale: Vec<((String, i32), Replica)> = {
+            let mut map = self.map_mut();
+            let keys: Vec<(String, i32)> = map
+                .iter()
+                .filter(|(key, r)| {
+                    wanted.get(*key).is_none_or(|(t, _)| t.topic_id[..] != r.topic_id[..])
+                })
+                .map(|(key, _)| key.clone())
+                .collect();
+            keys.into_iter().filter_map(|k| map.remove(&k).map(|r| (k, r))).collect()
+        };
+        for (key, replica) in stale {
+            match replica.log.delete() {
+                Ok(()) => outcome.removed.push(key),
+                Err(source) => outcome.errors.push(ReplicaError::Log {
+                    topic: key.0,
+                    partition: key.1,
+                    source,
+                }),
             }
+        }
+        // Partition directories not wanted (left from before a restart).
+        match fs::read_dir(&self.dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let Some((topic, partition)) = name.rsplit_once('-') else { continue };
+                    let Ok(partition) = partition.parse::<i32>() else { continue };
+                    let key = (topic.to_string(), partition);
+                    let path = entry.path();
+                    if wanted.contains_key(&key)
+                        || self.map().contains_key(&key)
+                        || !path.join(PARTITION_METADATA_FILE).is_file()
+                    {
+                        continue;
+                    }
+                    match fs::remove_dir_all(&path) {
+                        Ok(()) => outcome.removed.push(key),
+                        Err(e) => outcome.errors.push(io("remove", &path)(e)),
+                    }
+                }
+            }
+            Err(e) => outcome.errors.push(io("list", &self.dir)(e)),
         }
         for (key, (topic, p)) in wanted {
-            let config = log_config(&topic.configs, &self.defaults)
-                .map_err(|reason| ReplicaError::Config { topic: topic.name.clone(), reason })?;
-            let log_err =
-                |source| ReplicaError::Log { topic: key.0.clone(), partition: key.1, source };
-            if let Some(replica) = self.replicas.get_mut(&key) {
-                if replica.log.config() != config {
-                    replica.log.set_config(config).map_err(log_err)?;
-                }
-                replica.leader = p.leader;
-                replica.leader_epoch = p.leader_epoch;
-                continue;
+            if let Err(e) = self.bring_in_line(&key, topic, p, &mut outcome) {
+                outcome.errors.push(e);
             }
-            let path = self.dir.join(format!("{}-{}", key.0, key.1));
-            let id_file = path.join(PARTITION_METADATA_FILE);
-            let id = hex(&topic.topic_id);
-            match fs::read_to_string(&id_file) {
-                Ok(existing) if existing.trim() == id => {}
-                Ok(_) => {
-                    // An older topic of the same name: its data must not be served.
-                    fs::remove_dir_all(&path).map_err(io("remove", &path))?;
-                    outcome.removed.push(key.clone());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("read", &id_file)(e)),
-            }
-            let log = Log::open(&path, config).map_err(log_err)?;
-            fs::write(&id_file, &id).map_err(io("write", &id_file))?;
-            let end = log.log_end_offset();
-            self.replicas.insert(
-                key.clone(),
-                Replica {
-                    topic_id: topic.topic_id.to_vec(),
-                    high_watermark: Arc::new(tokio::sync::watch::channel(end).0),
-                    log: Arc::new(log),
-                    leader: p.leader,
-                    leader_epoch: p.leader_epoch,
-                },
-            );
-            outcome.opened.push(key);
         }
-        Ok(outcome)
+        outcome
+    }
+
+    fn bring_in_line(
+        &self,
+        key: &(String, i32),
+        topic: &pb::TopicMetadata,
+        p: &pb::PartitionMetadata,
+        outcome: &mut ApplyOutcome,
+    ) -> Result<(), ReplicaError> {
+        let config = log_config(&topic.configs, &self.defaults)
+            .map_err(|reason| ReplicaError::Config { topic: topic.name.clone(), reason })?;
+        let log_err = |source| ReplicaError::Log { topic: key.0.clone(), partition: key.1, source };
+        let existing = self.get(&key.0, key.1);
+        if let Some(replica) = existing {
+            if replica.log.config() != config {
+                replica.log.set_config(config).map_err(log_err)?;
+            }
+            if let Some(r) = self.map_mut().get_mut(key) {
+                r.leader = p.leader;
+                r.leader_epoch = p.leader_epoch;
+            }
+            return Ok(());
+        }
+        let path = self.dir.join(format!("{}-{}", key.0, key.1));
+        let id_file = path.join(PARTITION_METADATA_FILE);
+        let id = hex(&topic.topic_id);
+        match fs::read_to_string(&id_file) {
+            Ok(existing) if existing.trim() == id => {}
+            Ok(_) => {
+                // An older topic of the same name: its data must not be served.
+                fs::remove_dir_all(&path).map_err(io("remove", &path))?;
+                outcome.removed.push(key.clone());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("read", &id_file)(e)),
+        }
+        // Opening may scan a log after an unclean stop: no lock is held meanwhile.
+        let log = Log::open(&path, config).map_err(log_err)?;
+        fs::write(&id_file, &id).map_err(io("write", &id_file))?;
+        let end = log.log_end_offset();
+        self.map_mut().insert(
+            key.clone(),
+            Replica {
+                topic_id: topic.topic_id.to_vec(),
+                high_watermark: Arc::new(tokio::sync::watch::channel(end).0),
+                log: Arc::new(log),
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+            },
+        );
+        outcome.opened.push(key.clone());
+        Ok(())
     }
 
     /// Closes every log cleanly (the next start skips recovery scans).
     ///
     /// # Errors
     /// The first close that failed; the others are still closed.
-    pub fn close(&mut self) -> Result<(), ReplicaError> {
+    pub fn close(&self) -> Result<(), ReplicaError> {
         let mut first = None;
-        for ((topic, partition), replica) in std::mem::take(&mut self.replicas) {
+        for ((topic, partition), replica) in std::mem::take(&mut *self.map_mut()) {
             if let Err(source) = replica.log.close() {
                 first.get_or_insert(ReplicaError::Log { topic, partition, source });
             }
@@ -289,19 +371,20 @@ mod tests {
     #[test]
     fn opens_assigned_partitions_and_keeps_data_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = ReplicaManager::new(dir.path(), 1, LogConfig::default());
+        let m = ReplicaManager::new(dir.path(), 1, LogConfig::default()).unwrap();
         let t = topic("orders-v2", 7, &[&[1, 2], &[2, 3], &[3, 1]], &[("retention.ms", "1000")]);
-        let outcome = m.apply(std::slice::from_ref(&t)).unwrap();
+        let outcome = m.apply(std::slice::from_ref(&t));
+        assert!(outcome.errors.is_empty());
         assert_eq!(outcome.opened, vec![("orders-v2".into(), 0), ("orders-v2".into(), 2)]);
         assert!(m.get("orders-v2", 1).is_none(), "not placed here");
         let r = m.get("orders-v2", 0).unwrap();
         assert_eq!((r.leader, r.leader_epoch), (1, 3));
         assert_eq!(r.log.config().retention_ms, Some(1000));
-        append(r);
+        append(&r);
         m.close().unwrap();
 
-        let mut again = ReplicaManager::new(dir.path(), 1, LogConfig::default());
-        again.apply(std::slice::from_ref(&t)).unwrap();
+        let again = ReplicaManager::new(dir.path(), 1, LogConfig::default()).unwrap();
+        again.apply(std::slice::from_ref(&t));
         assert_eq!(again.get("orders-v2", 0).unwrap().log.log_end_offset(), 1, "data kept");
     }
 
@@ -310,16 +393,16 @@ mod tests {
     #[test]
     fn removes_deleted_moved_and_recreated_partitions() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = ReplicaManager::new(dir.path(), 1, LogConfig::default());
+        let m = ReplicaManager::new(dir.path(), 1, LogConfig::default()).unwrap();
         let a = topic("a", 1, &[&[1], &[1]], &[]);
         let b = topic("b", 2, &[&[1]], &[]);
-        m.apply(&[a.clone(), b.clone()]).unwrap();
-        append(m.get("a", 0).unwrap());
-        append(m.get("b", 0).unwrap());
+        m.apply(&[a.clone(), b.clone()]);
+        append(&m.get("a", 0).unwrap());
+        append(&m.get("b", 0).unwrap());
 
         // Partition a-1 moves to broker 2; topic b is deleted.
         let a_moved = topic("a", 1, &[&[1], &[2]], &[]);
-        let outcome = m.apply(std::slice::from_ref(&a_moved)).unwrap();
+        let outcome = m.apply(std::slice::from_ref(&a_moved));
         assert_eq!(outcome.removed, vec![("a".into(), 1), ("b".into(), 0)]);
         assert!(!dir.path().join("b-0").exists());
         assert_eq!(m.len(), 1);
@@ -327,8 +410,8 @@ mod tests {
         // Topic a is re-created with a new id while this manager is down.
         m.close().unwrap();
         let a_new = topic("a", 9, &[&[1]], &[]);
-        let mut again = ReplicaManager::new(dir.path(), 1, LogConfig::default());
-        let outcome = again.apply(&[a_new]).unwrap();
+        let again = ReplicaManager::new(dir.path(), 1, LogConfig::default()).unwrap();
+        let outcome = again.apply(&[a_new]);
         assert_eq!(outcome.removed, vec![("a".into(), 0)]);
         assert_eq!(
             again.get("a", 0).unwrap().log.log_end_offset(),
@@ -341,11 +424,48 @@ mod tests {
     #[test]
     fn config_changes_reach_open_logs() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = ReplicaManager::new(dir.path(), 1, LogConfig::default());
-        m.apply(&[topic("t", 1, &[&[1]], &[])]).unwrap();
-        m.apply(&[topic("t", 1, &[&[1]], &[("segment.bytes", "1048576")])]).unwrap();
+        let m = ReplicaManager::new(dir.path(), 1, LogConfig::default()).unwrap();
+        m.apply(&[topic("t", 1, &[&[1]], &[])]);
+        m.apply(&[topic("t", 1, &[&[1]], &[("segment.bytes", "1048576")])]);
         assert_eq!(m.get("t", 0).unwrap().log.config().segment_bytes, 1 << 20);
-        let bad = m.apply(&[topic("t", 1, &[&[1]], &[("segment.bytes", "3")])]).unwrap_err();
-        assert!(bad.to_string().contains("segment.bytes"), "{bad}");
+        let bad = m.apply(&[topic("t", 1, &[&[1]], &[("segment.bytes", "3")])]);
+        assert!(bad.errors[0].to_string().contains("segment.bytes"), "{:?}", bad.errors);
+    }
+}
+
+#[cfg(test)]
+mod ownership_tests {
+    use super::*;
+
+    /// A data directory is claimed by one broker id; files that are not partition directories
+    /// are never deleted; one failing partition does not keep the others from opening.
+    #[test]
+    fn directory_ownership_and_partial_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = ReplicaManager::new(dir.path(), 1, LogConfig::default()).unwrap();
+        let other = ReplicaManager::new(dir.path(), 2, LogConfig::default()).unwrap_err();
+        assert!(other.to_string().contains("belongs to broker 1"), "{other}");
+        std::fs::create_dir(dir.path().join("backup-2024")).unwrap();
+        std::fs::write(dir.path().join("backup-2024").join("keep"), b"x").unwrap();
+        // A partition directory that cannot be opened (its path is a file).
+        std::fs::write(dir.path().join("broken-0"), b"not a directory").unwrap();
+        let topic = |name: &str, id: u8| pb::TopicMetadata {
+            name: name.into(),
+            topic_id: vec![id; 16].into(),
+            replication_factor: 1,
+            configs: Default::default(),
+            partitions: vec![pb::PartitionMetadata {
+                partition: 0,
+                leader: 1,
+                leader_epoch: 0,
+                partition_epoch: 0,
+                replicas: vec![1],
+                isr: vec![1],
+            }],
+        };
+        let outcome = m.apply(&[topic("broken", 1), topic("fine", 2)]);
+        assert_eq!(outcome.errors.len(), 1, "{:?}", outcome.errors);
+        assert!(m.get("fine", 0).is_some(), "the healthy partition opened");
+        assert!(dir.path().join("backup-2024").join("keep").exists(), "not a partition directory");
     }
 }

@@ -19,6 +19,16 @@ use crate::replicas::Replica;
 /// Largest `max_bytes` a fetch may ask for; larger values are capped to it.
 const MAX_FETCH_BYTES: usize = 32 << 20;
 
+/// A partition this broker leads, as a request found it.
+#[derive(Debug)]
+struct Leading {
+    replica: Replica,
+    /// Size of the in-sync replica set.
+    isr: usize,
+    /// The topic's `min.insync.replicas`.
+    min_insync: usize,
+}
+
 /// The `BrokerService` implementation.
 #[derive(Debug, Clone)]
 pub struct BrokerApi {
@@ -49,6 +59,7 @@ fn log_status(topic: &str, partition: i32, e: &LogError) -> Status {
         // The replica was closed under the request (topic deleted or replica moved): the
         // client refreshes its metadata and retries.
         LogError::Closed(_) => ErrorCode::LeaderNotAvailable,
+        LogError::EpochRegression { .. } => ErrorCode::FencedLeaderEpoch,
         _ => ErrorCode::StorageError,
     };
     status(code, format!("{topic}-{partition}: {e}"))
@@ -64,26 +75,21 @@ impl BrokerApi {
         BrokerApi { shared }
     }
 
-    /// The replica of `topic`/`partition` if this broker may serve it as leader now; otherwise
-    /// the status saying why not (fenced, unknown, no leader, another leader, not open yet).
-    fn leader_replica(&self, topic: &str, partition: i32) -> Result<Replica, Status> {
+    /// The replica of `topic`/`partition` if this broker may serve it as leader now;
+    /// otherwise the status saying why not (fenced, stale metadata, unknown, no leader, another
+    /// leader, not open yet).
+    fn leader_replica(&self, topic: &str, partition: i32) -> Result<Leading, Status> {
         let me = self.shared.config.broker_id;
-        if !self.shared.lease().is_live() {
+        if let Some(reason) = self.shared.not_serving_reason() {
             return Err(status(
                 ErrorCode::BrokerFenced,
                 format!(
-                    "broker {me} holds no lease from the controller and serves nothing until it registers again"
+                    "broker {me} {reason}; it serves nothing until it is registered and up to date"
                 ),
             ));
         }
-        let (leader, leader_epoch, hint) = {
+        let (topic_id, p, min_insync, hint) = {
             let m = self.shared.metadata.read().unwrap_or_else(|e| e.into_inner());
-            if !m.loaded {
-                return Err(status(
-                    ErrorCode::LeaderNotAvailable,
-                    format!("broker {me} has not received cluster metadata yet"),
-                ));
-            }
             let t = m.topics.get(topic).ok_or_else(|| {
                 status(ErrorCode::UnknownTopicOrPartition, format!("unknown topic {topic:?}"))
             })?;
@@ -96,27 +102,42 @@ impl BrokerApi {
                     ),
                 )
             })?;
-            (p.leader, p.leader_epoch, m.broker_address(p.leader))
+            let min_insync = t
+                .configs
+                .get("min.insync.replicas")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(1);
+            (t.topic_id.clone(), p.clone(), min_insync, m.broker_address(p.leader))
         };
-        if leader < 0 {
+        if p.leader < 0 {
             return Err(status(
                 ErrorCode::LeaderNotAvailable,
-                format!("{topic}-{partition} has no leader (epoch {leader_epoch})"),
+                format!("{topic}-{partition} has no leader (epoch {})", p.leader_epoch),
             ));
         }
-        if leader != me {
+        if p.leader != me {
             let s = status(
                 ErrorCode::NotLeader,
-                format!("broker {me} is not the leader of {topic}-{partition}; broker {leader} is"),
+                format!(
+                    "broker {me} is not the leader of {topic}-{partition}; broker {} is",
+                    p.leader
+                ),
             );
             return Err(match hint {
-                Some(addr) => with_leader(s, i64::from(leader), &addr),
+                Some(addr) => with_leader(s, i64::from(p.leader), &addr),
                 None => s,
             });
         }
-        let replicas = self.shared.replicas.read().unwrap_or_else(|e| e.into_inner());
-        match replicas.get(topic, partition) {
-            Some(r) if r.leader == me && r.leader_epoch == leader_epoch => Ok(r.clone()),
+        match self.shared.replicas.get(topic, partition) {
+            // The replica must be this topic's (not an older topic of the same name that is
+            // about to be deleted) and know of the current leadership.
+            Some(r)
+                if r.leader == me
+                    && r.leader_epoch == p.leader_epoch
+                    && r.topic_id[..] == topic_id[..] =>
+            {
+                Ok(Leading { replica: r, isr: p.isr.len(), min_insync })
+            }
             _ => Err(status(
                 ErrorCode::LeaderNotAvailable,
                 format!("broker {me} is becoming the leader of {topic}-{partition}; retry"),
@@ -159,23 +180,28 @@ impl BrokerApi {
     }
 }
 
-/// Decodes the records at or after `from` in `batches`.
-fn decode(batches: &[u8], from: i64) -> Result<Vec<pb::Record>, Status> {
+/// Decodes the records at or after `from` in `batches`, stopping after the first batch that
+/// takes the decoded keys and values past `max_bytes` (at least one batch is decoded). Returns
+/// the records and the offset after the last one.
+fn decode(batches: &[u8], from: i64, max_bytes: usize) -> Result<(Vec<pb::Record>, i64), Status> {
     let mut out = Vec::new();
+    let mut next = from;
+    let mut size = 0usize;
+    let stored = |e: BatchError| status(ErrorCode::StorageError, format!("stored batch: {e}"));
     for b in batch::batches(batches) {
-        let b = b.map_err(|e| status(ErrorCode::StorageError, format!("stored batch: {e}")))?;
+        if size > max_bytes {
+            break;
+        }
+        let b = b.map_err(stored)?;
         if b.last_offset() < from {
             continue;
         }
-        let records = b
-            .records()
-            .map_err(|e| status(ErrorCode::StorageError, format!("stored batch: {e}")))?;
-        for r in records.iter() {
-            let r =
-                r.map_err(|e| status(ErrorCode::StorageError, format!("stored record: {e}")))?;
+        for r in b.records().map_err(stored)?.iter() {
+            let r = r.map_err(stored)?;
             if r.offset < from {
                 continue;
             }
+            size += r.key.map_or(0, <[u8]>::len) + r.value.map_or(0, <[u8]>::len);
             out.push(pb::Record {
                 key: r.key.map(Bytes::copy_from_slice),
                 value: r.value.map(Bytes::copy_from_slice),
@@ -191,8 +217,9 @@ fn decode(batches: &[u8], from: i64) -> Result<Vec<pb::Record>, Status> {
                 offset: r.offset,
             });
         }
+        next = b.next_offset();
     }
-    Ok(out)
+    Ok((out, next))
 }
 
 #[tonic::async_trait]
@@ -202,29 +229,47 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
         request: Request<pb::ProduceRequest>,
     ) -> Result<Response<pb::ProduceResponse>, Status> {
         let req = request.into_inner();
-        let payload = match &req.payload {
-            Some(pb::produce_request::Payload::RecordBatches(b)) if !b.is_empty() => b.clone(),
-            Some(pb::produce_request::Payload::RecordBatches(_)) | None => {
-                return Err(status(ErrorCode::InvalidRequest, "produce without records"));
-            }
-            Some(pb::produce_request::Payload::Records(list)) => Self::encode(list)?,
-        };
-        if pb::Acks::try_from(req.acks).is_err() {
-            return Err(status(ErrorCode::InvalidRequest, format!("unknown acks {}", req.acks)));
-        }
+        let acks = pb::Acks::try_from(req.acks)
+            .map_err(|_| status(ErrorCode::InvalidRequest, format!("unknown acks {}", req.acks)))?;
         if req.timeout_ms < 0 {
             return Err(status(
                 ErrorCode::InvalidRequest,
                 format!("timeout_ms {} is negative", req.timeout_ms),
             ));
         }
-        let replica = self.leader_replica(&req.topic, req.partition)?;
+        let payload = match req.payload {
+            Some(pb::produce_request::Payload::RecordBatches(b)) if !b.is_empty() => {
+                pb::produce_request::Payload::RecordBatches(b)
+            }
+            Some(pb::produce_request::Payload::Records(l)) if !l.records.is_empty() => {
+                pb::produce_request::Payload::Records(l)
+            }
+            _ => return Err(status(ErrorCode::InvalidRequest, "produce without records")),
+        };
+        let Leading { replica, isr, min_insync } =
+            self.leader_replica(&req.topic, req.partition)?;
+        if matches!(acks, pb::Acks::All | pb::Acks::Unspecified) && isr < min_insync {
+            return Err(status(
+                ErrorCode::NotEnoughReplicas,
+                format!(
+                    "{}-{}: {isr} in-sync replicas, min.insync.replicas is {min_insync}; nothing appended",
+                    req.topic, req.partition
+                ),
+            ));
+        }
         let epoch = replica.leader_epoch;
         let log = Arc::clone(&replica.log);
-        let info = tokio::task::spawn_blocking(move || log.append(&payload, epoch))
-            .await
-            .map_err(join_status)?
-            .map_err(|e| log_status(&req.topic, req.partition, &e))?;
+        // Encoding (and compressing) plain records and the append's validation are CPU and
+        // disk work: off the async threads.
+        let info = tokio::task::spawn_blocking(move || {
+            let bytes = match payload {
+                pb::produce_request::Payload::RecordBatches(b) => b,
+                pb::produce_request::Payload::Records(list) => Self::encode(&list)?,
+            };
+            log.append(&bytes, epoch).map_err(|e| log_status(&req.topic, req.partition, &e))
+        })
+        .await
+        .map_err(join_status)??;
         // No followers replicate yet: a record is committed once the leader has it, for every
         // acks level (replication makes acks=all wait for the in-sync replicas).
         replica.advance_high_watermark(info.last_offset + 1);
@@ -254,28 +299,25 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
         let wait =
             Duration::from_millis(req.max_wait_ms as u64).min(self.shared.config.max_fetch_wait);
         let deadline = tokio::time::Instant::now() + wait;
-        let mut replica = self.leader_replica(&req.topic, req.partition)?;
+        let mut metadata_changed = self.shared.metadata_applied.subscribe();
+        let mut stop = self.shared.stop.clone();
         loop {
-            let mut changed = replica.high_watermark.subscribe();
-            let hw = *changed.borrow_and_update();
+            // Leadership, the lease or the topic may change while a fetch waits: check each
+            // round.
+            let replica = self.leader_replica(&req.topic, req.partition)?.replica;
+            let mut hw_changed = replica.high_watermark.subscribe();
+            let hw = *hw_changed.borrow_and_update();
             let log = Arc::clone(&replica.log);
             let offset = req.offset;
             let read = tokio::task::spawn_blocking(move || {
                 let read = log.read(offset, max_bytes, Some(hw))?;
-                if offset > hw {
-                    // Written but not committed is as unreadable as not written.
-                    return Err(LogError::OffsetOutOfRange {
-                        requested: offset,
-                        log_start: read.log_start_offset,
-                        log_end: hw,
-                    });
-                }
                 let bytes = read.region.read_to_bytes()?;
                 Ok((read, bytes))
             })
             .await
             .map_err(join_status)?
             .map_err(|e| match e {
+                // The readable end is the high watermark, not the log end.
                 LogError::OffsetOutOfRange { requested, log_start, .. } => log_status(
                     &req.topic,
                     req.partition,
@@ -284,28 +326,48 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
                 e => log_status(&req.topic, req.partition, &e),
             })?;
             let (read, bytes) = read;
+            // Between the high watermark and the log end (written, not yet committed) there is
+            // nothing to read yet: the fetch waits as at the end of the log.
             let more_available = !bytes.is_empty() && read.region.next_offset() < hw;
             let now = tokio::time::Instant::now();
-            if bytes.len() >= (req.min_bytes as usize).max(1) || more_available || now >= deadline {
-                let records =
-                    if req.decode_records { decode(&bytes, req.offset)? } else { Vec::new() };
-                let next_offset =
-                    if bytes.is_empty() { req.offset } else { read.region.next_offset() };
-                return Ok(Response::new(pb::FetchResponse {
-                    record_batches: bytes,
-                    records,
+            let stopping = *stop.borrow();
+            if bytes.len() >= (req.min_bytes as usize).max(1)
+                || more_available
+                || now >= deadline
+                || stopping
+            {
+                let mut response = pb::FetchResponse {
+                    record_batches: Bytes::new(),
+                    records: Vec::new(),
                     high_watermark: hw,
                     log_start_offset: read.log_start_offset,
-                    next_offset,
-                }));
+                    next_offset: if bytes.is_empty() {
+                        req.offset
+                    } else {
+                        read.region.next_offset()
+                    },
+                };
+                if req.decode_records && !bytes.is_empty() {
+                    let from = req.offset;
+                    let (records, next) =
+                        tokio::task::spawn_blocking(move || decode(&bytes, from, max_bytes))
+                            .await
+                            .map_err(join_status)??;
+                    response.records = records;
+                    response.next_offset = next;
+                } else {
+                    response.record_batches = bytes;
+                }
+                return Ok(Response::new(response));
             }
-            // Long poll: wait for the high watermark to move, or the deadline.
+            // Long poll: wait for the high watermark to move, the metadata to change, the
+            // broker to stop, or the deadline.
             tokio::select! {
-                _ = changed.changed() => {}
+                _ = hw_changed.changed() => {}
+                _ = metadata_changed.changed() => {}
+                _ = stop.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
             }
-            // Leadership or the lease may have changed while waiting.
-            replica = self.leader_replica(&req.topic, req.partition)?;
         }
     }
 
@@ -315,7 +377,7 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
     ) -> Result<Response<pb::ListOffsetsResponse>, Status> {
         let req = request.into_inner();
         let spec = pb::OffsetSpec::try_from(req.spec).unwrap_or(pb::OffsetSpec::Unspecified);
-        let replica = self.leader_replica(&req.topic, req.partition)?;
+        let replica = self.leader_replica(&req.topic, req.partition)?.replica;
         let hw = replica.high_watermark();
         let (offset, timestamp_ms) = match spec {
             pb::OffsetSpec::Unspecified => {

@@ -67,6 +67,14 @@ async fn round_trip_keeps_records_and_survives_restarts() {
         }
     };
     check(&read_all(&mut b, "orders", 0, 0).await);
+    // Decoded fetches stop near max_bytes (whole batches) and say where to go on; raw batches
+    // are not sent twice.
+    let mut small = fetch("orders", 0, 0, 0);
+    small.max_bytes = 100;
+    let part = b.fetch(small).await.unwrap().into_inner();
+    assert!(part.record_batches.is_empty(), "decoded records come without the raw batches");
+    assert!(!part.records.is_empty() && part.records.len() < 60, "{}", part.records.len());
+    assert_eq!(part.next_offset, part.records.last().unwrap().offset + 1);
     // Reading from the middle of a batch skips the records before the offset asked for.
     let mid = read_all(&mut b, "orders", 0, 35).await;
     assert_eq!(mid.first().map(|r| r.offset), Some(35));
@@ -256,6 +264,21 @@ async fn non_leaders_redirect_and_fenced_brokers_serve_nothing() {
         .find_map(|b| b.endpoint.clone().filter(|e| e.broker_id == leader))
         .unwrap();
     assert_eq!(leader_hint_of(&s), Some((i64::from(leader), format!("{}:{}", e.host, e.port))));
+
+    // acks=all needs min.insync.replicas in-sync replicas: with only the leader in sync (no
+    // follower has replicated yet) the produce is refused and nothing is appended.
+    let strict = cluster.create_topic("insync", 1, 2, &[("min.insync.replicas", "2")]).await;
+    let mut sb = cluster.broker(strict.partitions[0].leader).await;
+    let s =
+        sb.produce(produce_records("insync", 0, vec![record("k", "v", &[], 0)])).await.unwrap_err();
+    assert_eq!(error_code_of(&s), Some(ErrorCode::NotEnoughReplicas), "{s:?}");
+    let mut one = produce_records("insync", 0, vec![record("k", "v", &[], 0)]);
+    one.acks = pb::Acks::Leader as i32;
+    assert_eq!(
+        sb.produce(one).await.unwrap().into_inner().base_offset,
+        0,
+        "nothing was appended before"
+    );
 
     // SIGSTOP the leader: its lease lapses, the controller fences it and the partition has no
     // leader (no other replica to move to with replication factor 1).

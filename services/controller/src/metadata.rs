@@ -368,12 +368,17 @@ impl MetadataState {
                     .copied()
                     .find(|r| self.brokers.get(r).is_some_and(|b| !b.fenced))
                     .unwrap_or(-1);
+                // Followers hold no data until they have replicated it, so a new partition's
+                // in-sync set is its leader alone: only a replica holding every acknowledged
+                // record may lead it after a failure. (With no live replica, nothing was
+                // written, and any replica may take the lead.)
+                let isr = if leader >= 0 { vec![leader] } else { replicas.clone() };
                 Ok(PartitionRecord {
                     replicas: replicas.clone(),
                     leader,
                     leader_epoch: 0,
                     partition_epoch: 0,
-                    isr: replicas.clone(),
+                    isr,
                 })
             })
             .collect()
@@ -487,6 +492,7 @@ mod tests {
         let a = &s.topics["a"];
         assert_eq!(a.partitions.len(), 3);
         assert_eq!(a.partitions[0].leader, 1, "first replica leads");
+        assert_eq!(a.partitions[0].isr, vec![1], "followers are not in sync before replicating");
         assert_eq!(a.configs["retention.ms"], "1000");
     }
 
@@ -513,6 +519,24 @@ mod tests {
             (2, 2),
             "the leader epoch moved when the partition lost its leader and again when 2 took it back"
         );
+    }
+
+    /// A follower that never replicated is not in sync: when the leader is fenced, the
+    /// partition waits for the leader to come back rather than hand leadership to a replica
+    /// without its data.
+    #[test]
+    fn only_in_sync_replicas_take_the_lead() {
+        let mut s = cluster();
+        s.apply(&create("r", vec![vec![2, 3]]));
+        assert_eq!(s.topics["r"].partitions[0].isr, vec![2]);
+        let epoch = s.brokers[&2].broker_epoch;
+        s.apply(&MetadataCommand::FenceBroker { broker_id: 2, broker_epoch: epoch });
+        let epoch3 = s.brokers[&3].broker_epoch;
+        s.apply(&MetadataCommand::FenceBroker { broker_id: 3, broker_epoch: epoch3 });
+        s.apply(&register(3));
+        assert_eq!(s.topics["r"].partitions[0].leader, -1, "3 holds none of the data");
+        s.apply(&register(2));
+        assert_eq!(s.topics["r"].partitions[0].leader, 2);
     }
 
     /// Review finding: a retried registration of the same process (same incarnation) used to

@@ -554,7 +554,7 @@ impl ControllerService for ControllerApi {
                 incarnation_id: req.incarnation_id.to_vec(),
             })
             .await?;
-        let MetadataResponse::BrokerRegistered { broker_epoch, .. } = answer else {
+        let MetadataResponse::BrokerRegistered { broker_epoch, version } = answer else {
             return Err(status(ErrorCode::InvalidRequest, format!("unexpected answer {answer:?}")));
         };
         self.inner.leases.lock().unwrap_or_else(|e| e.into_inner()).insert(
@@ -564,6 +564,7 @@ impl ControllerService for ControllerApi {
         Ok(Response::new(pb::RegisterBrokerResponse {
             broker_epoch,
             lease_ms: self.inner.lease.as_millis() as i64,
+            metadata_version: version,
         }))
     }
 
@@ -625,6 +626,9 @@ impl ControllerService for ControllerApi {
         &self,
         _request: Request<pb::WatchMetadataRequest>,
     ) -> Result<Response<Self::WatchMetadataStream>, Status> {
+        // Brokers delete the logs of partitions missing from the image: it must not come from
+        // a controller that has not applied every committed change yet.
+        self.require_leader().await?;
         let state = self.inner.state.clone();
         let mut changes = state.subscribe();
         let mut shutdown = self.inner.shutdown.clone();
