@@ -1,11 +1,12 @@
-//! [`Consumer`]: reads manually assigned partitions from their leaders.
+//! [`Consumer`]: reads manually assigned partitions from their leaders, fetching ahead of
+//! `poll` in background tasks the way Kafka's `Fetcher` does.
 
 use std::time::Duration;
 
 use tideline_common::error::{LOG_END_OFFSET_KEY, LOG_START_OFFSET_KEY};
 use tideline_common::{ErrorCode, error_code_of};
 use tideline_proto::v1 as pb;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -19,28 +20,91 @@ use crate::record::ConsumerRecord;
 const BLOCKING_DECODE_BYTES: usize = 64 << 10;
 
 /// Reads records from manually assigned partitions (Kafka's `assign`, no consumer group).
-/// Each `poll` fetches from every assigned partition's leader in parallel and returns the
-/// records at or after each partition's position, advancing the positions past them.
+///
+/// Fetches run in background tasks, as in Kafka's `Fetcher`: each assigned partition with a
+/// position has at most one fetch in flight, and a fetch that comes back with records keeps
+/// them in the partition's buffer until `poll` returns them. A partition's next fetch starts
+/// when `poll` hands out the previous one's records, so it is in flight while the caller
+/// works on them. Memory stays within about two responses of `max_partition_fetch_bytes`
+/// per partition: one buffered or in flight, one held by the caller.
+///
+/// Dropping the consumer aborts its fetches.
 #[derive(Debug)]
 pub struct Consumer {
     cluster: Cluster,
     config: ConsumerConfig,
     assignment: Vec<Assigned>,
+    /// The fetch tasks, and aborted ones not yet reaped. Dropping the set aborts them all.
+    fetches: JoinSet<FetchOutcome>,
+    /// The id of the next fetch, unique for the life of the consumer (the partitions'
+    /// generation counter): a response counts only for the partition waiting for its id, so
+    /// one from before a seek or a reassignment is dropped.
+    next_fetch_id: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Assigned {
     topic: String,
     partition: i32,
-    /// The next offset to read; `None` until set by `seek` or `auto_offset_reset`.
+    /// The next offset `poll` returns: past the last record it returned, or where a seek or
+    /// an offset reset put it; records fetched ahead do not move it. `None` until set by
+    /// `seek` or `auto_offset_reset`.
     position: Option<i64>,
+    fetch: Fetch,
 }
 
-/// What one partition's fetch gave.
+/// Where a partition's fetching stands. A fetch starts only when nothing is buffered and
+/// buffers are handed out whole, so every fetch reads from the partition's position.
+#[derive(Debug, Default)]
+enum Fetch {
+    /// Nothing in flight, buffered or failed: a fetch starts at the next chance.
+    #[default]
+    Idle,
+    /// A fetch from the position is in flight (or done, not yet reaped by `poll`).
+    InFlight(InFlight),
+    /// A fetch came back with records that `poll` has not returned yet.
+    Buffered(Decoded),
+    /// A fetch failed with an error that `poll` has not reported yet; no fetch starts until
+    /// it has.
+    Failed(ClientError),
+}
+
+/// A fetch in flight. Dropping it (the partition was sought or unassigned, or its response
+/// was taken) aborts the task.
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    task: AbortHandle,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Assigned {
+    fn new(topic: String, partition: i32) -> Self {
+        Assigned { topic, partition, position: None, fetch: Fetch::Idle }
+    }
+
+    /// Moves the position to `offset`, dropping records fetched ahead and abandoning the
+    /// fetch in flight.
+    fn seek(&mut self, offset: i64) {
+        self.position = Some(offset);
+        self.fetch = Fetch::Idle;
+    }
+
+    fn waits_for(&self, id: u64) -> bool {
+        matches!(&self.fetch, Fetch::InFlight(f) if f.id == id)
+    }
+}
+
+/// What one fetch task gave.
 #[derive(Debug)]
 struct FetchOutcome {
-    /// Index into the assignment.
-    index: usize,
+    /// The fetch's id (see [`Consumer::next_fetch_id`]).
+    id: u64,
     result: Result<Decoded, ClientError>,
 }
 
@@ -51,19 +115,31 @@ impl Consumer {
     /// [`ClientError::InvalidArgument`] for a bad config.
     pub fn new(cluster: &Cluster, config: ConsumerConfig) -> Result<Self, ClientError> {
         config.validate()?;
-        Ok(Consumer { cluster: cluster.clone(), config, assignment: Vec::new() })
+        Ok(Consumer {
+            cluster: cluster.clone(),
+            config,
+            assignment: Vec::new(),
+            fetches: JoinSet::new(),
+            next_fetch_id: 0,
+        })
     }
 
     /// Replaces the assignment with `partitions` (duplicates ignored). Partitions that stay
-    /// assigned keep their positions; new ones start per `auto_offset_reset` unless sought.
+    /// assigned keep their positions, and the records fetched ahead for them; new ones start
+    /// per `auto_offset_reset` unless sought. The fetches of partitions no longer assigned are
+    /// abandoned and their buffered records dropped.
     pub fn assign(&mut self, partitions: Vec<(String, i32)>) {
+        let mut old = std::mem::take(&mut self.assignment);
         let mut assignment: Vec<Assigned> = Vec::with_capacity(partitions.len());
         for (topic, partition) in partitions {
             if assignment.iter().any(|a| a.topic == topic && a.partition == partition) {
                 continue;
             }
-            let position = self.find(&topic, partition).and_then(|i| self.assignment[i].position);
-            assignment.push(Assigned { topic, partition, position });
+            let kept = old.iter().position(|a| a.topic == topic && a.partition == partition);
+            assignment.push(match kept {
+                Some(i) => old.swap_remove(i),
+                None => Assigned::new(topic, partition),
+            });
         }
         self.assignment = assignment;
     }
@@ -73,14 +149,17 @@ impl Consumer {
         self.assignment.iter().map(|a| (a.topic.clone(), a.partition)).collect()
     }
 
-    /// The next offset `poll` reads from the partition; `None` when not assigned or not yet
-    /// known (no `seek`, and no `poll` yet to apply `auto_offset_reset`).
+    /// The next offset `poll` returns from the partition: past the last record `poll`
+    /// returned (records fetched ahead but not yet returned do not count), or where a seek or
+    /// an offset reset put it. `None` when not assigned or not yet known (no `seek`, and no
+    /// `poll` yet to apply `auto_offset_reset`).
     pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
         self.find(topic, partition).and_then(|i| self.assignment[i].position)
     }
 
-    /// Makes the next `poll` read the partition from `offset`. An offset outside the log is
-    /// handled by `auto_offset_reset` at the next fetch.
+    /// Makes the next `poll` read the partition from `offset`: records fetched ahead from the
+    /// old position are dropped and its fetch in flight is abandoned. An offset outside the
+    /// log is handled by `auto_offset_reset` at the next fetch.
     ///
     /// # Errors
     /// [`ClientError::NotAssigned`]; [`ClientError::InvalidArgument`] for a negative offset.
@@ -91,7 +170,7 @@ impl Consumer {
             });
         }
         let index = self.assigned(topic, partition)?;
-        self.assignment[index].position = Some(offset);
+        self.assignment[index].seek(offset);
         Ok(())
     }
 
@@ -139,24 +218,30 @@ impl Consumer {
     ) -> Result<i64, ClientError> {
         let index = self.assigned(topic, partition)?;
         let offset = self.list_offset(topic, partition, spec, timestamp_ms).await?;
-        self.assignment[index].position = Some(offset);
+        self.assignment[index].seek(offset);
         Ok(offset)
     }
 
-    /// Fetches from every assigned partition and returns the records that came, waiting up
-    /// to `timeout` for some to. Returns as soon as one partition has records (with those of
-    /// any other that answered by then); an empty result means none came in time.
+    /// Returns the records fetched since the last `poll`, waiting up to `timeout` for some
+    /// when there are none yet. Returns as soon as fetches brought records, with those of
+    /// every partition that has some (assignment order, each partition's in offset order); an
+    /// empty result means none came in time. Before returning it starts the next fetch of the
+    /// partitions it returned records of, so those run while the caller works.
     ///
     /// Partitions without a position start per `auto_offset_reset`, and so do partitions whose
     /// position fell out of the log. Retriable errors (leader moved, broker unreachable) are
-    /// retried within the timeout after refreshing metadata.
+    /// retried after refreshing metadata and pausing `retry_backoff`.
+    ///
+    /// Cancelling a `poll` (dropping its future) loses no records: they stay buffered for the
+    /// next one.
     ///
     /// # Errors
     /// [`ClientError::InvalidArgument`] with no assignment; [`ClientError::NoPosition`] or
     /// [`ClientError::OffsetOutOfRange`] under `AutoOffsetReset::None`;
     /// [`ClientError::Corrupt`] for a batch that fails its CRC; errors that are not
-    /// retriable. Records fetched in the same round as an error are returned first, and the
-    /// error comes at the next `poll`.
+    /// retriable. When records are ready along with an error, the records are returned first
+    /// and the error comes at the next `poll`; the failed partition is fetched again after
+    /// that.
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
         if self.assignment.is_empty() {
             return Err(ClientError::InvalidArgument {
@@ -164,101 +249,120 @@ impl Consumer {
             });
         }
         let deadline = Instant::now() + timeout;
+        if let Some(error) = self.take_error() {
+            return Err(error);
+        }
+        self.reset_missing_positions().await?;
         loop {
-            self.reset_missing_positions().await?;
-            let round_started = Instant::now();
-            let max_wait =
-                deadline.saturating_duration_since(round_started).min(self.config.fetch_max_wait);
-            let mut records = Vec::new();
-            let mut fatal = None;
-            let mut refresh = false;
-            let mut failed = false;
-            for FetchOutcome { index, result } in self.fetch_round(max_wait).await {
-                match result {
-                    Ok(decoded) => {
-                        self.assignment[index].position = Some(decoded.next_position);
-                        records.extend(decoded.records);
-                    }
-                    Err(error @ ClientError::OffsetOutOfRange { .. }) => {
-                        if let Err(error) = self.reset_out_of_range(index, error).await {
-                            fatal.get_or_insert(error);
-                        }
-                    }
-                    Err(error)
-                        if error.is_retriable()
-                            || matches!(error, ClientError::TimedOut { .. }) =>
-                    {
-                        let Assigned { topic, partition, .. } = &self.assignment[index];
-                        debug!(%topic, partition, %error, "fetch failed; will retry");
-                        refresh |= error.invalidates_metadata();
-                        failed = true;
-                    }
-                    Err(error) => {
-                        fatal.get_or_insert(error);
-                    }
-                }
+            while let Some(joined) = self.fetches.try_join_next() {
+                self.complete(joined).await;
             }
+            let records = self.take_buffered();
+            self.start_fetches();
             if !records.is_empty() {
                 return Ok(records);
             }
-            if let Some(error) = fatal {
+            if let Some(error) = self.take_error() {
                 return Err(error);
             }
-            if refresh && let Err(error) = self.cluster.refresh_after(round_started).await {
-                debug!(%error, "metadata refresh failed");
-            }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 return Ok(records);
             }
-            if failed {
-                tokio::time::sleep(self.config.retry_backoff.min(deadline - now)).await;
+            match tokio::time::timeout_at(deadline, self.fetches.join_next()).await {
+                Ok(Some(joined)) => self.complete(joined).await,
+                // Nothing in flight (every partition is buffered or failed, which the checks
+                // above rule out): nothing can come before the deadline.
+                Ok(None) => tokio::time::sleep_until(deadline).await,
+                Err(_elapsed) => {}
             }
         }
     }
 
-    /// Fetches every partition with a position in parallel. Returns once one partition has
-    /// records, with the outcomes of the fetches finished by then (the others are cancelled;
-    /// their positions are unchanged), or when all fetches finished.
-    async fn fetch_round(&self, max_wait: Duration) -> Vec<FetchOutcome> {
+    /// Starts a fetch, from its position, for every partition that has one and nothing in
+    /// flight, buffered or failed.
+    fn start_fetches(&mut self) {
         let params = FetchParams {
             max_bytes: self.config.max_partition_fetch_bytes as i32,
             min_bytes: self.config.fetch_min_bytes as i32,
-            max_wait,
+            max_wait: self.config.fetch_max_wait,
             check_crcs: self.config.check_crcs,
+            retry_backoff: self.config.retry_backoff,
         };
-        let mut tasks = JoinSet::new();
-        for (index, a) in self.assignment.iter().enumerate() {
-            let Some(position) = a.position else { continue };
-            let cluster = self.cluster.clone();
-            let (topic, partition) = (a.topic.clone(), a.partition);
-            tasks.spawn(async move {
-                let result = fetch_partition(&cluster, &topic, partition, position, params).await;
-                FetchOutcome { index, result }
+        for a in &mut self.assignment {
+            let (Fetch::Idle, Some(position)) = (&a.fetch, a.position) else { continue };
+            let id = self.next_fetch_id;
+            self.next_fetch_id += 1;
+            let (cluster, topic, partition) = (self.cluster.clone(), a.topic.clone(), a.partition);
+            let task = self.fetches.spawn(async move {
+                let result = fetch_or_back_off(&cluster, &topic, partition, position, params).await;
+                FetchOutcome { id, result }
             });
+            a.fetch = Fetch::InFlight(InFlight { id, task });
         }
-        let mut outcomes = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            let outcome = match joined {
-                Ok(outcome) => outcome,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => continue,
-            };
-            let has_records = matches!(&outcome.result, Ok(d) if !d.records.is_empty());
-            outcomes.push(outcome);
-            if has_records {
-                while let Some(joined) = tasks.try_join_next() {
-                    match joined {
-                        Ok(outcome) => outcomes.push(outcome),
-                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                        Err(_) => {}
-                    }
+    }
+
+    /// Takes in a finished fetch task: buffers its records, moves the position past a
+    /// response without records, resets an out-of-range position, or keeps a fatal error for
+    /// `poll` to report. A response for a fetch its partition no longer waits for (sought or
+    /// unassigned since) is dropped.
+    async fn complete(&mut self, joined: Result<FetchOutcome, JoinError>) {
+        let FetchOutcome { id, result } = match joined {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Aborted: its partition was sought or unassigned.
+            Err(_) => return,
+        };
+        let Some(index) = self.assignment.iter().position(|a| a.waits_for(id)) else {
+            return;
+        };
+        let a = &mut self.assignment[index];
+        // Idle before any await: should this `poll` be cancelled, the next one fetches again.
+        a.fetch = Fetch::Idle;
+        match result {
+            // Nothing to hand out (or only control batches): the position moves at once.
+            Ok(decoded) if decoded.records.is_empty() => a.position = Some(decoded.next_position),
+            Ok(decoded) => a.fetch = Fetch::Buffered(decoded),
+            Err(error @ ClientError::OffsetOutOfRange { .. }) => {
+                if let Err(error) = self.reset_out_of_range(index, error).await {
+                    self.assignment[index].fetch = Fetch::Failed(error);
                 }
-                break;
+            }
+            // The task paused `retry_backoff` (after refreshing metadata when the error says
+            // it is outdated): the partition's next fetch is the retry.
+            Err(error) if is_retried(&error) => {}
+            Err(error) => a.fetch = Fetch::Failed(error),
+        }
+    }
+
+    /// Hands out every buffered record, partition by partition in assignment order, moving
+    /// each partition's position past its records.
+    fn take_buffered(&mut self) -> Vec<ConsumerRecord> {
+        let mut records = Vec::new();
+        for a in &mut self.assignment {
+            let Fetch::Buffered(decoded) = &mut a.fetch else { continue };
+            let Decoded { records: fetched, next_position } = std::mem::take(decoded);
+            a.fetch = Fetch::Idle;
+            a.position = Some(next_position);
+            if records.is_empty() {
+                records = fetched;
+            } else {
+                records.extend(fetched);
             }
         }
-        outcomes.sort_by_key(|o| o.index);
-        outcomes
+        records
+    }
+
+    /// Takes the error of the first failed partition (in assignment order), which may then be
+    /// fetched again.
+    fn take_error(&mut self) -> Option<ClientError> {
+        for a in &mut self.assignment {
+            if let Fetch::Failed(error) = &a.fetch {
+                let error = error.clone();
+                a.fetch = Fetch::Idle;
+                return Some(error);
+            }
+        }
+        None
     }
 
     /// Sets the positions of partitions that have none, per `auto_offset_reset`.
@@ -267,7 +371,8 @@ impl Consumer {
             if self.assignment[index].position.is_some() {
                 continue;
             }
-            let Assigned { topic, partition, .. } = self.assignment[index].clone();
+            let (topic, partition) =
+                (self.assignment[index].topic.clone(), self.assignment[index].partition);
             let spec = match self.config.auto_offset_reset {
                 AutoOffsetReset::Earliest => pb::OffsetSpec::Earliest,
                 AutoOffsetReset::Latest => pb::OffsetSpec::Latest,
@@ -289,7 +394,8 @@ impl Consumer {
         let ClientError::OffsetOutOfRange { log_start_offset, log_end_offset, .. } = &error else {
             return Err(error);
         };
-        let Assigned { topic, partition, position } = self.assignment[index].clone();
+        let Assigned { topic, partition, position, .. } = &self.assignment[index];
+        let (topic, partition, position) = (topic.clone(), *partition, *position);
         let offset = match self.config.auto_offset_reset {
             AutoOffsetReset::None => return Err(error),
             AutoOffsetReset::Earliest => match log_start_offset {
@@ -360,6 +466,39 @@ struct FetchParams {
     min_bytes: i32,
     max_wait: Duration,
     check_crcs: bool,
+    retry_backoff: Duration,
+}
+
+/// Errors after which the partition is simply fetched again: retriable ones, and timeouts
+/// (of the metadata lookup for the leader).
+fn is_retried(error: &ClientError) -> bool {
+    error.is_retriable() || matches!(error, ClientError::TimedOut { .. })
+}
+
+/// One fetch of a fetch task. After an error that [`is_retried`] it refreshes the metadata
+/// (when the error says it is outdated) and pauses `retry_backoff` before returning the error,
+/// so the partition's next fetch can start at once.
+async fn fetch_or_back_off(
+    cluster: &Cluster,
+    topic: &str,
+    partition: i32,
+    position: i64,
+    params: FetchParams,
+) -> Result<Decoded, ClientError> {
+    let started = Instant::now();
+    let result = fetch_partition(cluster, topic, partition, position, params).await;
+    if let Err(error) = &result
+        && is_retried(error)
+    {
+        debug!(%topic, partition, %error, "fetch failed; will retry");
+        if error.invalidates_metadata()
+            && let Err(error) = cluster.refresh_after(started).await
+        {
+            debug!(%error, "metadata refresh failed");
+        }
+        tokio::time::sleep(params.retry_backoff).await;
+    }
+    result
 }
 
 /// One fetch from the partition's leader, decoded.
@@ -490,5 +629,167 @@ mod tests {
         c.assign(vec![("a".into(), 0)]);
         let error = c.poll(Duration::from_millis(1)).await.unwrap_err();
         assert!(matches!(error, ClientError::NoPosition { .. }), "{error}");
+    }
+
+    /// Records of `a`-`partition` at `offsets`, the position after them next.
+    fn decoded(partition: i32, offsets: std::ops::Range<i64>) -> Decoded {
+        let record = |offset| ConsumerRecord {
+            topic: "a".into(),
+            partition,
+            offset,
+            timestamp_ms: 0,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+        };
+        Decoded { records: offsets.clone().map(record).collect(), next_position: offsets.end }
+    }
+
+    /// Puts a stand-in fetch in flight on assigned partition `index`; it answers `result` as
+    /// soon as it runs.
+    fn answer(c: &mut Consumer, index: usize, result: Result<Decoded, ClientError>) {
+        let id = c.next_fetch_id;
+        c.next_fetch_id += 1;
+        let task = c.fetches.spawn(async move { FetchOutcome { id, result } });
+        c.assignment[index].fetch = Fetch::InFlight(InFlight { id, task });
+    }
+
+    /// Waits for every fetch task and takes each in, as `poll` does.
+    async fn complete_all(c: &mut Consumer) {
+        while let Some(joined) = c.fetches.join_next().await {
+            c.complete(joined).await;
+        }
+    }
+
+    fn offsets(records: &[ConsumerRecord]) -> Vec<(i32, i64)> {
+        records.iter().map(|r| (r.partition, r.offset)).collect()
+    }
+
+    /// A fetched response is buffered without moving the position; handing it out moves the
+    /// position past its records. A response without records (only control batches) moves
+    /// the position at once.
+    #[tokio::test]
+    async fn records_fetched_ahead_do_not_move_the_position() {
+        let mut c = consumer();
+        c.assign(vec![("a".into(), 0)]);
+        c.seek("a", 0, 0).unwrap();
+        answer(&mut c, 0, Ok(decoded(0, 0..3)));
+        complete_all(&mut c).await;
+        assert!(matches!(c.assignment[0].fetch, Fetch::Buffered(_)));
+        assert_eq!(c.position("a", 0), Some(0), "buffered, not yet returned");
+        assert_eq!(offsets(&c.take_buffered()), [(0, 0), (0, 1), (0, 2)]);
+        assert_eq!(c.position("a", 0), Some(3));
+        assert!(matches!(c.assignment[0].fetch, Fetch::Idle), "the next fetch may start");
+
+        answer(&mut c, 0, Ok(Decoded { records: Vec::new(), next_position: 5 }));
+        complete_all(&mut c).await;
+        assert_eq!(c.position("a", 0), Some(5));
+        assert!(matches!(c.assignment[0].fetch, Fetch::Idle));
+        assert!(c.take_buffered().is_empty());
+    }
+
+    /// A seek drops the records buffered from the old position, and a response to a fetch
+    /// from before the seek (or from before the partition was unassigned and assigned again)
+    /// is ignored, even when it finished before the seek.
+    #[tokio::test]
+    async fn seeks_and_reassignments_drop_old_fetches() {
+        let mut c = consumer();
+        c.assign(vec![("a".into(), 0), ("a".into(), 1)]);
+        c.seek("a", 0, 0).unwrap();
+        answer(&mut c, 0, Ok(decoded(0, 0..3)));
+        complete_all(&mut c).await;
+        c.seek("a", 0, 10).unwrap();
+        assert!(c.take_buffered().is_empty());
+        assert_eq!(c.position("a", 0), Some(10));
+
+        // Finished (not aborted) before the seek, not yet taken in.
+        answer(&mut c, 0, Ok(decoded(0, 10..12)));
+        tokio::task::yield_now().await;
+        c.seek("a", 0, 20).unwrap();
+        complete_all(&mut c).await;
+        assert!(c.take_buffered().is_empty());
+        assert_eq!(c.position("a", 0), Some(20));
+        assert!(matches!(c.assignment[0].fetch, Fetch::Idle));
+
+        c.seek("a", 1, 0).unwrap();
+        answer(&mut c, 1, Ok(decoded(1, 0..3)));
+        c.assign(vec![("a".into(), 0)]);
+        c.assign(vec![("a".into(), 0), ("a".into(), 1)]);
+        complete_all(&mut c).await;
+        assert!(c.take_buffered().is_empty());
+        assert_eq!(c.position("a", 1), None, "assigned afresh");
+        assert_eq!(c.next_fetch_id, 3, "one id per fetch, never reused");
+    }
+
+    /// Records buffered for several partitions come out together, in assignment order,
+    /// whichever fetch finished first; a reassignment keeps those of partitions that stay.
+    #[tokio::test]
+    async fn buffers_of_every_partition_come_out_together() {
+        let mut c = consumer();
+        c.assign(vec![("a".into(), 0), ("a".into(), 1), ("a".into(), 2)]);
+        for p in 0..3 {
+            c.seek("a", p, 0).unwrap();
+        }
+        answer(&mut c, 1, Ok(decoded(1, 0..2)));
+        complete_all(&mut c).await;
+        answer(&mut c, 0, Ok(decoded(0, 0..1)));
+        answer(&mut c, 2, Ok(decoded(2, 0..1)));
+        complete_all(&mut c).await;
+        c.assign(vec![("a".into(), 2), ("a".into(), 1)]);
+        assert_eq!(offsets(&c.take_buffered()), [(2, 0), (1, 0), (1, 1)]);
+        assert_eq!((c.position("a", 1), c.position("a", 2)), (Some(2), Some(1)));
+    }
+
+    /// A fatal error is kept until taken, records of other partitions come out before it,
+    /// and a retriable one leaves the partition to be fetched again; out-of-range positions
+    /// reset.
+    #[tokio::test]
+    async fn fetch_errors_are_kept_retried_or_reset() {
+        let mut c = consumer();
+        c.config.auto_offset_reset = AutoOffsetReset::Earliest;
+        c.assign(vec![("a".into(), 0), ("a".into(), 1), ("a".into(), 2), ("a".into(), 3)]);
+        for p in 0..4 {
+            c.seek("a", p, 7).unwrap();
+        }
+        let fatal = ClientError::Rpc {
+            operation: "fetch from a-1".into(),
+            address: "h:1".into(),
+            code: tonic::Code::Unimplemented,
+            message: "no such method".into(),
+        };
+        let retriable = ClientError::Transport {
+            operation: "fetch from a-2".into(),
+            address: "h:1".into(),
+            message: "connection refused".into(),
+        };
+        let out_of_range = ClientError::OffsetOutOfRange {
+            topic: "a".into(),
+            partition: 3,
+            offset: 7,
+            log_start_offset: Some(2),
+            log_end_offset: Some(5),
+            message: "offset 7 is past the log end 5".into(),
+        };
+        answer(&mut c, 0, Ok(decoded(0, 7..9)));
+        answer(&mut c, 1, Err(fatal));
+        answer(&mut c, 2, Err(retriable));
+        answer(&mut c, 3, Err(out_of_range));
+        complete_all(&mut c).await;
+        assert_eq!(offsets(&c.take_buffered()), [(0, 7), (0, 8)]);
+        assert!(matches!(c.assignment[2].fetch, Fetch::Idle), "fetched again");
+        assert_eq!(c.position("a", 2), Some(7));
+        assert_eq!(c.position("a", 3), Some(2), "reset to the log start");
+        let error = c.take_error().expect("the fatal error is kept");
+        assert!(matches!(error, ClientError::Rpc { .. }), "{error}");
+        assert!(c.take_error().is_none(), "reported once");
+        assert!(matches!(c.assignment[1].fetch, Fetch::Idle), "fetched again after the report");
+    }
+
+    /// The consumer can move between tasks and be shared, as before fetches ran in the
+    /// background.
+    #[test]
+    fn consumers_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Consumer>();
     }
 }

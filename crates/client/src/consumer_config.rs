@@ -30,11 +30,12 @@ pub struct ConsumerConfig {
     /// Fewest bytes a broker waits for before answering a fetch (`fetch.min.bytes`).
     /// Default 1.
     pub fetch_min_bytes: usize,
-    /// Longest wait of one fetch request for `fetch_min_bytes` (`fetch.max.wait.ms`); `poll`
-    /// repeats fetches until its own timeout. Default 500 ms.
+    /// Longest wait of one fetch request for `fetch_min_bytes` (`fetch.max.wait.ms`). Fetches
+    /// run in the background and may outlast the `poll` that started them; what they bring
+    /// waits for a later `poll`. Default 500 ms.
     pub fetch_max_wait: Duration,
-    /// Pause after failed fetches before trying again within one `poll`
-    /// (`retry.backoff.ms`). Default 100 ms.
+    /// Pause after a failed fetch before the partition's next one, and between attempts of
+    /// an offset lookup (`retry.backoff.ms`). Default 100 ms.
     pub retry_backoff: Duration,
     /// Check the CRC of fetched batches (`check.crcs`). Default true.
     pub check_crcs: bool,

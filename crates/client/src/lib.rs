@@ -7,8 +7,9 @@
 //! - [`Producer`] batches records per partition (Kafka's murmur2 partitioner for keys, sticky
 //!   partitioning without), sends them to partition leaders with bounded memory, one batch in
 //!   flight per partition, and retries until `delivery_timeout`;
-//! - [`Consumer`] reads manually assigned partitions from their leaders, decoding Kafka v2 record
-//!   batches on the client.
+//! - [`Consumer`] reads manually assigned partitions from their leaders, one fetch in flight per
+//!   partition running ahead of `poll` in the background, decoding Kafka v2 record batches on
+//!   the client.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -34,6 +34,15 @@ struct State {
     redirect_writes_to: Option<String>,
     metadata_requests: usize,
     produce_requests: usize,
+    /// Answers for the next fetch requests, before the normal one.
+    fetch_failures: VecDeque<Status>,
+    /// Pause before answering a fetch, by partition.
+    fetch_delays: HashMap<i32, Duration>,
+    /// Fetch requests in the order they came: partition and offset.
+    fetches: Vec<(i32, i64)>,
+    /// Fetch requests being answered now (dropped ones, cancelled by the client, not
+    /// counted).
+    fetches_open: usize,
 }
 
 #[derive(Clone, Default)]
@@ -68,6 +77,22 @@ impl Fake {
         log.and_then(|l| l.last()).map_or(0, |(base, batch)| {
             base + RecordBatch::parse(batch).unwrap().0.last_offset_delta() as i64 + 1
         })
+    }
+}
+
+/// Counts a fetch request as open while it lives.
+struct OpenFetch(Fake);
+
+impl OpenFetch {
+    fn new(fake: &Fake) -> Self {
+        fake.state().fetches_open += 1;
+        OpenFetch(fake.clone())
+    }
+}
+
+impl Drop for OpenFetch {
+    fn drop(&mut self) {
+        self.0.state().fetches_open -= 1;
     }
 }
 
@@ -231,6 +256,16 @@ impl BrokerService for Fake {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let req = request.into_inner();
+        let _open = OpenFetch::new(self);
+        let delay = {
+            let mut state = self.state();
+            state.fetches.push((req.partition, req.offset));
+            if let Some(failure) = state.fetch_failures.pop_front() {
+                return Err(failure);
+            }
+            state.fetch_delays.get(&req.partition).copied().unwrap_or_default()
+        };
+        tokio::time::sleep(delay).await;
         let end = self.end_offset(&req.topic, req.partition);
         if req.offset > end {
             let s =
@@ -280,6 +315,36 @@ async fn serve(fake: &Fake) -> String {
         .serve_with_incoming(TcpListenerStream::new(listener));
     tokio::spawn(server);
     address.to_string()
+}
+
+/// Waits until `check` holds, failing the test after `limit`.
+async fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends `count` records to `orders`-`partition`, one batch each, values `v{i}`.
+async fn produce_one_per_batch(cluster: &Cluster, partition: i32, count: usize) {
+    let producer = Producer::new(cluster, ProducerConfig::default()).unwrap();
+    for i in 0..count {
+        let record = ProducerRecord::new("orders").partition(partition).value(format!("v{i}"));
+        producer.send_and_wait(record).await.unwrap();
+    }
+    producer.close().await;
+}
+
+/// Polls until `count` records came or `limit` passed; returns their partitions and offsets.
+async fn poll_offsets(consumer: &mut Consumer, count: usize, limit: Duration) -> Vec<(i32, i64)> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut read = Vec::new();
+    while read.len() < count && tokio::time::Instant::now() < deadline {
+        let records = consumer.poll(Duration::from_millis(100)).await.unwrap();
+        read.extend(records.iter().map(|r| (r.partition, r.offset)));
+    }
+    read
 }
 
 async fn cluster_with_topic(partitions: i32) -> (Fake, Cluster) {
@@ -528,4 +593,163 @@ async fn out_of_range_positions_reset() {
         }
         other => panic!("expected out of range, got {other}"),
     }
+}
+
+/// A seek while a fetch from the old position is in flight, or done but not yet returned by
+/// `poll`, abandons that fetch: `poll` returns only records from the new position, in order,
+/// never one from before it.
+#[tokio::test]
+async fn a_seek_during_a_fetch_never_returns_records_from_the_old_position() {
+    let (fake, cluster) = cluster_with_topic(1).await;
+    produce_one_per_batch(&cluster, 0, 10).await;
+    let mut consumer = Consumer::new(&cluster, ConsumerConfig::default()).unwrap();
+    consumer.assign(vec![("orders".into(), 0)]);
+
+    // In flight: the broker answers only after the seek.
+    fake.state().fetch_delays.insert(0, Duration::from_millis(300));
+    consumer.seek("orders", 0, 0).unwrap();
+    assert!(consumer.poll(Duration::from_millis(20)).await.unwrap().is_empty());
+    wait_until(Duration::from_secs(5), "the fetch from offset 0", || {
+        fake.state().fetches.contains(&(0, 0))
+    })
+    .await;
+    consumer.seek("orders", 0, 5).unwrap();
+    let read = poll_offsets(&mut consumer, 5, Duration::from_secs(5)).await;
+    assert_eq!(read, (5..10).map(|o| (0, o)).collect::<Vec<_>>());
+
+    // Done before the seek: its records 0..10 came back but were not returned yet.
+    fake.state().fetch_delays.clear();
+    consumer.seek("orders", 0, 0).unwrap();
+    assert!(consumer.poll(Duration::ZERO).await.unwrap().is_empty());
+    wait_until(Duration::from_secs(5), "a second fetch from offset 0", || {
+        fake.state().fetches.iter().filter(|f| **f == (0, 0)).count() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    consumer.seek("orders", 0, 8).unwrap();
+    let read = poll_offsets(&mut consumer, 2, Duration::from_secs(5)).await;
+    assert_eq!(read, [(0, 8), (0, 9)]);
+    assert!(consumer.poll(Duration::from_millis(200)).await.unwrap().is_empty());
+    assert_eq!(consumer.position("orders", 0), Some(10));
+}
+
+/// `position` counts only records that `poll` returned: records fetched ahead leave it
+/// unchanged until a `poll` hands them out. The next fetch is sent before `poll` returns,
+/// so the broker sees it without another `poll`.
+#[tokio::test]
+async fn position_moves_only_by_records_poll_returned() {
+    let (fake, cluster) = cluster_with_topic(1).await;
+    produce_one_per_batch(&cluster, 0, 10).await;
+    let config =
+        ConsumerConfig { fetch_max_wait: Duration::from_millis(200), ..Default::default() };
+    let mut consumer = Consumer::new(&cluster, config).unwrap();
+    consumer.assign(vec![("orders".into(), 0)]);
+    consumer.seek("orders", 0, 0).unwrap();
+
+    assert!(consumer.poll(Duration::ZERO).await.unwrap().is_empty());
+    wait_until(Duration::from_secs(5), "the fetch from offset 0", || {
+        fake.state().fetches.contains(&(0, 0))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(consumer.position("orders", 0), Some(0), "fetched ahead, not returned");
+    let read = consumer.poll(Duration::from_secs(2)).await.unwrap();
+    assert_eq!(read.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert_eq!(consumer.position("orders", 0), Some(10));
+
+    wait_until(Duration::from_secs(5), "the next fetch, from offset 10, without a poll", || {
+        fake.state().fetches.contains(&(0, 10))
+    })
+    .await;
+    produce_one_per_batch(&cluster, 0, 3).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(consumer.position("orders", 0), Some(10), "fetched ahead, not returned");
+    let read = poll_offsets(&mut consumer, 3, Duration::from_secs(5)).await;
+    assert_eq!(read, [(0, 10), (0, 11), (0, 12)]);
+    assert_eq!(consumer.position("orders", 0), Some(13));
+}
+
+/// Two partitions with records, one answering faster: a fetch that completes while `poll`
+/// returns the other partition's records is kept for a later `poll`, not cancelled or
+/// thrown away. Every record of both comes exactly once, in offset order per partition, and
+/// no offset is fetched twice.
+#[tokio::test]
+async fn a_slower_partitions_fetch_is_kept_when_another_answers_first() {
+    let (fake, cluster) = cluster_with_topic(2).await;
+    produce_one_per_batch(&cluster, 0, 20).await;
+    produce_one_per_batch(&cluster, 1, 20).await;
+    fake.state().fetch_delays.insert(1, Duration::from_millis(30));
+    // One batch, so one record, per fetch.
+    let config = ConsumerConfig { max_partition_fetch_bytes: 1, ..Default::default() };
+    let mut consumer = Consumer::new(&cluster, config).unwrap();
+    consumer.assign(vec![("orders".into(), 0), ("orders".into(), 1)]);
+    consumer.seek("orders", 0, 0).unwrap();
+    consumer.seek("orders", 1, 0).unwrap();
+
+    let read = poll_offsets(&mut consumer, 40, Duration::from_secs(10)).await;
+    let expected: Vec<i64> = (0..20).collect();
+    for p in 0..2 {
+        let got: Vec<i64> = read.iter().filter(|r| r.0 == p).map(|r| r.1).collect();
+        assert_eq!(got, expected, "partition {p}: each record once, in order");
+        let mut fetched: Vec<i64> =
+            fake.state().fetches.iter().filter(|f| f.0 == p && f.1 < 20).map(|f| f.1).collect();
+        fetched.sort();
+        assert_eq!(fetched, expected, "partition {p}: each offset fetched once");
+        assert_eq!(consumer.position("orders", p), Some(20));
+    }
+}
+
+/// Dropping the consumer aborts its fetch in flight: the broker sees the request cancelled
+/// instead of waiting out its max wait.
+#[tokio::test]
+async fn dropping_the_consumer_aborts_its_fetches() {
+    let (fake, cluster) = cluster_with_topic(1).await;
+    let config = ConsumerConfig { fetch_max_wait: Duration::from_secs(60), ..Default::default() };
+    let mut consumer = Consumer::new(&cluster, config).unwrap();
+    consumer.assign(vec![("orders".into(), 0)]);
+    assert!(consumer.poll(Duration::from_millis(50)).await.unwrap().is_empty());
+    wait_until(Duration::from_secs(5), "the long-poll fetch", || fake.state().fetches_open == 1)
+        .await;
+    drop(consumer);
+    wait_until(Duration::from_secs(5), "the fetch to be cancelled", || {
+        fake.state().fetches_open == 0
+    })
+    .await;
+}
+
+/// Fetch errors: retriable ones (NOT_LEADER, BROKER_FENCED) are retried within one `poll`,
+/// each after a metadata refresh and a `retry_backoff` pause; one that is not retriable fails
+/// the `poll` with its code, leaves the position, and the next `poll` fetches again.
+#[tokio::test]
+async fn fetch_errors_are_retried_or_reported() {
+    let (fake, cluster) = cluster_with_topic(1).await;
+    produce_one_per_batch(&cluster, 0, 3).await;
+    let backoff = Duration::from_millis(50);
+    let config = ConsumerConfig {
+        retry_backoff: backoff,
+        fetch_max_wait: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let mut consumer = Consumer::new(&cluster, config).unwrap();
+    consumer.assign(vec![("orders".into(), 0)]);
+    consumer.seek("orders", 0, 0).unwrap();
+
+    let metadata_before = fake.state().metadata_requests;
+    fake.state().fetch_failures.extend([
+        status(ErrorCode::NotLeader, "broker 1 does not lead orders-0"),
+        status(ErrorCode::BrokerFenced, "broker 1 is fenced"),
+    ]);
+    let started = std::time::Instant::now();
+    let read = consumer.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(read.iter().map(|r| r.offset).collect::<Vec<_>>(), [0, 1, 2]);
+    assert!(started.elapsed() >= 2 * backoff, "paused after each failure");
+    assert!(fake.state().metadata_requests >= metadata_before + 2, "each retry refreshed");
+
+    fake.state().fetch_failures.push_back(status(ErrorCode::InvalidRequest, "fetch refused"));
+    let error = consumer.poll(Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::InvalidRequest), "{error}");
+    assert_eq!(consumer.position("orders", 0), Some(3));
+    produce_one_per_batch(&cluster, 0, 1).await;
+    let read = poll_offsets(&mut consumer, 1, Duration::from_secs(5)).await;
+    assert_eq!(read, [(0, 3)]);
 }
