@@ -103,13 +103,13 @@ fn print_topic(t: &pb::TopicMetadata, out: Output) {
     }
     let mut configs: Vec<_> = t.configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
     configs.sort();
-    println!(
-        "topic {}  partitions {}  replication factor {}  configs {}",
+    output::emit(&format!(
+        "topic {}  partitions {}  replication factor {}  configs {}\n",
         t.name,
         t.partitions.len(),
         t.replication_factor,
         if configs.is_empty() { "(defaults)".to_string() } else { configs.join(" ") }
-    );
+    ));
     let rows: Vec<Vec<String>> = t
         .partitions
         .iter()
@@ -135,7 +135,7 @@ pub async fn topic(bootstrap: &[String], out: Output, command: TopicCommand) -> 
                 .create_topic(&name, partitions, replication_factor, key_values(&configs)?)
                 .await?;
             if out == Output::Table {
-                println!("created topic {name}");
+                output::emit(&format!("created topic {name}\n"));
             }
             print_topic(&t, out);
         }
@@ -144,9 +144,7 @@ pub async fn topic(bootstrap: &[String], out: Output, command: TopicCommand) -> 
             if out == Output::Json {
                 output::json(&json!(names));
             } else {
-                for n in names {
-                    println!("{n}");
-                }
+                output::emit(&names.iter().map(|n| format!("{n}\n")).collect::<String>());
             }
         }
         TopicCommand::Describe { name } => print_topic(&admin.describe_topic(&name).await?, out),
@@ -155,7 +153,7 @@ pub async fn topic(bootstrap: &[String], out: Output, command: TopicCommand) -> 
             if out == Output::Json {
                 output::json(&json!({ "deleted": name }));
             } else {
-                println!("deleted topic {name}");
+                output::emit(&format!("deleted topic {name}\n"));
             }
         }
         TopicCommand::Alter { name, set, remove, partitions } => {
@@ -187,14 +185,19 @@ pub async fn cluster(
     // Every controller answers for itself; one that is down shows as such.
     let mut controllers = Vec::new();
     for addr in bootstrap {
-        let status = match ControllerServiceClient::connect(format!("http://{addr}")).await {
-            Ok(mut c) => c
-                .get_controller_status(pb::GetControllerStatusRequest {})
+        // One controller that hangs must not hang the command.
+        let ask = async {
+            let mut c = ControllerServiceClient::connect(format!("http://{addr}"))
+                .await
+                .map_err(|e| format!("unreachable: {e}"))?;
+            c.get_controller_status(pb::GetControllerStatusRequest {})
                 .await
                 .map(tonic::Response::into_inner)
-                .map_err(|s| s.message().to_string()),
-            Err(e) => Err(format!("unreachable: {e}")),
+                .map_err(|s| s.message().to_string())
         };
+        let status = tokio::time::timeout(std::time::Duration::from_secs(5), ask)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 5 s".into()));
         controllers.push((addr.clone(), status));
     }
     let admin = Admin::new(&connect(bootstrap)?);
@@ -237,7 +240,7 @@ pub async fn cluster(
         })
         .collect();
     output::table(&["CONTROLLER", "ADDRESS", "ROLE", "TERM", "COMMIT"], &rows);
-    println!();
+    output::emit("\n");
     let rows: Vec<Vec<String>> = brokers
         .iter()
         .map(|b| {
@@ -252,7 +255,9 @@ pub async fn cluster(
         })
         .collect();
     output::table(&["BROKER", "ADDRESS", "RACK", "EPOCH", "STATE"], &rows);
-    println!();
-    println!("{} topics, {offline} partitions without a leader", topics.len());
+    output::emit(&format!(
+        "\n{} topic(s), {offline} partition(s) without a leader\n",
+        topics.len()
+    ));
     Ok(())
 }

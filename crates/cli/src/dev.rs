@@ -128,32 +128,34 @@ fn spawn(exe: &Path, name: &str, args: &[String], log: PathBuf) -> anyhow::Resul
     Ok(Proc { name: name.to_string(), child, log })
 }
 
-/// Sends SIGTERM to every process and waits up to 15 s for each, then kills what remains.
+/// Stops the brokers first (SIGTERM; they close their logs), then the controllers, giving each
+/// group 20 s before killing what remains. True when every process exited with success.
 fn stop_all(procs: &mut Procs) -> bool {
     let mut clean = true;
-    // Brokers first (they close their logs), controllers last.
-    for p in procs.0.iter().rev() {
-        if let Some(pid) = rustix::process::Pid::from_raw(p.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    for role in ["broker", "controller"] {
+        for p in procs.0.iter().filter(|p| p.name.starts_with(role)) {
+            if let Some(pid) = rustix::process::Pid::from_raw(p.child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
         }
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for p in procs.0.iter_mut().rev() {
-        loop {
-            match p.child.try_wait() {
-                Ok(Some(status)) => {
-                    clean &= status.success();
-                    break;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                _ => {
-                    eprintln!("{} did not stop in time; killing it", p.name);
-                    let _ = p.child.kill();
-                    let _ = p.child.wait();
-                    clean = false;
-                    break;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for p in procs.0.iter_mut().filter(|p| p.name.starts_with(role)) {
+            loop {
+                match p.child.try_wait() {
+                    Ok(Some(status)) => {
+                        clean &= status.success();
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => {
+                        eprintln!("{} did not stop in time; killing it", p.name);
+                        let _ = p.child.kill();
+                        let _ = p.child.wait();
+                        clean = false;
+                        break;
+                    }
                 }
             }
         }
@@ -162,7 +164,25 @@ fn stop_all(procs: &mut Procs) -> bool {
     clean
 }
 
-/// Waits until a controller leads and every broker is registered and unfenced.
+/// True when the broker at `addr` reports `tideline.v1.BrokerService` as serving (it holds a
+/// lease and is up to date with the metadata).
+async fn broker_serving(addr: &str) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(1)).connect().await else {
+        return false;
+    };
+    let request =
+        tonic_health::pb::HealthCheckRequest { service: "tideline.v1.BrokerService".into() };
+    matches!(
+        tonic_health::pb::health_client::HealthClient::new(channel).check(request).await,
+        Ok(r) if r.get_ref().status() == tonic_health::pb::health_check_response::ServingStatus::Serving
+    )
+}
+
+/// Waits until a controller leads and every broker serves (its own health says so: a stale
+/// registration from before a restart does not count).
 async fn wait_healthy(layout: &Layout, procs: &mut Procs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let want = layout.broker_ports.len();
@@ -183,9 +203,14 @@ async fn wait_healthy(layout: &Layout, procs: &mut Procs) -> anyhow::Result<()> 
             let Ok(m) = c.get_metadata(pb::GetMetadataRequest { topics: vec![] }).await else {
                 continue;
             };
-            let m = m.into_inner();
-            let live = m.brokers.iter().filter(|b| !b.fenced).count();
-            if m.controller_leader_id >= 0 && live >= want {
+            if m.into_inner().controller_leader_id < 0 {
+                continue;
+            }
+            let mut serving = 0;
+            for port in &layout.broker_ports {
+                serving += usize::from(broker_serving(&format!("127.0.0.1:{port}")).await);
+            }
+            if serving == want {
                 return Ok(());
             }
         }

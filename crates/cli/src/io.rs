@@ -114,28 +114,64 @@ pub async fn produce(bootstrap: &[String], out: Output, args: ProduceArgs) -> an
         )),
         None => Box::new(std::io::BufReader::new(std::io::stdin())),
     };
-    // Lines are read on a blocking thread and handed over as they come, so a terminal user
-    // sees each line produced without waiting for end of input.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(1024);
+    // Lines (any bytes, not only UTF-8) are read on a blocking thread and handed over as they
+    // come, so a terminal user sees each line produced without waiting for end of input.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1024);
+    let mut input = input;
     std::thread::spawn(move || {
-        for line in input.lines() {
-            if tx.blocking_send(line).is_err() {
-                return;
+        loop {
+            let mut line = Vec::new();
+            match input.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if line.ends_with(b"\n") {
+                        line.pop();
+                        if line.ends_with(b"\r") {
+                            line.pop();
+                        }
+                    }
+                    if tx.blocking_send(Ok(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
             }
         }
     });
-    let mut pending = Vec::new();
+    let separator = args.key_separator.as_deref().map(str::as_bytes).filter(|s| !s.is_empty());
+    // Deliveries are awaited as the input goes on, so memory stays bounded on long inputs.
+    let mut pending = std::collections::VecDeque::new();
+    let mut ranges: BTreeMap<i32, (i64, i64, u64)> = BTreeMap::new();
+    let mut record_delivery = |m: tideline_client::RecordMetadata| {
+        let e = ranges.entry(m.partition).or_insert((m.offset, m.offset, 0));
+        e.0 = e.0.min(m.offset);
+        e.1 = e.1.max(m.offset);
+        e.2 += 1;
+    };
     let mut count = 0u64;
+    let mut failure = None;
     while let Some(line) = rx.recv().await {
-        let line = line.context("cannot read input")?;
-        let mut record = ProducerRecord::new(args.topic.clone());
-        match args.key_separator.as_deref().and_then(|sep| line.split_once(sep)) {
-            Some((k, v)) => {
-                record = record
-                    .key(Bytes::copy_from_slice(k.as_bytes()))
-                    .value(Bytes::copy_from_slice(v.as_bytes()));
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                failure = Some(anyhow::Error::new(e).context("cannot read input"));
+                break;
             }
-            None => record = record.value(Bytes::from(line.into_bytes())),
+        };
+        let mut record = ProducerRecord::new(args.topic.clone());
+        let split = separator.and_then(|sep| {
+            line.windows(sep.len()).position(|w| w == sep).map(|at| (at, at + sep.len()))
+        });
+        match split {
+            Some((end, start)) => {
+                record = record
+                    .key(Bytes::copy_from_slice(&line[..end]))
+                    .value(Bytes::copy_from_slice(&line[start..]));
+            }
+            None => record = record.value(Bytes::from(line)),
         }
         if let Some(p) = args.partition {
             record = record.partition(p);
@@ -143,20 +179,33 @@ pub async fn produce(bootstrap: &[String], out: Output, args: ProduceArgs) -> an
         for (k, v) in &headers {
             record = record.header(k.clone(), v.clone());
         }
-        pending.push(producer.send(record).await?);
+        match producer.send(record).await {
+            Ok(delivery) => pending.push_back(delivery),
+            Err(e) => {
+                failure = Some(e.into());
+                break;
+            }
+        }
         count += 1;
+        while pending.len() > 10_000 {
+            match pending.pop_front().expect("not empty").await {
+                Ok(m) => record_delivery(m),
+                Err(e) => failure = failure.or(Some(e.into())),
+            }
+        }
     }
+    // What was sent is delivered (or fails) even when the input failed part-way.
     producer.flush().await;
-    // partition -> (first offset, last offset, records)
-    let mut ranges: BTreeMap<i32, (i64, i64, u64)> = BTreeMap::new();
     for delivery in pending {
-        let m = delivery.await?;
-        let e = ranges.entry(m.partition).or_insert((m.offset, m.offset, 0));
-        e.0 = e.0.min(m.offset);
-        e.1 = e.1.max(m.offset);
-        e.2 += 1;
+        match delivery.await {
+            Ok(m) => record_delivery(m),
+            Err(e) => failure = failure.or(Some(e.into())),
+        }
     }
     producer.close().await;
+    if let Some(e) = failure {
+        return Err(e);
+    }
     if out == Output::Json {
         output::json(&json!({
             "topic": args.topic,
@@ -187,8 +236,8 @@ fn print_record(r: &ConsumerRecord, out: Output, args: &ConsumeArgs) {
             .iter()
             .map(|(k, v)| json!({"key": k, "value": v.as_deref().map(String::from_utf8_lossy)}))
             .collect();
-        println!(
-            "{}",
+        output::emit(&format!(
+            "{}\n",
             json!({
                 "topic": r.topic, "partition": r.partition, "offset": r.offset,
                 "timestamp_ms": r.timestamp_ms,
@@ -196,7 +245,7 @@ fn print_record(r: &ConsumerRecord, out: Output, args: &ConsumeArgs) {
                 "value": r.value.as_deref().map(String::from_utf8_lossy),
                 "headers": headers,
             })
-        );
+        ));
         return;
     }
     let mut line = String::new();
@@ -208,7 +257,8 @@ fn print_record(r: &ConsumerRecord, out: Output, args: &ConsumeArgs) {
         line.push_str(&args.key_separator);
     }
     line.push_str(&text(&r.value));
-    println!("{line}");
+    line.push('\n');
+    output::emit(&line);
 }
 
 /// Runs `tide consume`.
@@ -225,8 +275,10 @@ pub async fn consume(bootstrap: &[String], out: Output, args: ConsumeArgs) -> an
         ),
         None => topic.partitions.iter().map(|p| p.partition).collect(),
     };
-    let config =
-        ConsumerConfig { auto_offset_reset: AutoOffsetReset::Latest, ..ConsumerConfig::default() };
+    // From the beginning, a position that retention passed resets to the new beginning.
+    let reset =
+        if args.from_beginning { AutoOffsetReset::Earliest } else { AutoOffsetReset::Latest };
+    let config = ConsumerConfig { auto_offset_reset: reset, ..ConsumerConfig::default() };
     let mut consumer = Consumer::new(&cluster, config)?;
     consumer.assign(partitions.iter().map(|p| (args.topic.clone(), *p)).collect());
     // The end of each partition now: where a consume without --follow stops.
@@ -250,10 +302,12 @@ pub async fn consume(bootstrap: &[String], out: Output, args: ConsumeArgs) -> an
                     consumer.position(&args.topic, *p).is_some_and(|pos| pos >= *end)
                 }))
     };
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     while !done(&consumer, printed) {
         let records = tokio::select! {
             r = consumer.poll(Duration::from_millis(500)) => r?,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut interrupted => break,
         };
         for r in &records {
             if args.max_messages.is_some_and(|m| printed >= m) {

@@ -12,9 +12,23 @@ pub enum Output {
     Json,
 }
 
+/// Writes `text` to stdout. When the reader has gone (`tide consume | head`), exits quietly
+/// with success instead of panicking as `print!` would.
+pub fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Prints rows under `headers`, each column as wide as its widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
-    print!("{}", render(headers, rows));
+    emit(&render(headers, rows));
 }
 
 fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -44,7 +58,7 @@ fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// Prints `value` as pretty JSON.
 pub fn json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+    emit(&(serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()) + "\n"));
 }
 
 #[cfg(test)]
