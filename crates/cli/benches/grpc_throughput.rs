@@ -142,9 +142,13 @@ async fn fetch_raw(cluster: &Cluster, topic: &str, partitions: i32) -> f64 {
     let mut bytes = 0u64;
     for p in 0..partitions {
         let addr = m.broker_address(m.leader(topic, p).unwrap()).unwrap();
-        let mut b = BrokerServiceClient::connect(format!("http://{addr}"))
-            .await
+        // The client library's channel settings.
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
+            .tcp_nodelay(true)
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(32 << 20);
+        let mut b = BrokerServiceClient::new(endpoint.connect().await.unwrap())
             .max_decoding_message_size(64 << 20);
         let mut offset = 0;
         loop {

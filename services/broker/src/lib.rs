@@ -27,7 +27,6 @@ use tideline_proto::v1::broker_service_server::BrokerServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::BrokerConfig;
 use config::MAX_MESSAGE_BYTES;
@@ -107,9 +106,14 @@ impl Broker {
                 .add_service(api)
                 .add_service(health_service)
                 .add_service(reflection)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                    let _ = server_stopped.wait_for(|s| *s).await;
-                }),
+                .serve_with_incoming_shutdown(
+                    // Nagle off: a response's last frames (gRPC trailers) must not wait for the
+                    // peer's delayed ACK. `Server::tcp_nodelay` covers only listeners tonic binds.
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async move {
+                        let _ = server_stopped.wait_for(|s| *s).await;
+                    },
+                ),
         );
         let tasks = vec![
             tokio::spawn(membership::run_lease(Arc::clone(&shared), stopped.clone())),

@@ -13,7 +13,6 @@ use tideline_proto::v1::raft_service_server::RaftServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::network::{GrpcNetwork, RaftGrpcService};
 use crate::service::ControllerApi;
@@ -154,9 +153,14 @@ impl ControllerNode {
                 .add_service(ControllerServiceServer::new(api.clone()))
                 .add_service(health_service)
                 .add_service(reflection)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
+                .serve_with_incoming_shutdown(
+                    // Nagle off: a response's last frames (gRPC trailers) must not wait for the
+                    // peer's delayed ACK. `Server::tcp_nodelay` covers only listeners tonic binds.
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async {
+                        let _ = stopped.await;
+                    },
+                ),
         );
         let lease_checker = tokio::spawn(api.run_lease_checker());
 
