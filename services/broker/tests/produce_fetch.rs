@@ -118,7 +118,11 @@ async fn long_poll_fetch_wakes_on_new_data() {
     let cluster = Cluster::start(&[1]).await;
     cluster.create_topic("events", 1, 1, &[]).await;
     let mut b = cluster.broker(1).await;
-    assert_eq!(cluster.broker_health(1).await, ServingStatus::Serving);
+    // Health follows the broker's state within its 100 ms housekeeping tick.
+    wait_until(Duration::from_secs(5), "health to report serving", || async {
+        (cluster.broker_health(1).await == ServingStatus::Serving).then_some(())
+    })
+    .await;
     // Nothing to read: the fetch waits (up to 20 s) until a produce arrives.
     let mut reader = b.clone();
     let waiting = tokio::spawn(async move { reader.fetch(fetch("events", 0, 0, 20_000)).await });
@@ -302,7 +306,10 @@ async fn non_leaders_redirect_and_fenced_brokers_serve_nothing() {
     let got = read_all(&mut lb, "pairs", 0, 0).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].value.as_deref(), Some(&b"before"[..]));
-    assert_eq!(cluster.broker_health(leader).await, ServingStatus::Serving);
+    wait_until(Duration::from_secs(5), "health to report serving", || async {
+        (cluster.broker_health(leader).await == ServingStatus::Serving).then_some(())
+    })
+    .await;
 
     // With no controller to renew its lease, a broker stops serving once the lease lapses,
     // and says so in its health status.
