@@ -12,6 +12,7 @@ use std::future::Future;
 use clap::{Parser, Subcommand};
 
 use output::Output;
+use tideline_common::process::{init_tracing, run_main};
 
 /// Tideline: a distributed commit log.
 #[derive(Debug, Parser)]
@@ -57,17 +58,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(run(cli)) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    run_main(|| run(cli));
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -92,23 +83,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
-    if format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
-}
-
 /// Resolves on SIGTERM, Ctrl-C, or when the parent process (`tide dev`) is gone, so that a
 /// killed `tide dev` leaves no orphaned processes behind.
 fn shutdown_signal() -> impl Future<Output = ()> {
     let parent = rustix::process::getppid();
     async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
         let orphaned = async {
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -118,10 +97,8 @@ fn shutdown_signal() -> impl Future<Output = ()> {
             }
         };
         tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-            _ = orphaned => tracing::warn!("parent process exited"),
+            _ = tideline_common::process::shutdown_signal() => {}
+            _ = orphaned => tracing::warn!("parent process exited; shutting down"),
         }
-        tracing::info!("shutting down");
     }
 }

@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,21 +23,7 @@ use tonic::transport::Channel;
 /// Broker lease of the test controller, in ms.
 pub const LEASE_MS: u64 = 1500;
 
-/// Polls `check` every 50 ms until it returns `Some`, failing the test after `limit`.
-pub async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use tideline_common::testing::wait_until;
 
 /// A controller and brokers, all in this process.
 pub struct TestCluster {

@@ -5,10 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tideline_controller::node::{ControllerNode, NodeConfig};
 use tideline_proto::v1 as pb;
@@ -20,21 +19,7 @@ use tonic::transport::Channel;
 /// Broker lease used by the tests, in ms.
 pub const LEASE_MS: u64 = 1500;
 
-/// Polls `check` every 50 ms until it returns `Some`, failing the test after `limit`.
-pub async fn wait_until<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use tideline_common::testing::wait_until;
 
 /// A `tideline-broker` process.
 #[derive(Debug)]

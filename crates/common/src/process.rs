@@ -1,0 +1,49 @@
+//! What every Tideline binary does the same way: a runtime, one-line errors with a non-zero
+//! exit status, text or JSON logs, and a clean stop on SIGTERM or Ctrl-C.
+
+use std::fmt::Display;
+use std::future::Future;
+
+/// Runs `main` on a multi-threaded Tokio runtime. An error is printed as one line
+/// (`error: ...`, with its causes) and the process exits with status 1.
+pub fn run_main<E: Display, F: Future<Output = Result<(), E>>>(main: impl FnOnce() -> F) {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(main()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Starts logging to stderr as `text` or `json`, filtered by `RUST_LOG` (default: info, with
+/// openraft and sled at warn).
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
+    if format == "json" {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}
