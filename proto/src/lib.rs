@@ -33,6 +33,7 @@ mod tests {
             partition: 3,
             acks: v1::Acks::All as i32,
             timeout_ms: 0,
+            current_leader_epoch: Some(0),
             payload: Some(v1::produce_request::Payload::RecordBatches(
                 prost::bytes::Bytes::from_static(b"batch bytes"),
             )),

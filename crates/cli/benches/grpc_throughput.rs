@@ -161,6 +161,8 @@ async fn fetch_raw(cluster: &Cluster, topic: &str, partitions: i32) -> f64 {
                     max_wait_ms: 0,
                     min_bytes: 1,
                     decode_records: false,
+                    replica_id: None,
+                    current_leader_epoch: None,
                 })
                 .await
                 .unwrap()

@@ -520,6 +520,8 @@ async fn fetch_partition(
         max_wait_ms: i32::try_from(params.max_wait.as_millis()).unwrap_or(i32::MAX),
         min_bytes: params.min_bytes,
         decode_records: false,
+        replica_id: None,
+        current_leader_epoch: None,
     };
     let limit = params.max_wait + cluster.request_timeout();
     let response = match tokio::time::timeout(limit, client.fetch(request)).await {

@@ -105,6 +105,7 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
         partition,
         acks: config.acks.to_pb() as i32,
         timeout_ms: i32::try_from(cluster.request_timeout().as_millis()).unwrap_or(i32::MAX),
+        current_leader_epoch: None,
         payload: Some(pb::produce_request::Payload::RecordBatches(bytes)),
     };
     let produce = |mut client: pb::broker_service_client::BrokerServiceClient<_>| {

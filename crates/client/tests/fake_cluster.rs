@@ -205,6 +205,18 @@ impl ControllerService for Fake {
     ) -> Result<Response<pb::BrokerHeartbeatResponse>, Status> {
         unimplemented()
     }
+    async fn alter_partition(
+        &self,
+        _: Request<pb::AlterPartitionRequest>,
+    ) -> Result<Response<pb::AlterPartitionResponse>, Status> {
+        unimplemented()
+    }
+    async fn controlled_shutdown(
+        &self,
+        _: Request<pb::ControlledShutdownRequest>,
+    ) -> Result<Response<pb::ControlledShutdownResponse>, Status> {
+        unimplemented()
+    }
     type WatchMetadataStream = tokio_stream::Empty<Result<pb::MetadataEvent, Status>>;
     async fn watch_metadata(
         &self,
@@ -301,6 +313,13 @@ impl BrokerService for Fake {
             _ => self.end_offset(&req.topic, req.partition),
         };
         Ok(Response::new(pb::ListOffsetsResponse { offset, timestamp_ms: -1 }))
+    }
+
+    async fn offset_for_leader_epoch(
+        &self,
+        _: Request<pb::OffsetForLeaderEpochRequest>,
+    ) -> Result<Response<pb::OffsetForLeaderEpochResponse>, Status> {
+        unimplemented()
     }
 }
 

@@ -29,6 +29,12 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     /// Longest `max_wait_ms` a fetch may ask for.
     pub max_fetch_wait: Duration,
+    /// A follower that has not caught up with the leader for this long leaves the ISR
+    /// (`replica.lag.time.max.ms`).
+    pub replica_lag_time_max: Duration,
+    /// How long an acks=all produce waits for the in-sync replicas when the request sets no
+    /// timeout.
+    pub produce_timeout: Duration,
 }
 
 impl BrokerConfig {
@@ -44,6 +50,8 @@ impl BrokerConfig {
             log_defaults: LogConfig::default(),
             retention_check_interval: Duration::from_secs(30),
             max_fetch_wait: Duration::from_secs(30),
+            replica_lag_time_max: Duration::from_secs(30),
+            produce_timeout: Duration::from_secs(30),
         }
     }
 
@@ -68,6 +76,12 @@ impl BrokerConfig {
         }
         if self.rack.len() > 255 {
             return Err("rack is longer than 255 bytes".into());
+        }
+        if self.replica_lag_time_max < Duration::from_millis(100) {
+            return Err("replica lag time max must be at least 100 ms".into());
+        }
+        if self.produce_timeout.is_zero() {
+            return Err("produce timeout must be positive".into());
         }
         if self.retention_check_interval.is_zero() {
             return Err("retention check interval must be positive".into());

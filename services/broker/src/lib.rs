@@ -7,6 +7,7 @@
 //! - [`membership`]: registration, heartbeats (the lease) and the metadata watch.
 //! - [`options`]: command line and environment, validated into a config.
 //! - [`replicas`]: the partitions this broker holds, kept in line with cluster metadata.
+//! - [`replication`]: follower fetchers, the leader's high watermark and ISR maintenance.
 //! - [`service`]: the `BrokerService` gRPC API.
 #![warn(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod log_config;
 pub mod membership;
 pub mod options;
 pub mod replicas;
+pub mod replication;
 pub mod service;
 
 use std::future::Future;
@@ -86,6 +88,8 @@ impl Broker {
             lease: Mutex::new(Lease::default()),
             stop: stopped.clone(),
             health,
+            fetchers: Default::default(),
+            counters: Default::default(),
         });
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tideline_proto::FILE_DESCRIPTOR_SET)
@@ -118,6 +122,7 @@ impl Broker {
         let tasks = vec![
             tokio::spawn(membership::run_lease(Arc::clone(&shared), stopped.clone())),
             tokio::spawn(membership::run_watch(Arc::clone(&shared), stopped.clone())),
+            tokio::spawn(replication::run_isr_maintenance(Arc::clone(&shared), stopped.clone())),
             tokio::spawn(housekeeping(Arc::clone(&shared), stopped)),
         ];
         tracing::info!(broker_id = shared.config.broker_id, %local_addr, data_dir = %shared.config.data_dir.display(), "broker started");
@@ -133,6 +138,58 @@ impl Broker {
     pub fn broker_epoch(&self) -> Option<i64> {
         let lease = self.shared.lease();
         lease.is_live().then_some(lease.broker_epoch).flatten()
+    }
+
+    /// Controlled shutdown: asks the controller to move this broker's leaderships to other
+    /// in-sync replicas and to take it out of every ISR, then waits (up to `timeout`) until the
+    /// metadata shows it leads only what could not move. Producers then find the new leaders
+    /// before this broker stops answering.
+    pub async fn controlled_shutdown(&self, timeout: Duration) {
+        let shared = &self.shared;
+        let Some(broker_epoch) = shared.lease().broker_epoch else { return };
+        let me = shared.config.broker_id;
+        let deadline = Instant::now() + timeout;
+        let mut controllers = membership::Controllers::new(shared.config.controllers.clone());
+        let request = tideline_proto::v1::ControlledShutdownRequest { broker_id: me, broker_epoch };
+        let remaining = loop {
+            let answer =
+                controllers.call(|mut c| async move { c.controlled_shutdown(request).await }).await;
+            match answer {
+                Ok(a) => break a.remaining.len(),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!(error = %e.message(), "controlled shutdown refused; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "controlled shutdown failed; stopping anyway");
+                    return;
+                }
+            }
+        };
+        let mut applied = shared.metadata_applied.subscribe();
+        loop {
+            let leading = {
+                let m = shared.metadata.read().unwrap_or_else(|e| e.into_inner());
+                m.topics
+                    .values()
+                    .flat_map(|t| t.partitions.iter())
+                    .filter(|p| p.leader == me)
+                    .count()
+            };
+            if leading <= remaining {
+                tracing::info!(still_leading = leading, "leaderships moved; stopping");
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    still_leading = leading,
+                    "leaderships did not all move in time; stopping"
+                );
+                return;
+            }
+            let _ = tokio::time::timeout(left, applied.changed()).await;
+        }
     }
 
     /// Resolves if the gRPC server stops on its own (it should not before [`Broker::shutdown`]).
@@ -163,6 +220,7 @@ impl Broker {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.shared.fetchers.stop_all();
         let shared = self.shared;
         tokio::task::spawn_blocking(move || shared.replicas.close())
             .await
@@ -242,5 +300,6 @@ pub async fn run(
             return Err(e);
         }
     }
+    broker.controlled_shutdown(Duration::from_secs(10)).await;
     broker.shutdown().await
 }

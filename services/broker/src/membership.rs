@@ -119,6 +119,10 @@ pub struct Shared {
     pub stop: watch::Receiver<bool>,
     /// Reports `tideline.v1.BrokerService` as serving only while the broker may serve.
     pub health: tonic_health::server::HealthReporter,
+    /// Follower fetcher tasks.
+    pub fetchers: crate::replication::Fetchers,
+    /// Replication counters.
+    pub counters: crate::replication::ReplicationCounters,
 }
 
 impl Shared {
@@ -213,7 +217,7 @@ impl Controllers {
 
     /// Calls `f` on a controller, following `NOT_CONTROLLER` redirects and moving on to the next
     /// controller when one cannot be reached, up to one round over all of them (plus redirects).
-    async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, tonic::Status>
+    pub async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, tonic::Status>
     where
         F: FnMut(ControllerServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -381,6 +385,7 @@ async fn apply_replicas(shared: &Arc<Shared>) -> bool {
         .collect();
     let s = Arc::clone(shared);
     let outcome = tokio::task::spawn_blocking(move || s.replicas.apply(&topics)).await;
+    crate::replication::after_metadata(shared);
     shared.metadata_applied.send_modify(|v| *v += 1);
     match outcome {
         Ok(outcome) => {

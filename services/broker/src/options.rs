@@ -48,6 +48,12 @@ pub struct Options {
     /// (durability comes from replication).
     #[arg(long, env = "TIDELINE_LOG_FLUSH_INTERVAL_MS")]
     pub log_flush_interval_ms: Option<u64>,
+    /// A follower that has not caught up for this long leaves the ISR, in ms.
+    #[arg(long, env = "TIDELINE_REPLICA_LAG_TIME_MAX_MS", default_value_t = 30_000)]
+    pub replica_lag_time_max_ms: u64,
+    /// How long acks=all waits for the in-sync replicas when a request sets no timeout, in ms.
+    #[arg(long, env = "TIDELINE_PRODUCE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub produce_timeout_ms: u64,
     /// How often retention runs, in ms.
     #[arg(long, env = "TIDELINE_RETENTION_CHECK_INTERVAL_MS", default_value_t = 30_000)]
     pub retention_check_interval_ms: u64,
@@ -85,6 +91,8 @@ impl TryFrom<Options> for (BrokerConfig, SocketAddr) {
             c.log_defaults.flush = FlushPolicy::IntervalMs(ms);
         }
         c.retention_check_interval = Duration::from_millis(o.retention_check_interval_ms);
+        c.replica_lag_time_max = Duration::from_millis(o.replica_lag_time_max_ms);
+        c.produce_timeout = Duration::from_millis(o.produce_timeout_ms);
         c.validate()?;
         Ok((c, o.listen))
     }

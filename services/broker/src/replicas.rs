@@ -82,12 +82,72 @@ pub struct Replica {
     pub leader: i32,
     /// The partition's leader epoch.
     pub leader_epoch: i32,
-    /// The offset below which records are readable by consumers (the high watermark; the log
-    /// end offset until replication tracks followers). Fetches waiting for data watch it.
+    /// Bumped on every change of replicas or ISR.
+    pub partition_epoch: i32,
+    /// Broker ids holding a replica, the preferred leader first.
+    pub replicas: Vec<i32>,
+    /// Broker ids of the in-sync replicas, as the controller recorded them.
+    pub isr: Vec<i32>,
+    /// The offset below which records are committed (held by every in-sync replica) and
+    /// readable by consumers. Consumer fetches and acks=all produces wait on it.
     pub high_watermark: Arc<tokio::sync::watch::Sender<i64>>,
+    /// The log end offset, published after every append; follower fetches wait on it.
+    pub log_end: Arc<tokio::sync::watch::Sender<i64>>,
+    /// While this broker leads: how far each follower has replicated.
+    pub progress: Arc<std::sync::Mutex<Progress>>,
+}
+
+/// A leader's view of its followers, for one leader epoch.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The leader epoch this view belongs to (reset when it changes).
+    pub leader_epoch: i32,
+    /// When this broker took the lead at that epoch.
+    pub since: std::time::Instant,
+    /// Per follower broker id.
+    pub followers: std::collections::HashMap<i32, FollowerProgress>,
+}
+
+/// How far one follower has replicated.
+#[derive(Debug, Clone, Copy)]
+pub struct FollowerProgress {
+    /// Its log end offset (the offset of its last fetch).
+    pub log_end: i64,
+    /// The last time it had everything the leader had (Kafka's lastCaughtUpTime).
+    pub caught_up_at: std::time::Instant,
+    /// When its previous fetch was answered, and the leader's log end then.
+    pub last_fetch: std::time::Instant,
+    /// The leader's log end offset when its previous fetch was answered.
+    pub leader_end_at_last_fetch: i64,
+}
+
+impl Progress {
+    fn new(leader_epoch: i32) -> Self {
+        Progress {
+            leader_epoch,
+            since: std::time::Instant::now(),
+            followers: std::collections::HashMap::new(),
+        }
+    }
 }
 
 impl Replica {
+    /// Publishes a new log end offset (after an append or truncation).
+    pub fn set_log_end(&self, offset: i64) {
+        self.log_end.send_replace(offset);
+    }
+
+    /// Lowers the high watermark to `offset` when it is above (a follower truncated its log).
+    pub fn cap_high_watermark(&self, offset: i64) {
+        self.high_watermark.send_if_modified(|hw| {
+            let lowered = *hw > offset;
+            if lowered {
+                *hw = offset;
+            }
+            lowered
+        });
+    }
+
     /// Raises the high watermark to `offset` (never lowers it) and wakes waiting fetches.
     pub fn advance_high_watermark(&self, offset: i64) {
         self.high_watermark.send_if_modified(|hw| {
@@ -279,7 +339,14 @@ impl ReplicaManager {
             }
             if let Some(r) = self.map_mut().get_mut(key) {
                 r.leader = p.leader;
-                r.leader_epoch = p.leader_epoch;
+                r.partition_epoch = p.partition_epoch;
+                r.replicas = p.replicas.clone();
+                r.isr = p.isr.clone();
+                if r.leader_epoch != p.leader_epoch {
+                    r.leader_epoch = p.leader_epoch;
+                    *r.progress.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Progress::new(p.leader_epoch);
+                }
             }
             return Ok(());
         }
@@ -300,14 +367,22 @@ impl ReplicaManager {
         let log = Log::open(&path, config).map_err(log_err)?;
         fs::write(&id_file, &id).map_err(io("write", &id_file))?;
         let end = log.log_end_offset();
+        // Nothing is known committed after a restart until the leader says so (or, leading,
+        // until the in-sync followers have fetched): the high watermark starts at the log start.
+        let start = log.log_start_offset();
         self.map_mut().insert(
             key.clone(),
             Replica {
                 topic_id: topic.topic_id.to_vec(),
-                high_watermark: Arc::new(tokio::sync::watch::channel(end).0),
+                high_watermark: Arc::new(tokio::sync::watch::channel(start).0),
+                log_end: Arc::new(tokio::sync::watch::channel(end).0),
                 log: Arc::new(log),
                 leader: p.leader,
                 leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                replicas: p.replicas.clone(),
+                isr: p.isr.clone(),
+                progress: Arc::new(std::sync::Mutex::new(Progress::new(p.leader_epoch))),
             },
         );
         outcome.opened.push(key.clone());

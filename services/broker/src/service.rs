@@ -65,6 +65,30 @@ fn log_status(topic: &str, partition: i32, e: &LogError) -> Status {
     status(code, format!("{topic}-{partition}: {e}"))
 }
 
+/// Checks the leader epoch a request carries against the partition's.
+fn check_epoch(
+    carried: Option<i32>,
+    leader_epoch: i32,
+    topic: &str,
+    partition: i32,
+) -> Result<(), Status> {
+    match carried {
+        Some(e) if e < leader_epoch => Err(status(
+            ErrorCode::FencedLeaderEpoch,
+            format!(
+                "{topic}-{partition}: request for leader epoch {e}, the current one is {leader_epoch}"
+            ),
+        )),
+        Some(e) if e > leader_epoch => Err(status(
+            ErrorCode::LeaderNotAvailable,
+            format!(
+                "{topic}-{partition}: request for leader epoch {e}, this broker knows {leader_epoch}; retry"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn join_status(e: tokio::task::JoinError) -> Status {
     status(ErrorCode::StorageError, format!("log task failed: {e}"))
 }
@@ -142,6 +166,51 @@ impl BrokerApi {
                 ErrorCode::LeaderNotAvailable,
                 format!("broker {me} is becoming the leader of {topic}-{partition}; retry"),
             )),
+        }
+    }
+
+    /// Waits until the high watermark reaches `offset`. Fails with `NOT_LEADER` when this broker
+    /// loses the lead meanwhile (the records may or may not survive: the producer retries) and
+    /// `REQUEST_TIMED_OUT` after `timeout`.
+    async fn wait_committed(
+        &self,
+        topic: &str,
+        partition: i32,
+        replica: &Replica,
+        offset: i64,
+        timeout: Duration,
+    ) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut hw = replica.high_watermark.subscribe();
+        let mut metadata = self.shared.metadata_applied.subscribe();
+        let mut stop = self.shared.stop.clone();
+        loop {
+            if *hw.borrow_and_update() >= offset {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = hw.changed() => {}
+                _ = metadata.changed() => {
+                    let current = self.leader_replica(topic, partition)?;
+                    if current.replica.leader_epoch != replica.leader_epoch {
+                        return Err(status(
+                            ErrorCode::NotLeader,
+                            format!("{topic}-{partition}: leadership moved before the records were replicated"),
+                        ));
+                    }
+                    // The ISR may have shrunk: the high watermark may move.
+                    crate::replication::update_leader_high_watermark(&current.replica, self.shared.config.broker_id);
+                }
+                _ = stop.wait_for(|s| *s) => {
+                    return Err(status(ErrorCode::NotLeader, format!("{topic}-{partition}: the broker is stopping")));
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(status(
+                        ErrorCode::RequestTimedOut,
+                        format!("{topic}-{partition}: the in-sync replicas did not acknowledge offset {} within {} ms", offset - 1, timeout.as_millis()),
+                    ));
+                }
+            }
         }
     }
 
@@ -259,6 +328,7 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
         }
         let epoch = replica.leader_epoch;
         let log = Arc::clone(&replica.log);
+        let (topic, partition) = (req.topic.clone(), req.partition);
         // Encoding (and compressing) plain records and the append's validation are CPU and
         // disk work: off the async threads.
         let info = tokio::task::spawn_blocking(move || {
@@ -266,13 +336,23 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
                 pb::produce_request::Payload::RecordBatches(b) => b,
                 pb::produce_request::Payload::Records(list) => Self::encode(&list)?,
             };
-            log.append(&bytes, epoch).map_err(|e| log_status(&req.topic, req.partition, &e))
+            log.append(&bytes, epoch).map_err(|e| log_status(&topic, partition, &e))
         })
         .await
         .map_err(join_status)??;
-        // No followers replicate yet: a record is committed once the leader has it, for every
-        // acks level (replication makes acks=all wait for the in-sync replicas).
-        replica.advance_high_watermark(info.last_offset + 1);
+        let me = self.shared.config.broker_id;
+        replica.set_log_end(info.last_offset + 1);
+        crate::replication::update_leader_high_watermark(&replica, me);
+        if matches!(acks, pb::Acks::All | pb::Acks::Unspecified) {
+            // Committed once every in-sync replica has it: the high watermark passes it.
+            let timeout = if req.timeout_ms > 0 {
+                Duration::from_millis(req.timeout_ms as u64)
+            } else {
+                self.shared.config.produce_timeout
+            };
+            self.wait_committed(&req.topic, req.partition, &replica, info.last_offset + 1, timeout)
+                .await?;
+        }
         Ok(Response::new(pb::ProduceResponse {
             base_offset: info.first_offset,
             last_offset: info.last_offset,
@@ -301,34 +381,61 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
         let deadline = tokio::time::Instant::now() + wait;
         let mut metadata_changed = self.shared.metadata_applied.subscribe();
         let mut stop = self.shared.stop.clone();
+        let me = self.shared.config.broker_id;
+        let mut first = true;
         loop {
             // Leadership, the lease or the topic may change while a fetch waits: check each
             // round.
             let replica = self.leader_replica(&req.topic, req.partition)?.replica;
-            let mut hw_changed = replica.high_watermark.subscribe();
-            let hw = *hw_changed.borrow_and_update();
+            check_epoch(req.current_leader_epoch, replica.leader_epoch, &req.topic, req.partition)?;
+            if let Some(f) = req.replica_id {
+                if f == me || !replica.replicas.contains(&f) {
+                    return Err(status(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "broker {f} holds no follower replica of {}-{}",
+                            req.topic, req.partition
+                        ),
+                    ));
+                }
+                if first {
+                    // A follower fetches from its log end: that is how far it has replicated.
+                    crate::replication::record_follower_fetch(&replica, me, f, req.offset);
+                }
+            }
+            first = false;
+            let follower = req.replica_id.is_some();
+            // Followers replicate up to the log end; consumers read up to the high watermark.
+            let mut changed = if follower {
+                replica.log_end.subscribe()
+            } else {
+                replica.high_watermark.subscribe()
+            };
+            changed.borrow_and_update();
+            let hw = replica.high_watermark();
+            let bound = if follower { replica.log.log_end_offset() } else { hw };
             let log = Arc::clone(&replica.log);
             let offset = req.offset;
             let read = tokio::task::spawn_blocking(move || {
-                let read = log.read(offset, max_bytes, Some(hw))?;
+                let read = log.read(offset, max_bytes, Some(bound))?;
                 let bytes = read.region.read_to_bytes()?;
                 Ok((read, bytes))
             })
             .await
             .map_err(join_status)?
             .map_err(|e| match e {
-                // The readable end is the high watermark, not the log end.
+                // A consumer's readable end is the high watermark, not the log end.
                 LogError::OffsetOutOfRange { requested, log_start, .. } => log_status(
                     &req.topic,
                     req.partition,
-                    &LogError::OffsetOutOfRange { requested, log_start, log_end: hw },
+                    &LogError::OffsetOutOfRange { requested, log_start, log_end: bound },
                 ),
                 e => log_status(&req.topic, req.partition, &e),
             })?;
             let (read, bytes) = read;
             // Between the high watermark and the log end (written, not yet committed) there is
-            // nothing to read yet: the fetch waits as at the end of the log.
-            let more_available = !bytes.is_empty() && read.region.next_offset() < hw;
+            // nothing for a consumer to read yet: the fetch waits as at the end of the log.
+            let more_available = !bytes.is_empty() && read.region.next_offset() < bound;
             let now = tokio::time::Instant::now();
             let stopping = *stop.borrow();
             if bytes.len() >= (req.min_bytes as usize).max(1)
@@ -339,7 +446,7 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
                 let mut response = pb::FetchResponse {
                     record_batches: Bytes::new(),
                     records: Vec::new(),
-                    high_watermark: hw,
+                    high_watermark: replica.high_watermark(),
                     log_start_offset: read.log_start_offset,
                     next_offset: if bytes.is_empty() {
                         req.offset
@@ -363,7 +470,7 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
             // Long poll: wait for the high watermark to move, the metadata to change, the
             // broker to stop, or the deadline.
             tokio::select! {
-                _ = hw_changed.changed() => {}
+                _ = changed.changed() => {}
                 _ = metadata_changed.changed() => {}
                 _ = stop.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -411,5 +518,31 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
             }
         };
         Ok(Response::new(pb::ListOffsetsResponse { offset, timestamp_ms }))
+    }
+
+    async fn offset_for_leader_epoch(
+        &self,
+        request: Request<pb::OffsetForLeaderEpochRequest>,
+    ) -> Result<Response<pb::OffsetForLeaderEpochResponse>, Status> {
+        let req = request.into_inner();
+        let replica = self.leader_replica(&req.topic, req.partition)?.replica;
+        check_epoch(req.current_leader_epoch, replica.leader_epoch, &req.topic, req.partition)?;
+        let end = replica.log.log_end_offset();
+        let (leader_epoch, end_offset) = if req.leader_epoch >= replica.leader_epoch {
+            // The current epoch (nothing newer exists) ends at the log end.
+            (replica.leader_epoch, end)
+        } else {
+            match replica.log.end_offset_for_epoch(req.leader_epoch) {
+                Some(found) => found,
+                // The asked epoch is newer than any this log appended under, but older than the
+                // current one: the largest epoch at or below it here is the latest appended, and
+                // it runs to the log end (the current epoch starts there).
+                None => match replica.log.latest_epoch() {
+                    Some(latest) if latest <= req.leader_epoch => (latest, end),
+                    _ => (-1, replica.log.log_start_offset()),
+                },
+            }
+        };
+        Ok(Response::new(pb::OffsetForLeaderEpochResponse { leader_epoch, end_offset }))
     }
 }

@@ -1,12 +1,14 @@
 //! `tideline-controller`: the controller quorum. A Raft group (openraft) replicates the cluster
 //! metadata; its log, vote and snapshots live in sled.
 //!
-//! - [`metadata`]: the replicated state and the commands that change it (a pure `apply`).
+//! - [`metadata`]: the replicated state and the commands that change it (a pure `apply`),
+//!   leader election and ISR changes included.
 //! - [`network`]: Raft RPCs between controllers over gRPC.
 //! - [`node`]: one quorum member: Raft over the sled store, serving the Raft transport.
 //! - [`options`]: command line and environment, validated into a config.
 //! - [`placement`]: rack-aware round-robin replica placement with balanced leaders.
-//! - [`service`]: the `ControllerService` gRPC API (admin, metadata, broker leases, watch).
+//! - [`service`]: the `ControllerService` gRPC API (admin, metadata, broker leases,
+//!   ISR changes, controlled shutdown, watch).
 //! - [`topic_config`]: the topic configs the cluster understands and their ranges.
 //! - [`store`]: openraft's v2 storage traits over sled, checked by openraft's conformance suite.
 

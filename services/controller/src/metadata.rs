@@ -5,10 +5,27 @@
 //! a registration, ids) is decided by the leader before proposing and carried in the command, so
 //! every controller computes the same state from the same log. Refused commands change nothing
 //! and leave the version as it was.
+//!
+//! Leader election and ISR management follow Kafka's KRaft controller:
+//! - A partition leader changes its in-sync replica set with [`MetadataCommand::AlterPartition`],
+//!   naming the leader epoch and partition epoch it holds, so a deposed leader is refused.
+//! - When a broker's lease lapses ([`MetadataCommand::FenceBroker`]) or it asks to stop
+//!   ([`MetadataCommand::ControlledShutdown`]), it leaves every ISR it is not the last member of,
+//!   and each partition it leads goes to the first replica, in `replicas` order, that is in the
+//!   ISR and live. Only an ISR member holds every acknowledged record, so without one the
+//!   partition stays leaderless (fenced) or stays with the broker (controlled shutdown), unless
+//!   the topic enables unclean leader election.
+//! - Leadership returns to the preferred replica (`replicas[0]`) when it rejoins the ISR.
+//!
+//! Every change to a partition bumps its `partition_epoch` once, whatever it combines (ISR
+//! shrink and leader change in one command is one bump); a leader change also bumps
+//! `leader_epoch`.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::topic_config::UNCLEAN_LEADER_ELECTION_ENABLE;
 
 /// A change of cluster metadata, as written to the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +45,9 @@ pub enum MetadataCommand {
         /// Unique per broker process start.
         incarnation_id: Vec<u8>,
     },
-    /// A broker's lease lapsed: it is fenced and leads nothing.
+    /// A broker's lease lapsed: it is fenced, leaves every ISR it is not the last member of, and
+    /// each partition it led goes to another in-sync live replica or, when there is none, to
+    /// no leader (or, with `unclean.leader.election.enable`, to any live replica).
     FenceBroker {
         /// Broker id.
         broker_id: i32,
@@ -73,6 +92,33 @@ pub enum MetadataCommand {
         /// Keys to remove.
         remove: Vec<String>,
     },
+    /// A partition leader sets the partition's ISR. Checked here, against the state the command
+    /// applies to: the broker's registration, its leadership, both epochs and the new set.
+    AlterPartition {
+        /// The leader asking.
+        broker_id: i32,
+        /// Its broker epoch.
+        broker_epoch: i64,
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// The leader epoch the leader holds.
+        leader_epoch: i32,
+        /// The partition epoch the leader last saw.
+        partition_epoch: i32,
+        /// The new in-sync replica set, the leader included.
+        isr: Vec<i32>,
+    },
+    /// A live broker about to stop: it leaves every ISR it is not the last member of, and each
+    /// partition it leads goes to another in-sync live replica. It keeps leading the partitions
+    /// no such replica can take over (never an unclean election); the response lists them.
+    ControlledShutdown {
+        /// Broker id.
+        broker_id: i32,
+        /// Its current broker epoch.
+        broker_epoch: i64,
+    },
 }
 
 /// Why a command was refused. Deterministic: every controller refuses the same commands.
@@ -93,6 +139,91 @@ pub enum MetadataError {
         expected: usize,
         /// The count now.
         actual: usize,
+    },
+    /// No broker of this id is registered.
+    #[error("broker {0} is not registered")]
+    UnknownBroker(i32),
+    /// The request carries an epoch other than the broker's current registration.
+    #[error(
+        "broker {broker_id} epoch {broker_epoch} is stale, its current registration is epoch {current}"
+    )]
+    StaleBrokerEpoch {
+        /// Broker id.
+        broker_id: i32,
+        /// The epoch the request carried.
+        broker_epoch: i64,
+        /// The current registration's epoch.
+        current: i64,
+    },
+    /// The broker's lease lapsed; it must register again.
+    #[error("broker {broker_id} epoch {broker_epoch} is fenced; register again")]
+    BrokerFenced {
+        /// Broker id.
+        broker_id: i32,
+        /// Its (fenced) epoch.
+        broker_epoch: i64,
+    },
+    /// The topic exists but has no partition of this index.
+    #[error("unknown partition {topic}/{partition}")]
+    UnknownPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+    },
+    /// The broker asking to change a partition does not lead it.
+    #[error("broker {broker_id} is not the leader of {topic}/{partition}, the leader is {leader}")]
+    NotPartitionLeader {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// The broker asking.
+        broker_id: i32,
+        /// The current leader, -1 for none.
+        leader: i32,
+    },
+    /// The request's leader epoch is not the partition's current one.
+    #[error(
+        "stale leader epoch {got} for {topic}/{partition}, the current leader epoch is {current}"
+    )]
+    StaleLeaderEpoch {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// The leader epoch the request carried.
+        got: i32,
+        /// The current leader epoch.
+        current: i32,
+    },
+    /// The request's partition epoch is not the partition's current one: the ISR or leader
+    /// changed since the leader last saw the partition.
+    #[error(
+        "stale partition epoch {got} for {topic}/{partition}, the current partition epoch is {current}"
+    )]
+    StalePartitionEpoch {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// The partition epoch the request carried.
+        got: i32,
+        /// The current partition epoch.
+        current: i32,
+    },
+    /// A requested ISR is empty, has duplicates, lacks the leader, names a non-replica, or adds
+    /// a broker that is fenced or not registered.
+    #[error("invalid isr {isr:?} for {topic}/{partition}: {reason}")]
+    InvalidIsr {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// The requested ISR.
+        isr: Vec<i32>,
+        /// What is wrong.
+        reason: String,
     },
     /// A replica assignment is empty, has duplicates, names an unknown broker, or does not
     /// match the replication factor.
@@ -118,6 +249,21 @@ pub enum MetadataResponse {
         /// The broker's new epoch.
         broker_epoch: i64,
         /// Metadata version after the command.
+        version: u64,
+    },
+    /// An AlterPartition was applied.
+    PartitionAltered {
+        /// The partition as it now is.
+        partition: PartitionRecord,
+        /// Metadata version after the command.
+        version: u64,
+    },
+    /// A ControlledShutdown was applied.
+    ShutdownProgress {
+        /// Partitions (topic, index) the broker still leads: no other live replica in their ISR
+        /// could take them over. Sorted by topic, then index.
+        remaining: Vec<(String, i32)>,
+        /// Metadata version after the command (unchanged when nothing moved).
         version: u64,
     },
     /// The command was refused; nothing changed.
@@ -219,6 +365,16 @@ impl MetadataState {
                         version: self.version,
                     });
                 }
+                // A new process under a live registration (restarted before its lease lapsed):
+                // what the old one led moves to other in-sync replicas first, as if it had been
+                // fenced, since the new process may lack the tail of its log. It catches up as a
+                // follower and comes back through the ISR like any other.
+                if let Some(b) = self.brokers.get_mut(broker_id)
+                    && !b.fenced
+                {
+                    b.fenced = true;
+                    self.move_leadership_away(*broker_id, Departure::Fenced);
+                }
                 self.last_broker_epoch += 1;
                 let broker_epoch = self.last_broker_epoch;
                 self.brokers.insert(
@@ -253,17 +409,97 @@ impl MetadataState {
                     // Re-registered since, already fenced, or unknown: nothing to do.
                     _ => return Ok(MetadataResponse::Applied { version: self.version }),
                 }
-                for topic in self.topics.values_mut() {
-                    for p in &mut topic.partitions {
-                        if p.leader == *broker_id {
-                            p.leader = -1;
-                            p.leader_epoch += 1;
-                            p.partition_epoch += 1;
-                        }
-                    }
-                }
+                self.move_leadership_away(*broker_id, Departure::Fenced);
                 self.version += 1;
                 Ok(MetadataResponse::Applied { version: self.version })
+            }
+            MetadataCommand::ControlledShutdown { broker_id, broker_epoch } => {
+                self.check_live_broker(*broker_id, *broker_epoch)?;
+                let (changed, remaining) =
+                    self.move_leadership_away(*broker_id, Departure::ControlledShutdown);
+                if changed {
+                    self.version += 1;
+                }
+                Ok(MetadataResponse::ShutdownProgress { remaining, version: self.version })
+            }
+            MetadataCommand::AlterPartition {
+                broker_id,
+                broker_epoch,
+                topic,
+                partition,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => {
+                self.check_live_broker(*broker_id, *broker_epoch)?;
+                let brokers = &self.brokers;
+                let record = self
+                    .topics
+                    .get_mut(topic)
+                    .ok_or_else(|| MetadataError::UnknownTopic(topic.clone()))?
+                    .partitions
+                    .get_mut(usize::try_from(*partition).unwrap_or(usize::MAX))
+                    .ok_or_else(|| MetadataError::UnknownPartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                    })?;
+                if record.leader != *broker_id {
+                    return Err(MetadataError::NotPartitionLeader {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        broker_id: *broker_id,
+                        leader: record.leader,
+                    });
+                }
+                if record.leader_epoch != *leader_epoch {
+                    return Err(MetadataError::StaleLeaderEpoch {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        got: *leader_epoch,
+                        current: record.leader_epoch,
+                    });
+                }
+                if record.partition_epoch != *partition_epoch {
+                    return Err(MetadataError::StalePartitionEpoch {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        got: *partition_epoch,
+                        current: record.partition_epoch,
+                    });
+                }
+                check_isr(record, *broker_id, isr, brokers).map_err(|reason| {
+                    MetadataError::InvalidIsr {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        isr: isr.clone(),
+                        reason,
+                    }
+                })?;
+                let mut next = record.clone();
+                next.isr = isr.clone();
+                // Preferred-leader rebalancing: once the preferred replica (the first) is back in
+                // the ISR and live, it takes the lead again. This is how leadership returns to
+                // the first replica after it restarted: it registers, catches up, the current
+                // leader adds it to the ISR, and this moves the lead to it. The old leader stays
+                // in the ISR and follows.
+                if let Some(&preferred) = next.replicas.first()
+                    && preferred != next.leader
+                    && next.isr.contains(&preferred)
+                    && is_live(brokers, preferred)
+                {
+                    next.leader = preferred;
+                    next.leader_epoch += 1;
+                }
+                // Setting the ISR it already has (and nothing to rebalance) changes nothing.
+                if next != *record {
+                    next.partition_epoch += 1;
+                    *record = next;
+                    self.version += 1;
+                }
+                Ok(MetadataResponse::PartitionAltered {
+                    partition: record.clone(),
+                    version: self.version,
+                })
             }
             MetadataCommand::CreateTopic {
                 name,
@@ -328,6 +564,59 @@ impl MetadataState {
         }
     }
 
+    /// Checks that `broker_id` is registered with `broker_epoch` and not fenced.
+    fn check_live_broker(&self, broker_id: i32, broker_epoch: i64) -> Result<(), MetadataError> {
+        let b = self.brokers.get(&broker_id).ok_or(MetadataError::UnknownBroker(broker_id))?;
+        if b.broker_epoch != broker_epoch {
+            return Err(MetadataError::StaleBrokerEpoch {
+                broker_id,
+                broker_epoch,
+                current: b.broker_epoch,
+            });
+        }
+        if b.fenced {
+            return Err(MetadataError::BrokerFenced { broker_id, broker_epoch });
+        }
+        Ok(())
+    }
+
+    /// Moves leadership of every partition away from `broker_id` and takes it out of every ISR
+    /// it is not the last member of. Returns whether any partition changed, and the partitions
+    /// it still leads (only on controlled shutdown; sorted by topic, then index).
+    fn move_leadership_away(
+        &mut self,
+        broker_id: i32,
+        departure: Departure,
+    ) -> (bool, Vec<(String, i32)>) {
+        let mut changed = false;
+        let mut remaining = Vec::new();
+        for topic in self.topics.values_mut() {
+            let unclean = departure == Departure::Fenced
+                && topic.configs.get(UNCLEAN_LEADER_ELECTION_ENABLE).is_some_and(|v| v == "true");
+            for (index, p) in topic.partitions.iter_mut().enumerate() {
+                match leave(p, broker_id, departure, unclean, &self.brokers) {
+                    Left::Unchanged => {}
+                    Left::Changed => changed = true,
+                    Left::UncleanElection => {
+                        changed = true;
+                        // Logged by every controller applying the entry (and on replay): rare,
+                        // and an operator should see it wherever they look.
+                        tracing::warn!(
+                            topic = %topic.name,
+                            partition = index,
+                            leader = p.leader,
+                            fenced_broker = broker_id,
+                            "unclean leader election: a replica outside the isr leads, \
+                             acknowledged records may be lost"
+                        );
+                    }
+                    Left::StillLeads => remaining.push((topic.name.clone(), index as i32)),
+                }
+            }
+        }
+        (changed, remaining)
+    }
+
     /// Checks assignments and builds partitions led by their first live replica.
     fn new_partitions(
         &self,
@@ -385,6 +674,102 @@ impl MetadataState {
     }
 }
 
+/// Why leadership leaves a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// Its lease lapsed (it is already marked fenced).
+    Fenced,
+    /// It asked to stop and is still live.
+    ControlledShutdown,
+}
+
+/// What [`leave`] did to one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Left {
+    /// Nothing: the broker neither leads the partition nor can leave its ISR.
+    Unchanged,
+    /// The broker left the ISR, or the lead went to an in-sync replica or to no one.
+    Changed,
+    /// The lead went to a replica outside the ISR.
+    UncleanElection,
+    /// Controlled shutdown only: no in-sync replica can take over, the broker still leads.
+    StillLeads,
+}
+
+fn is_live(brokers: &BTreeMap<i32, BrokerRecord>, id: i32) -> bool {
+    brokers.get(&id).is_some_and(|b| !b.fenced)
+}
+
+/// Moves partition `p` away from `broker`: the lead goes to the first replica, in `replicas`
+/// order, that is in the ISR, live and not `broker`, and `broker` leaves the ISR.
+///
+/// A leader with no such successor stays in the ISR: it holds every acknowledged record, so it
+/// may lead again when it registers (a fenced broker; RegisterBroker hands it back) or keeps
+/// leading (controlled shutdown). With `unclean`, a fenced leader's partition goes instead to the
+/// first live replica, whose log becomes the truth (ISR = it alone).
+fn leave(
+    p: &mut PartitionRecord,
+    broker: i32,
+    departure: Departure,
+    unclean: bool,
+    brokers: &BTreeMap<i32, BrokerRecord>,
+) -> Left {
+    let candidate = |r: &i32| *r != broker && is_live(brokers, *r);
+    if p.leader != broker {
+        if p.isr.len() > 1 && p.isr.contains(&broker) {
+            p.isr.retain(|r| *r != broker);
+            p.partition_epoch += 1;
+            return Left::Changed;
+        }
+        return Left::Unchanged;
+    }
+    let in_sync = p.replicas.iter().copied().find(|r| p.isr.contains(r) && candidate(r));
+    let (leader, isr, outcome) = match (in_sync, departure) {
+        (Some(next), _) => {
+            let isr = p.isr.iter().copied().filter(|r| *r != broker).collect();
+            (next, isr, Left::Changed)
+        }
+        (None, Departure::ControlledShutdown) => return Left::StillLeads,
+        (None, Departure::Fenced) => match p.replicas.iter().copied().find(candidate) {
+            Some(next) if unclean => (next, vec![next], Left::UncleanElection),
+            _ => (-1, p.isr.clone(), Left::Changed),
+        },
+    };
+    p.leader = leader;
+    p.isr = isr;
+    p.leader_epoch += 1;
+    p.partition_epoch += 1;
+    outcome
+}
+
+/// Checks the ISR `isr` that `leader` asks for partition `p`. Brokers already in the ISR stay
+/// acceptable; a broker joining it must be live.
+fn check_isr(
+    p: &PartitionRecord,
+    leader: i32,
+    isr: &[i32],
+    brokers: &BTreeMap<i32, BrokerRecord>,
+) -> Result<(), String> {
+    if isr.is_empty() {
+        return Err("the isr is empty".into());
+    }
+    if !isr.contains(&leader) {
+        return Err(format!("the isr must contain the leader {leader}"));
+    }
+    for (i, r) in isr.iter().enumerate() {
+        if isr[..i].contains(r) {
+            return Err(format!("broker {r} listed twice"));
+        }
+        if !p.replicas.contains(r) {
+            return Err(format!("broker {r} is not a replica (replicas {:?})", p.replicas));
+        }
+        if !p.isr.contains(r) && !is_live(brokers, *r) {
+            return Err(format!("broker {r} is fenced or not registered"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +802,61 @@ mod tests {
             s.apply(&register(id));
         }
         s
+    }
+
+    fn with_configs(mut command: MetadataCommand, pairs: &[(&str, &str)]) -> MetadataCommand {
+        if let MetadataCommand::CreateTopic { configs, .. } = &mut command {
+            configs.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        }
+        command
+    }
+
+    fn epoch(s: &MetadataState, id: i32) -> i64 {
+        s.brokers[&id].broker_epoch
+    }
+
+    fn part<'a>(s: &'a MetadataState, topic: &str, index: usize) -> &'a PartitionRecord {
+        &s.topics[topic].partitions[index]
+    }
+
+    fn fence(s: &mut MetadataState, id: i32) {
+        let broker_epoch = epoch(s, id);
+        let response = s.apply(&MetadataCommand::FenceBroker { broker_id: id, broker_epoch });
+        assert!(matches!(response, MetadataResponse::Applied { .. }), "{response:?}");
+    }
+
+    /// An AlterPartition from `broker` with its current broker epoch and the partition's
+    /// current epochs.
+    fn alter_cmd(s: &MetadataState, broker: i32, topic: &str, isr: &[i32]) -> MetadataCommand {
+        let p = part(s, topic, 0);
+        MetadataCommand::AlterPartition {
+            broker_id: broker,
+            broker_epoch: epoch(s, broker),
+            topic: topic.into(),
+            partition: 0,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: isr.to_vec(),
+        }
+    }
+
+    /// Applies [`alter_cmd`] and expects it to apply.
+    fn alter(s: &mut MetadataState, broker: i32, topic: &str, isr: &[i32]) -> PartitionRecord {
+        match s.apply(&alter_cmd(s, broker, topic, isr)) {
+            MetadataResponse::PartitionAltered { partition, .. } => partition,
+            other => panic!("alter partition of {topic} by {broker} to {isr:?}: {other:?}"),
+        }
+    }
+
+    fn shutdown(s: &mut MetadataState, id: i32) -> MetadataResponse {
+        let broker_epoch = epoch(s, id);
+        s.apply(&MetadataCommand::ControlledShutdown { broker_id: id, broker_epoch })
+    }
+
+    /// (leader, leader epoch, partition epoch, isr) of partition 0 of `topic`.
+    fn state_of(s: &MetadataState, topic: &str) -> (i32, i32, i32, Vec<i32>) {
+        let p = part(s, topic, 0);
+        (p.leader, p.leader_epoch, p.partition_epoch, p.isr.clone())
     }
 
     #[test]
@@ -471,16 +911,26 @@ mod tests {
                 true,
             ),
             (MetadataCommand::DeleteTopic { name: "nope".into() }, false),
+            // Partition a/0 is [1, 2], led by 1 at epochs 0/0 with isr [1]; broker 1 has epoch 1.
+            (alter_partition(1, 1, "a", 0, 0, 0, &[1, 2]), true),
+            (alter_partition(1, 1, "a", 0, 0, 0, &[1]), false), // stale partition epoch
+            (alter_partition(1, 1, "a", 0, 1, 1, &[1]), false), // stale leader epoch
+            (alter_partition(2, 2, "a", 0, 0, 1, &[2]), false), // not the leader
+            (alter_partition(1, 9, "a", 0, 0, 1, &[1]), false), // stale broker epoch
+            (alter_partition(1, 1, "a", 7, 0, 1, &[1]), false), // unknown partition
+            (alter_partition(1, 1, "a", 0, 0, 1, &[2]), false), // isr without the leader
+            (alter_partition(1, 1, "a", 0, 0, 1, &[1, 3]), false), // not a replica
+            (MetadataCommand::ControlledShutdown { broker_id: 1, broker_epoch: 9 }, false),
+            (MetadataCommand::ControlledShutdown { broker_id: 9, broker_epoch: 1 }, false),
+            // 1 hands a/0 to 2 (in sync) and a/2's [3, 1] isr [3] does not contain it.
+            (MetadataCommand::ControlledShutdown { broker_id: 1, broker_epoch: 1 }, true),
         ];
         for (command, applies) in cases {
             let before = s.clone();
             let response = s.apply(&command);
             if applies {
-                assert_eq!(
-                    response,
-                    MetadataResponse::Applied { version: before.version + 1 },
-                    "{command:?}"
-                );
+                assert!(!matches!(response, MetadataResponse::Refused(_)), "{command:?}");
+                assert_eq!(s.version, before.version + 1, "{command:?}: {response:?}");
             } else {
                 assert!(
                     matches!(response, MetadataResponse::Refused(_)),
@@ -491,9 +941,333 @@ mod tests {
         }
         let a = &s.topics["a"];
         assert_eq!(a.partitions.len(), 3);
-        assert_eq!(a.partitions[0].leader, 1, "first replica leads");
-        assert_eq!(a.partitions[0].isr, vec![1], "followers are not in sync before replicating");
+        assert_eq!(a.partitions[2].leader, 3, "first replica leads");
+        assert_eq!(a.partitions[2].isr, vec![3], "followers are not in sync before replicating");
         assert_eq!(a.configs["retention.ms"], "1000");
+        assert_eq!(
+            (a.partitions[0].leader, a.partitions[0].isr.clone()),
+            (2, vec![2]),
+            "the controlled shutdown of 1 moved a/0 to 2"
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn alter_partition(
+        broker_id: i32,
+        broker_epoch: i64,
+        topic: &str,
+        partition: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: &[i32],
+    ) -> MetadataCommand {
+        MetadataCommand::AlterPartition {
+            broker_id,
+            broker_epoch,
+            topic: topic.into(),
+            partition,
+            leader_epoch,
+            partition_epoch,
+            isr: isr.to_vec(),
+        }
+    }
+
+    /// When a leader is fenced, the lead goes to the first replica in `replicas` order (the
+    /// preference order, not the ISR's order) that is in the ISR and live; each change bumps the
+    /// partition epoch once and each new leader the leader epoch.
+    #[test]
+    fn fencing_the_leader_elects_the_first_in_sync_replica_in_replica_order() {
+        let mut s = cluster();
+        s.apply(&create("t", vec![vec![1, 2, 3]]));
+        alter(&mut s, 1, "t", &[1, 3, 2]);
+        assert_eq!(state_of(&s, "t"), (1, 0, 1, vec![1, 3, 2]));
+        fence(&mut s, 1);
+        assert_eq!(state_of(&s, "t"), (2, 1, 2, vec![3, 2]), "2 precedes 3 in replicas");
+        fence(&mut s, 2);
+        assert_eq!(state_of(&s, "t"), (3, 2, 3, vec![3]));
+    }
+
+    /// A live replica outside the ISR never takes the lead (unclean election is off by
+    /// default): a fenced follower leaves the ISR, and when the last in-sync replica is fenced
+    /// the partition has no leader while its ISR keeps that replica.
+    #[test]
+    fn no_election_outside_the_isr() {
+        let mut s = cluster();
+        s.apply(&create("t", vec![vec![1, 2, 3]]));
+        alter(&mut s, 1, "t", &[1, 2]);
+        fence(&mut s, 2);
+        assert_eq!(state_of(&s, "t"), (1, 0, 2, vec![1]));
+        fence(&mut s, 1);
+        assert_eq!(
+            state_of(&s, "t"),
+            (-1, 1, 3, vec![1]),
+            "3 is live but out of sync; 1 holds every acknowledged record"
+        );
+        s.apply(&register(2));
+        assert_eq!(part(&s, "t", 0).leader, -1, "2 left the isr when it was fenced");
+    }
+
+    /// Fenced followers leave the ISR one by one; the leader and its leader epoch stay, and
+    /// each removal bumps the partition epoch.
+    #[test]
+    fn fenced_followers_leave_the_isr() {
+        let mut s = cluster();
+        s.apply(&create("t", vec![vec![1, 2, 3]]));
+        alter(&mut s, 1, "t", &[1, 2, 3]);
+        fence(&mut s, 3);
+        assert_eq!(state_of(&s, "t"), (1, 0, 2, vec![1, 2]));
+        fence(&mut s, 2);
+        assert_eq!(state_of(&s, "t"), (1, 0, 3, vec![1]));
+    }
+
+    /// With `unclean.leader.election.enable=true`, a partition whose in-sync replicas are all
+    /// fenced goes to the first live replica, which becomes the whole ISR; with the config off
+    /// (or unset) it stays leaderless.
+    #[test]
+    fn unclean_election_only_when_enabled() {
+        let mut s = cluster();
+        s.apply(&with_configs(
+            create("unclean", vec![vec![1, 2, 3]]),
+            &[(UNCLEAN_LEADER_ELECTION_ENABLE, "true")],
+        ));
+        s.apply(&with_configs(
+            create("clean", vec![vec![1, 2, 3]]),
+            &[(UNCLEAN_LEADER_ELECTION_ENABLE, "false")],
+        ));
+        s.apply(&create("default", vec![vec![1, 2, 3]]));
+        fence(&mut s, 2);
+        fence(&mut s, 1);
+        assert_eq!(state_of(&s, "unclean"), (3, 1, 1, vec![3]));
+        assert_eq!(state_of(&s, "clean"), (-1, 1, 1, vec![1]));
+        assert_eq!(state_of(&s, "default"), (-1, 1, 1, vec![1]));
+        // With no live replica at all there is nobody to elect, unclean or not.
+        let mut s = cluster();
+        s.apply(&with_configs(
+            create("unclean", vec![vec![1, 2]]),
+            &[(UNCLEAN_LEADER_ELECTION_ENABLE, "true")],
+        ));
+        fence(&mut s, 2);
+        fence(&mut s, 1);
+        assert_eq!(state_of(&s, "unclean"), (-1, 1, 1, vec![1]));
+    }
+
+    /// Controlled shutdown hands each partition the broker leads to an in-sync live replica,
+    /// takes it out of the ISRs it follows in, keeps (and reports) the partitions nobody in
+    /// sync can take over, never elects outside the ISR, leaves the broker unfenced, and
+    /// changes nothing when asked again.
+    #[test]
+    fn controlled_shutdown_moves_leadership_and_reports_what_remains() {
+        let mut s = cluster();
+        s.apply(&create("a", vec![vec![1, 2], vec![1, 3]]));
+        s.apply(&with_configs(
+            create("b", vec![vec![1, 3]]),
+            &[(UNCLEAN_LEADER_ELECTION_ENABLE, "true")],
+        ));
+        s.apply(&create("c", vec![vec![2, 1]]));
+        alter(&mut s, 1, "a", &[1, 2]);
+        alter(&mut s, 2, "c", &[2, 1]);
+        let version = s.version;
+        let response = shutdown(&mut s, 1);
+        let remaining = vec![("a".to_string(), 1), ("b".to_string(), 0)];
+        assert_eq!(
+            response,
+            MetadataResponse::ShutdownProgress {
+                remaining: remaining.clone(),
+                version: version + 1
+            }
+        );
+        assert_eq!(state_of(&s, "a"), (2, 1, 2, vec![2]), "led by the in-sync replica");
+        assert_eq!(state_of(&s, "b"), (1, 0, 0, vec![1]), "no unclean election on shutdown");
+        assert_eq!(state_of(&s, "c"), (2, 0, 2, vec![2]), "1 left the isr it followed in");
+        assert_eq!(s.topics["a"].partitions[1].leader, 1);
+        assert!(!s.brokers[&1].fenced);
+        let before = s.clone();
+        assert_eq!(
+            shutdown(&mut s, 1),
+            MetadataResponse::ShutdownProgress { remaining, version: version + 1 }
+        );
+        assert_eq!(s, before, "asking again changes nothing");
+    }
+
+    /// ControlledShutdown is checked like a heartbeat: the broker's current epoch, not fenced.
+    #[test]
+    fn controlled_shutdown_refusals() {
+        let mut s = cluster();
+        s.apply(&create("t", vec![vec![1, 2]]));
+        let e1 = epoch(&s, 1);
+        fence(&mut s, 2);
+        let e2 = epoch(&s, 2);
+        let cases = [
+            (9, 1, MetadataError::UnknownBroker(9)),
+            (
+                1,
+                e1 + 7,
+                MetadataError::StaleBrokerEpoch { broker_id: 1, broker_epoch: e1 + 7, current: e1 },
+            ),
+            (2, e2, MetadataError::BrokerFenced { broker_id: 2, broker_epoch: e2 }),
+        ];
+        for (broker_id, broker_epoch, error) in cases {
+            let before = s.clone();
+            let response =
+                s.apply(&MetadataCommand::ControlledShutdown { broker_id, broker_epoch });
+            assert_eq!(response, MetadataResponse::Refused(error));
+            assert_eq!(s, before);
+        }
+    }
+
+    /// AlterPartition: every refusal, in the order checked, changes nothing; the accepted
+    /// change sets the ISR and bumps the partition epoch only; re-sending the ISR the partition
+    /// already has (with current epochs) is a no-op, re-sending an applied change is stale.
+    #[test]
+    fn alter_partition_checks_and_refusals() {
+        let mut s = cluster();
+        s.apply(&register(4));
+        s.apply(&create("t", vec![vec![1, 2, 4]]));
+        fence(&mut s, 4);
+        let e1 = epoch(&s, 1);
+        let e4 = epoch(&s, 4);
+        let good = alter_partition(1, e1, "t", 0, 0, 0, &[1, 2]);
+        let with = |broker: i32, broker_epoch: i64, topic: &str, partition: i32| {
+            alter_partition(broker, broker_epoch, topic, partition, 0, 0, &[1, 2])
+        };
+        let with_epochs = |leader_epoch, partition_epoch| {
+            alter_partition(1, e1, "t", 0, leader_epoch, partition_epoch, &[1, 2])
+        };
+        let with_isr = |isr: &[i32]| alter_partition(1, e1, "t", 0, 0, 0, isr);
+        let invalid = |isr: &[i32], reason: &str| MetadataError::InvalidIsr {
+            topic: "t".into(),
+            partition: 0,
+            isr: isr.to_vec(),
+            reason: reason.into(),
+        };
+        let cases = vec![
+            (with(9, 1, "t", 0), MetadataError::UnknownBroker(9)),
+            (
+                with(1, e1 + 5, "t", 0),
+                MetadataError::StaleBrokerEpoch { broker_id: 1, broker_epoch: e1 + 5, current: e1 },
+            ),
+            (with(4, e4, "t", 0), MetadataError::BrokerFenced { broker_id: 4, broker_epoch: e4 }),
+            (with(1, e1, "zz", 0), MetadataError::UnknownTopic("zz".into())),
+            (
+                with(1, e1, "t", 1),
+                MetadataError::UnknownPartition { topic: "t".into(), partition: 1 },
+            ),
+            (
+                with(1, e1, "t", -1),
+                MetadataError::UnknownPartition { topic: "t".into(), partition: -1 },
+            ),
+            (
+                with(2, epoch(&s, 2), "t", 0),
+                MetadataError::NotPartitionLeader {
+                    topic: "t".into(),
+                    partition: 0,
+                    broker_id: 2,
+                    leader: 1,
+                },
+            ),
+            (
+                with_epochs(1, 0),
+                MetadataError::StaleLeaderEpoch {
+                    topic: "t".into(),
+                    partition: 0,
+                    got: 1,
+                    current: 0,
+                },
+            ),
+            (
+                with_epochs(0, 3),
+                MetadataError::StalePartitionEpoch {
+                    topic: "t".into(),
+                    partition: 0,
+                    got: 3,
+                    current: 0,
+                },
+            ),
+            (with_isr(&[]), invalid(&[], "the isr is empty")),
+            (with_isr(&[1, 2, 1]), invalid(&[1, 2, 1], "broker 1 listed twice")),
+            (with_isr(&[2]), invalid(&[2], "the isr must contain the leader 1")),
+            (with_isr(&[1, 3]), invalid(&[1, 3], "broker 3 is not a replica (replicas [1, 2, 4])")),
+            (with_isr(&[1, 4]), invalid(&[1, 4], "broker 4 is fenced or not registered")),
+        ];
+        for (command, error) in cases {
+            let before = s.clone();
+            assert_eq!(s.apply(&command), MetadataResponse::Refused(error), "{command:?}");
+            assert_eq!(s, before, "a refused alter partition changes nothing: {command:?}");
+        }
+        let MetadataResponse::Refused(stale) = s.apply(&with_epochs(1, 0)) else { panic!() };
+        assert!(stale.to_string().contains("stale leader epoch 1"), "{stale}");
+        let MetadataResponse::Refused(stale) = s.apply(&with_epochs(0, 3)) else { panic!() };
+        assert!(stale.to_string().contains("stale partition epoch 3"), "{stale}");
+
+        let version = s.version;
+        let applied = s.apply(&good);
+        let expected = PartitionRecord {
+            replicas: vec![1, 2, 4],
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 1,
+            isr: vec![1, 2],
+        };
+        assert_eq!(
+            applied,
+            MetadataResponse::PartitionAltered {
+                partition: expected.clone(),
+                version: version + 1
+            }
+        );
+        assert_eq!(*part(&s, "t", 0), expected);
+        assert!(matches!(
+            s.apply(&good),
+            MetadataResponse::Refused(MetadataError::StalePartitionEpoch { .. })
+        ));
+        let before = s.clone();
+        assert_eq!(alter(&mut s, 1, "t", &[1, 2]), expected, "same isr: a no-op");
+        assert_eq!(s, before);
+        // A fenced broker already in the ISR is not refused (only additions are checked), and a
+        // shrink works like an expansion.
+        assert_eq!(alter(&mut s, 1, "t", &[1]).isr, vec![1]);
+    }
+
+    /// After the preferred replica (the first) restarts, it is out of the ISR and another
+    /// replica leads; once that leader adds it back to the ISR, the lead moves to it with a new
+    /// leader epoch, in the same change (one partition epoch bump).
+    #[test]
+    fn preferred_leader_takes_the_lead_back_when_it_rejoins_the_isr() {
+        let mut s = cluster();
+        s.apply(&create("t", vec![vec![1, 2, 3]]));
+        alter(&mut s, 1, "t", &[1, 2, 3]);
+        fence(&mut s, 1);
+        assert_eq!(state_of(&s, "t"), (2, 1, 2, vec![2, 3]));
+        s.apply(&register(1));
+        assert_eq!(part(&s, "t", 0).leader, 2, "registering alone does not move the lead");
+        // Shrinking without the preferred replica keeps the leader.
+        alter(&mut s, 2, "t", &[2]);
+        assert_eq!(state_of(&s, "t"), (2, 1, 3, vec![2]));
+        let now = alter(&mut s, 2, "t", &[2, 1]);
+        assert_eq!((now.leader, now.leader_epoch, now.partition_epoch), (1, 2, 4));
+        assert_eq!(now.isr, vec![2, 1], "the old leader stays in sync and follows");
+        assert_eq!(*part(&s, "t", 0), now, "the response is the partition as it now is");
+        // The old leader's epoch is stale now.
+        assert!(matches!(
+            s.apply(&alter_partition(2, epoch(&s, 2), "t", 0, 1, 4, &[2, 1])),
+            MetadataResponse::Refused(MetadataError::NotPartitionLeader { leader: 1, .. })
+        ));
+    }
+
+    /// When the last ISR member is fenced the partition has no leader; it re-registers (a new
+    /// epoch) and leads again, while another replica that re-registers first does not.
+    #[test]
+    fn reregistering_the_last_isr_member_restores_leadership() {
+        let mut s = cluster();
+        s.apply(&create("t", vec![vec![1, 2]]));
+        alter(&mut s, 1, "t", &[1, 2]);
+        fence(&mut s, 2);
+        fence(&mut s, 1);
+        assert_eq!(state_of(&s, "t"), (-1, 1, 3, vec![1]));
+        s.apply(&register(2));
+        assert_eq!(part(&s, "t", 0).leader, -1);
+        s.apply(&register(1));
+        assert_eq!(state_of(&s, "t"), (1, 2, 4, vec![1]));
     }
 
     #[test]
@@ -572,6 +1346,8 @@ mod tests {
             create("x", vec![vec![1, 2]]),
             MetadataCommand::FenceBroker { broker_id: 1, broker_epoch: 1 },
             register(1),
+            alter_partition(1, 3, "x", 0, 2, 2, &[1, 2]),
+            MetadataCommand::ControlledShutdown { broker_id: 1, broker_epoch: 3 },
         ];
         let (mut a, mut b) = (MetadataState::default(), MetadataState::default());
         for c in &commands {
@@ -580,6 +1356,7 @@ mod tests {
             assert_eq!(a.apply(c), b.apply(&wire));
         }
         assert_eq!(a, b);
+        assert_eq!(state_of(&a, "x"), (2, 3, 4, vec![2]), "every command applied");
         let restored: MetadataState =
             serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
         assert_eq!(restored, a);

@@ -3,7 +3,9 @@
 //! leader's id and address so the client retries there. Reads answer from the local state
 //! machine on any controller. Broker leases are kept by the leader, in memory: a new leader
 //! grants every live broker a fresh lease, and a lease that lapses fences the broker through
-//! Raft.
+//! Raft. Partition leaders change their ISR with AlterPartition, and a stopping broker hands
+//! its leaderships over with ControlledShutdown; both are checked in the state machine
+//! ([`crate::metadata`]), which also elects leaders.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
@@ -20,7 +22,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::metadata::{
-    BrokerRecord, MetadataCommand, MetadataError, MetadataResponse, MetadataState, TopicRecord,
+    BrokerRecord, MetadataCommand, MetadataError, MetadataResponse, MetadataState, PartitionRecord,
+    TopicRecord,
 };
 use crate::placement::{Candidate, PlacementError, place};
 use crate::store::StateMachineStore;
@@ -73,6 +76,15 @@ fn metadata_status(e: &MetadataError) -> Status {
         MetadataError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
         MetadataError::InvalidAssignment { .. } => ErrorCode::InvalidReplicationFactor,
         MetadataError::PartitionCountChanged { .. } => ErrorCode::InvalidPartitions,
+        MetadataError::UnknownBroker(_) | MetadataError::StaleBrokerEpoch { .. } => {
+            ErrorCode::StaleBrokerEpoch
+        }
+        MetadataError::BrokerFenced { .. } => ErrorCode::BrokerFenced,
+        MetadataError::UnknownPartition { .. } => ErrorCode::UnknownTopicOrPartition,
+        MetadataError::NotPartitionLeader { .. }
+        | MetadataError::StaleLeaderEpoch { .. }
+        | MetadataError::StalePartitionEpoch { .. } => ErrorCode::FencedLeaderEpoch,
+        MetadataError::InvalidIsr { .. } => ErrorCode::InvalidRequest,
     };
     status(code, e.to_string())
 }
@@ -107,6 +119,18 @@ fn random_id(name: &str) -> [u8; 16] {
     id
 }
 
+/// The proto form of partition `index`.
+pub fn partition_pb(index: i32, p: &PartitionRecord) -> pb::PartitionMetadata {
+    pb::PartitionMetadata {
+        partition: index,
+        leader: p.leader,
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
+        replicas: p.replicas.clone(),
+        isr: p.isr.clone(),
+    }
+}
+
 /// The proto form of a topic.
 pub fn topic_pb(t: &TopicRecord) -> pb::TopicMetadata {
     pb::TopicMetadata {
@@ -118,14 +142,7 @@ pub fn topic_pb(t: &TopicRecord) -> pb::TopicMetadata {
             .partitions
             .iter()
             .enumerate()
-            .map(|(i, p)| pb::PartitionMetadata {
-                partition: i as i32,
-                leader: p.leader,
-                leader_epoch: p.leader_epoch,
-                partition_epoch: p.partition_epoch,
-                replicas: p.replicas.clone(),
-                isr: p.isr.clone(),
-            })
+            .map(|(i, p)| partition_pb(i as i32, p))
             .collect(),
     }
 }
@@ -620,6 +637,59 @@ impl ControllerService for ControllerApi {
         }))
     }
 
+    async fn alter_partition(
+        &self,
+        request: Request<pb::AlterPartitionRequest>,
+    ) -> Result<Response<pb::AlterPartitionResponse>, Status> {
+        let req = request.into_inner();
+        // Every check runs in the state machine, against the state the command applies to.
+        let answer = self
+            .write(MetadataCommand::AlterPartition {
+                broker_id: req.broker_id,
+                broker_epoch: req.broker_epoch,
+                topic: req.topic,
+                partition: req.partition,
+                leader_epoch: req.leader_epoch,
+                partition_epoch: req.partition_epoch,
+                isr: req.isr,
+            })
+            .await?;
+        let MetadataResponse::PartitionAltered { partition, .. } = answer else {
+            return Err(status(ErrorCode::InvalidRequest, format!("unexpected answer {answer:?}")));
+        };
+        Ok(Response::new(pb::AlterPartitionResponse {
+            partition: Some(partition_pb(req.partition, &partition)),
+        }))
+    }
+
+    async fn controlled_shutdown(
+        &self,
+        request: Request<pb::ControlledShutdownRequest>,
+    ) -> Result<Response<pb::ControlledShutdownResponse>, Status> {
+        let req = request.into_inner();
+        let answer = self
+            .write(MetadataCommand::ControlledShutdown {
+                broker_id: req.broker_id,
+                broker_epoch: req.broker_epoch,
+            })
+            .await?;
+        let MetadataResponse::ShutdownProgress { remaining, version } = answer else {
+            return Err(status(ErrorCode::InvalidRequest, format!("unexpected answer {answer:?}")));
+        };
+        tracing::info!(
+            broker_id = req.broker_id,
+            remaining = remaining.len(),
+            metadata_version = version,
+            "controlled shutdown"
+        );
+        Ok(Response::new(pb::ControlledShutdownResponse {
+            remaining: remaining
+                .into_iter()
+                .map(|(topic, partition)| pb::TopicPartition { topic, partition })
+                .collect(),
+        }))
+    }
+
     type WatchMetadataStream = EventStream;
 
     async fn watch_metadata(
@@ -656,5 +726,74 @@ impl ControllerService for ControllerApi {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each refusal of AlterPartition and ControlledShutdown reaches the client as its
+    /// documented error code.
+    #[test]
+    fn partition_and_broker_refusals_map_to_their_codes() {
+        let topic = || "t".to_string();
+        let cases = [
+            (MetadataError::UnknownBroker(9), ErrorCode::StaleBrokerEpoch),
+            (
+                MetadataError::StaleBrokerEpoch { broker_id: 1, broker_epoch: 1, current: 2 },
+                ErrorCode::StaleBrokerEpoch,
+            ),
+            (
+                MetadataError::BrokerFenced { broker_id: 1, broker_epoch: 2 },
+                ErrorCode::BrokerFenced,
+            ),
+            (MetadataError::UnknownTopic(topic()), ErrorCode::UnknownTopicOrPartition),
+            (
+                MetadataError::UnknownPartition { topic: topic(), partition: 3 },
+                ErrorCode::UnknownTopicOrPartition,
+            ),
+            (
+                MetadataError::NotPartitionLeader {
+                    topic: topic(),
+                    partition: 0,
+                    broker_id: 2,
+                    leader: 1,
+                },
+                ErrorCode::FencedLeaderEpoch,
+            ),
+            (
+                MetadataError::StaleLeaderEpoch {
+                    topic: topic(),
+                    partition: 0,
+                    got: 1,
+                    current: 2,
+                },
+                ErrorCode::FencedLeaderEpoch,
+            ),
+            (
+                MetadataError::StalePartitionEpoch {
+                    topic: topic(),
+                    partition: 0,
+                    got: 1,
+                    current: 2,
+                },
+                ErrorCode::FencedLeaderEpoch,
+            ),
+            (
+                MetadataError::InvalidIsr {
+                    topic: topic(),
+                    partition: 0,
+                    isr: vec![],
+                    reason: "the isr is empty".into(),
+                },
+                ErrorCode::InvalidRequest,
+            ),
+        ];
+        for (error, code) in cases {
+            let s = metadata_status(&error);
+            assert_eq!(tideline_common::error_code_of(&s), Some(code), "{error}");
+            assert_eq!(s.message(), error.to_string());
+        }
     }
 }

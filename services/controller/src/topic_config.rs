@@ -4,6 +4,10 @@
 
 use std::collections::BTreeMap;
 
+/// Whether a partition whose in-sync replicas are all gone may be led by an out-of-sync replica
+/// (availability over durability: records it lacks are lost). "true" or "false", default false.
+pub const UNCLEAN_LEADER_ELECTION_ENABLE: &str = "unclean.leader.election.enable";
+
 /// Checks one value; `rf` is the topic's replication factor (for `min.insync.replicas`).
 type Check = fn(&str, i32) -> Result<(), String>;
 
@@ -26,7 +30,7 @@ const KNOWN: &[(&str, Check)] = &[
     ("index.interval.bytes", |v, _| int_in(v, 0, i64::from(i32::MAX))),
     ("flush.ms", |v, _| int_in(v, 1, i64::MAX)),
     ("min.insync.replicas", |v, rf| int_in(v, 1, i64::from(rf.max(1)))),
-    ("unclean.leader.election.enable", |v, _| match v {
+    (UNCLEAN_LEADER_ELECTION_ENABLE, |v, _| match v {
         "true" | "false" => Ok(()),
         _ => Err(format!("{v:?} is not true or false")),
     }),
@@ -70,6 +74,7 @@ mod tests {
             ("segment.bytes", "1048576"),
             ("min.insync.replicas", "2"),
             ("cleanup.policy", "compact"),
+            (UNCLEAN_LEADER_ELECTION_ENABLE, "true"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -83,6 +88,7 @@ mod tests {
             ("max.message.bytes", "-5", 1),
             ("min.insync.replicas", "3", 2),
             ("cleanup.policy", "forever", 1),
+            (UNCLEAN_LEADER_ELECTION_ENABLE, "yes", 1),
             ("no.such.key", "1", 1),
         ] {
             let one = BTreeMap::from([(key.to_string(), value.to_string())]);

@@ -285,6 +285,76 @@ async fn leases_fence_silent_brokers() {
     node.shutdown().await;
 }
 
+/// A partition's ISR changes only by its current leader at the current leader and partition
+/// epochs: a stale epoch (a deposed leader, or one that missed a change) gets
+/// FENCED_LEADER_EPOCH. Controlled shutdown of the leader of an RF=2 partition whose ISR holds
+/// both replicas moves the lead to the other with a bumped leader epoch and takes the stopping
+/// broker out of the ISR; it then leads nothing, and the new leader, alone in sync, cannot hand
+/// its partition over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_partition_fences_stale_epochs_and_controlled_shutdown_moves_leadership() {
+    let (_dir, node, mut c) = single_controller(6000).await;
+    let mut epochs = BTreeMap::new();
+    for id in 1..=2 {
+        epochs.insert(id, register(&mut c, id, "").await);
+    }
+    let topic = c.create_topic(create("r", 1, 2, &[])).await.unwrap().into_inner().topic.unwrap();
+    let p = topic.partitions[0].clone();
+    let (leader, follower) = (p.replicas[0], p.replicas[1]);
+    assert_eq!((p.leader, p.isr.clone()), (leader, vec![leader]));
+    let alter = |leader_epoch: i32, partition_epoch: i32| pb::AlterPartitionRequest {
+        broker_id: leader,
+        broker_epoch: epochs[&leader],
+        topic: "r".into(),
+        partition: 0,
+        leader_epoch,
+        partition_epoch,
+        isr: vec![leader, follower],
+    };
+    let fenced = (tonic::Code::FailedPrecondition, Some(ErrorCode::FencedLeaderEpoch));
+    assert_eq!(
+        code_of(c.alter_partition(alter(p.leader_epoch + 1, p.partition_epoch)).await),
+        fenced
+    );
+    let altered = c
+        .alter_partition(alter(p.leader_epoch, p.partition_epoch))
+        .await
+        .unwrap()
+        .into_inner()
+        .partition
+        .unwrap();
+    assert_eq!(altered.isr, vec![leader, follower]);
+    assert_eq!(altered.partition_epoch, p.partition_epoch + 1);
+    assert_eq!(
+        code_of(c.alter_partition(alter(p.leader_epoch, p.partition_epoch)).await),
+        fenced,
+        "the partition epoch the change was based on is stale once it applied"
+    );
+    assert_eq!(
+        code_of(
+            c.controlled_shutdown(pb::ControlledShutdownRequest {
+                broker_id: leader,
+                broker_epoch: epochs[&leader] + 100,
+            })
+            .await
+        ),
+        (tonic::Code::FailedPrecondition, Some(ErrorCode::StaleBrokerEpoch))
+    );
+
+    let shutdown =
+        |id: i32| pb::ControlledShutdownRequest { broker_id: id, broker_epoch: epochs[&id] };
+    let answer = c.controlled_shutdown(shutdown(leader)).await.unwrap().into_inner();
+    assert!(answer.remaining.is_empty(), "{answer:?}");
+    let now = c.describe_topic(pb::DescribeTopicRequest { name: "r".into() }).await.unwrap();
+    let now = now.into_inner().topic.unwrap().partitions[0].clone();
+    assert_eq!(now.leader, follower);
+    assert_eq!(now.leader_epoch, altered.leader_epoch + 1);
+    assert_eq!(now.isr, vec![follower]);
+    let answer = c.controlled_shutdown(shutdown(follower)).await.unwrap().into_inner();
+    assert_eq!(answer.remaining, vec![pb::TopicPartition { topic: "r".into(), partition: 0 }]);
+    node.shutdown().await;
+}
+
 /// The standard gRPC health service reports the controller service as serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_serving() {

@@ -114,6 +114,7 @@ impl Cluster {
         let child = Command::new(env!("CARGO_BIN_EXE_tideline-broker"))
             .args(["--broker-id", &id.to_string(), "--controllers", &self.controller_addr])
             .args(["--listen", "127.0.0.1:0", "--log-segment-bytes", "65536"])
+            .args(["--replica-lag-time-max-ms", "1500", "--produce-timeout-ms", "10000"])
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .stdout(out.try_clone().unwrap())
@@ -164,15 +165,22 @@ impl Cluster {
     /// A client of broker `id`, at its currently registered address (the last known one when
     /// the controller is gone).
     pub async fn broker(&self, id: i32) -> BrokerServiceClient<Channel> {
+        self.try_broker(id).await.expect("connect to the broker")
+    }
+
+    /// A client of broker `id`, or `None` when it cannot be reached (e.g. it was killed).
+    pub async fn try_broker(&self, id: i32) -> Option<BrokerServiceClient<Channel>> {
         let addr = match self.metadata().await {
-            Some(m) => self.broker_addr_in(&m, id).expect("broker registered"),
+            Some(m) => self.broker_addr_in(&m, id)?,
             None => self.addr_of(id),
         };
-        BrokerServiceClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap()
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+        Some(
+            BrokerServiceClient::connect(format!("http://{addr}"))
+                .await
+                .ok()?
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
     }
 
     /// Creates a topic and waits until every partition's leader accepts requests.
@@ -201,6 +209,45 @@ impl Cluster {
             self.wait_leader_ready(name, p.partition).await;
         }
         topic
+    }
+
+    /// A partition as the controller records it.
+    pub async fn partition(&self, topic: &str, partition: i32) -> Option<pb::PartitionMetadata> {
+        let m = self.metadata().await?;
+        m.topics
+            .iter()
+            .find(|t| t.name == topic)
+            .and_then(|t| t.partitions.iter().find(|p| p.partition == partition))
+            .cloned()
+    }
+
+    /// Waits until the partition's ISR (sorted) is `isr`.
+    pub async fn wait_isr(
+        &self,
+        topic: &str,
+        partition: i32,
+        isr: &[i32],
+    ) -> pb::PartitionMetadata {
+        let what = format!("the ISR of {topic}-{partition} to be {isr:?}");
+        wait_until(Duration::from_secs(30), &what, || async {
+            let p = self.partition(topic, partition).await?;
+            let mut got = p.isr.clone();
+            got.sort_unstable();
+            (got == isr).then_some(p)
+        })
+        .await
+    }
+
+    /// The bytes of every segment file of a partition replica on broker `id`, concatenated in
+    /// offset order.
+    pub fn segment_bytes(&self, id: i32, topic: &str, partition: i32) -> Vec<u8> {
+        let dir = self.data_dir(id).join(format!("{topic}-{partition}"));
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        files.sort();
+        files.iter().flat_map(|f| std::fs::read(f).unwrap_or_default()).collect()
     }
 
     /// The leader of a partition per the controller, -1 for none.
@@ -299,6 +346,7 @@ pub fn produce_records(
         partition,
         acks: pb::Acks::All as i32,
         timeout_ms: 0,
+        current_leader_epoch: None,
         payload: Some(pb::produce_request::Payload::Records(pb::RecordList {
             records,
             compression: String::new(),
@@ -313,6 +361,7 @@ pub fn produce_bytes(topic: &str, partition: i32, bytes: Vec<u8>) -> pb::Produce
         partition,
         acks: pb::Acks::Leader as i32,
         timeout_ms: 0,
+        current_leader_epoch: None,
         payload: Some(pb::produce_request::Payload::RecordBatches(bytes.into())),
     }
 }
@@ -327,6 +376,8 @@ pub fn fetch(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> pb::
         max_wait_ms,
         min_bytes: 1,
         decode_records: true,
+        replica_id: None,
+        current_leader_epoch: None,
     }
 }
 

@@ -1,0 +1,395 @@
+//! Replication between brokers, pull based as in Kafka.
+//!
+//! - A **follower** runs one fetcher task per partition: it first asks the leader where its own
+//!   latest epoch ends there (`OffsetForLeaderEpoch`) and truncates what it has beyond that
+//!   (KIP-101/279), then fetches from its log end with its broker id and the leader epoch it
+//!   knows, appends what comes as it is (`append_replicated`), and takes the high watermark from
+//!   the answers.
+//! - The **leader** records each follower's fetch offset as its log end, and moves the high
+//!   watermark to the smallest log end in the ISR. It shrinks the ISR (through the controller's
+//!   `AlterPartition`) when a follower has not caught up for `replica.lag.time.max.ms`, and
+//!   expands it when a follower has reached the high watermark.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tideline_common::{ErrorCode, error_code_of, offset_range_of};
+use tideline_log::LogError;
+use tideline_proto::v1 as pb;
+use tideline_proto::v1::broker_service_client::BrokerServiceClient;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::MAX_MESSAGE_BYTES;
+use crate::membership::{Controllers, Shared};
+use crate::replicas::{FollowerProgress, Replica};
+
+/// Counters of replication events on this broker (exported with the other metrics later).
+#[derive(Debug, Default)]
+pub struct ReplicationCounters {
+    /// ISR shrinks this broker made as leader.
+    pub isr_shrinks: std::sync::atomic::AtomicU64,
+    /// ISR expansions this broker made as leader.
+    pub isr_expands: std::sync::atomic::AtomicU64,
+}
+
+/// A running fetcher: the leader epoch it follows and its task.
+type Fetcher = (i32, JoinHandle<()>);
+
+/// The running fetcher tasks of a follower, by partition.
+#[derive(Debug, Default)]
+pub struct Fetchers {
+    tasks: std::sync::Mutex<HashMap<(String, i32), Fetcher>>,
+}
+
+impl Fetchers {
+    /// Stops every fetcher.
+    pub fn stop_all(&self) {
+        for (_, (_, task)) in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            task.abort();
+        }
+    }
+}
+
+/// The high watermark a leader may publish: the smallest log end offset among the in-sync
+/// replicas, its own included. A follower in the ISR that has not fetched yet in this leader
+/// epoch holds it where it is.
+pub fn leader_high_watermark(replica: &Replica, me: i32) -> i64 {
+    let mut hw = replica.log.log_end_offset();
+    let progress = replica.progress.lock().unwrap_or_else(|e| e.into_inner());
+    for id in replica.isr.iter().filter(|id| **id != me) {
+        match progress.followers.get(id) {
+            Some(f) => hw = hw.min(f.log_end),
+            None => hw = hw.min(replica.high_watermark()),
+        }
+    }
+    hw
+}
+
+/// Moves a leader's high watermark forward as far as its ISR allows.
+pub fn update_leader_high_watermark(replica: &Replica, me: i32) {
+    replica.advance_high_watermark(leader_high_watermark(replica, me));
+}
+
+/// Records a follower's fetch at `fetch_offset` (its log end), then updates the high
+/// watermark.
+pub fn record_follower_fetch(replica: &Replica, me: i32, follower: i32, fetch_offset: i64) {
+    let leader_end = replica.log.log_end_offset();
+    let now = Instant::now();
+    {
+        let mut progress = replica.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let since = progress.since;
+        let f = progress.followers.entry(follower).or_insert(FollowerProgress {
+            log_end: fetch_offset,
+            caught_up_at: since,
+            last_fetch: now,
+            leader_end_at_last_fetch: leader_end,
+        });
+        // Caught up: it has everything the leader has, or everything the leader had when its
+        // previous fetch was answered (Kafka's rule, so a steady stream of appends does not make
+        // a healthy follower look behind).
+        if fetch_offset >= leader_end {
+            f.caught_up_at = now;
+        } else if fetch_offset >= f.leader_end_at_last_fetch {
+            f.caught_up_at = f.caught_up_at.max(f.last_fetch);
+        }
+        f.log_end = fetch_offset;
+        f.last_fetch = now;
+        f.leader_end_at_last_fetch = leader_end;
+    }
+    update_leader_high_watermark(replica, me);
+}
+
+/// After the replicas changed with the metadata: recomputes the high watermark of every
+/// partition led here and starts or stops follower fetchers.
+pub fn after_metadata(shared: &Arc<Shared>) {
+    let me = shared.config.broker_id;
+    let mut tasks = shared.fetchers.tasks.lock().unwrap_or_else(|e| e.into_inner());
+    let mut wanted = HashMap::new();
+    for (key, r) in shared.replicas.all() {
+        if r.leader == me {
+            update_leader_high_watermark(&r, me);
+        } else if r.leader >= 0 {
+            wanted.insert(key, r.leader_epoch);
+        }
+    }
+    tasks.retain(|key, (epoch, task)| {
+        let keep = wanted.get(key) == Some(epoch) && !task.is_finished();
+        if !keep {
+            task.abort();
+        }
+        keep
+    });
+    for (key, epoch) in wanted {
+        if tasks.contains_key(&key) {
+            continue;
+        }
+        let task = tokio::spawn(run_fetcher(Arc::clone(shared), key.0.clone(), key.1, epoch));
+        tasks.insert(key, (epoch, task));
+    }
+}
+
+fn broker_client(address: &str) -> Option<BrokerServiceClient<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(32 << 20);
+    Some(
+        BrokerServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+}
+
+/// Where to truncate so the local log agrees with the leader's: KIP-279. `leader` is the
+/// leader's answer for the local latest epoch `asked`.
+fn truncation_point(replica: &Replica, asked: i32, leader: (i32, i64)) -> i64 {
+    let (epoch, end) = leader;
+    let local_end = replica.log.log_end_offset();
+    if epoch < 0 {
+        // The leader has no epoch at or below ours: nothing here is known to match.
+        return end.min(local_end);
+    }
+    if epoch == asked {
+        return end.min(local_end);
+    }
+    // The leader's largest epoch at or below ours is older: our records of epochs above it
+    // diverge; keep what both have of `epoch`.
+    let ours = replica.log.end_offset_for_epoch(epoch).map_or(local_end, |(_, e)| e);
+    end.min(ours).min(local_end)
+}
+
+/// Follows the leader of `topic`-`partition` at `leader_epoch` until the task is aborted (a
+/// newer epoch or leadership here) or the broker stops.
+async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_epoch: i32) {
+    let me = shared.config.broker_id;
+    let mut stop = shared.stop.clone();
+    let mut client: Option<(String, BrokerServiceClient<Channel>)> = None;
+    let mut truncated = false;
+    let backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let Some(replica) = shared.replicas.get(&topic, partition) else { return };
+        if replica.leader_epoch != leader_epoch || replica.leader == me || replica.leader < 0 {
+            return;
+        }
+        let address = shared
+            .metadata
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .broker_address(replica.leader);
+        let Some(address) = address else {
+            tokio::time::sleep(backoff).await;
+            continue;
+        };
+        if client.as_ref().is_none_or(|(a, _)| *a != address) {
+            client = broker_client(&address).map(|c| (address.clone(), c));
+        }
+        let Some((_, c)) = client.as_mut() else {
+            tokio::time::sleep(backoff).await;
+            continue;
+        };
+        if !truncated {
+            let asked = replica.log.latest_epoch().unwrap_or(-1);
+            let answer = c
+                .offset_for_leader_epoch(pb::OffsetForLeaderEpochRequest {
+                    topic: topic.clone(),
+                    partition,
+                    leader_epoch: asked,
+                    current_leader_epoch: Some(leader_epoch),
+                })
+                .await;
+            match answer {
+                Ok(a) => {
+                    let a = a.into_inner();
+                    let to = truncation_point(&replica, asked, (a.leader_epoch, a.end_offset));
+                    if to < replica.log.log_end_offset() {
+                        let log = Arc::clone(&replica.log);
+                        let done = tokio::task::spawn_blocking(move || log.truncate_to(to)).await;
+                        match done {
+                            Ok(Ok(end)) => {
+                                tracing::info!(%topic, partition, leader_epoch, to = end, "truncated a diverging log tail");
+                                replica.set_log_end(end);
+                                replica.cap_high_watermark(end);
+                            }
+                            Ok(Err(e)) => {
+                                tracing::error!(%topic, partition, error = %e, "truncation failed");
+                                tokio::time::sleep(backoff * 10).await;
+                                continue;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                    truncated = true;
+                }
+                Err(s) => {
+                    tracing::debug!(%topic, partition, error = %s.message(), "offset for leader epoch failed");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            }
+        }
+        let offset = replica.log.log_end_offset();
+        let request = pb::FetchRequest {
+            topic: topic.clone(),
+            partition,
+            offset,
+            max_bytes: 8 << 20,
+            max_wait_ms: 500,
+            min_bytes: 1,
+            decode_records: false,
+            replica_id: Some(me),
+            current_leader_epoch: Some(leader_epoch),
+        };
+        let answer = tokio::select! {
+            a = c.fetch(request) => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match answer {
+            Ok(r) => {
+                let r = r.into_inner();
+                if !r.record_batches.is_empty() {
+                    let log = Arc::clone(&replica.log);
+                    let bytes = r.record_batches;
+                    let appended =
+                        tokio::task::spawn_blocking(move || log.append_replicated(&bytes)).await;
+                    match appended {
+                        Ok(Ok(info)) => replica.set_log_end(info.last_offset + 1),
+                        Ok(Err(
+                            LogError::NonContiguousAppend { .. } | LogError::EpochRegression { .. },
+                        )) => {
+                            // The logs disagree: find the divergence again.
+                            truncated = false;
+                            continue;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(%topic, partition, error = %e, "replicated append failed");
+                            tokio::time::sleep(backoff * 10).await;
+                            continue;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                let end = replica.log.log_end_offset();
+                replica.advance_high_watermark(r.high_watermark.min(end));
+            }
+            Err(s) => match error_code_of(&s) {
+                Some(ErrorCode::OffsetOutOfRange) => {
+                    let local_end = replica.log.log_end_offset();
+                    match offset_range_of(&s) {
+                        // The leader's log starts after ours ends: start over at its start.
+                        Some((start, _)) if local_end < start => {
+                            let log = Arc::clone(&replica.log);
+                            let done = tokio::task::spawn_blocking(move || {
+                                log.truncate_fully_and_start_at(start)
+                            })
+                            .await;
+                            if let Ok(Ok(())) = done {
+                                replica.set_log_end(start);
+                            }
+                        }
+                        // Ours is longer than the leader's: find the divergence again.
+                        _ => truncated = false,
+                    }
+                }
+                _ => {
+                    tracing::debug!(%topic, partition, error = %s.message(), "replica fetch failed");
+                    tokio::time::sleep(backoff).await;
+                }
+            },
+        }
+    }
+}
+
+/// Every quarter of `replica.lag.time.max.ms`, for each partition led here: takes out of the
+/// ISR followers that have not caught up for that long, and adds back replicas that reached the
+/// high watermark, through the controller. Runs until `stop`.
+pub async fn run_isr_maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let me = shared.config.broker_id;
+    let lag = shared.config.replica_lag_time_max;
+    let mut controllers = Controllers::new(shared.config.controllers.clone());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lag / 4) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let lease = shared.lease();
+        let Some(broker_epoch) = lease.broker_epoch.filter(|_| lease.is_live()) else { continue };
+        for ((topic, partition), r) in shared.replicas.all() {
+            if r.leader != me {
+                continue;
+            }
+            let Some(isr) = wanted_isr(&shared, &r, me, lag) else { continue };
+            let request = pb::AlterPartitionRequest {
+                broker_id: me,
+                broker_epoch,
+                topic: topic.clone(),
+                partition,
+                leader_epoch: r.leader_epoch,
+                partition_epoch: r.partition_epoch,
+                isr: isr.clone(),
+            };
+            let answer = controllers
+                .call(|mut c| {
+                    let request = request.clone();
+                    async move { c.alter_partition(request).await }
+                })
+                .await;
+            match answer {
+                Ok(_) => {
+                    let counter = if isr.len() < r.isr.len() {
+                        &shared.counters.isr_shrinks
+                    } else {
+                        &shared.counters.isr_expands
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(%topic, partition, from = ?r.isr, to = ?isr, "ISR changed");
+                }
+                Err(s) => {
+                    tracing::warn!(%topic, partition, error = %s.message(), "ISR change refused")
+                }
+            }
+        }
+    }
+}
+
+/// The ISR a leader wants now, or `None` when it is right as it is.
+fn wanted_isr(shared: &Shared, r: &Replica, me: i32, lag: Duration) -> Option<Vec<i32>> {
+    let now = Instant::now();
+    let hw = r.high_watermark();
+    let progress = r.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let live = |id: i32| {
+        let m = shared.metadata.read().unwrap_or_else(|e| e.into_inner());
+        m.brokers.get(&id).is_some_and(|b| !b.fenced)
+    };
+    let isr: Vec<i32> = r
+        .replicas
+        .iter()
+        .copied()
+        .filter(|id| {
+            if *id == me {
+                return true;
+            }
+            let f = progress.followers.get(id);
+            if r.isr.contains(id) {
+                // Stays while it caught up within the lag (or leadership is younger than it).
+                let caught_up = f.map_or(progress.since, |f| f.caught_up_at);
+                now.duration_since(caught_up) <= lag
+            } else {
+                // Comes back once it has everything committed, and is live.
+                f.is_some_and(|f| f.log_end >= hw && hw >= 0) && live(*id)
+            }
+        })
+        .collect();
+    let mut current = r.isr.clone();
+    current.sort_unstable();
+    let mut next = isr.clone();
+    next.sort_unstable();
+    (current != next).then_some(isr)
+}

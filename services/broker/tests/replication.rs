@@ -1,0 +1,146 @@
+//! Replication between real `tideline-broker` processes: followers catch up and join the ISR,
+//! replicas end byte-identical, acks=all waits for the ISR and survives the leader's kill -9,
+//! stopped followers leave the ISR, and acks=all is refused below min.insync.replicas.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use tideline_common::{ErrorCode, error_code_of};
+use tideline_proto::v1 as pb;
+
+/// Produces one record `value` with `acks`, retrying on retriable errors (refreshing the leader)
+/// for up to 30 s. Ok(offset) when acknowledged.
+async fn produce_retrying(
+    cluster: &Cluster,
+    topic: &str,
+    value: &str,
+    acks: pb::Acks,
+) -> Result<i64, tonic::Status> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = cluster.leader_of(topic, 0).await;
+        let client = if leader < 0 { None } else { cluster.try_broker(leader).await };
+        let attempt = match client {
+            None => Err(tonic::Status::unavailable("no leader reachable")),
+            Some(mut b) => {
+                let mut request = produce_records(topic, 0, vec![record("k", value, &[], 0)]);
+                request.acks = acks as i32;
+                b.produce(request).await.map(|r| r.into_inner().base_offset)
+            }
+        };
+        match attempt {
+            Ok(offset) => return Ok(offset),
+            Err(s) if std::time::Instant::now() < deadline => {
+                let retriable = error_code_of(&s).is_none_or(tideline_common::is_retriable);
+                if !retriable {
+                    return Err(s);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+/// Values of every record of partition 0, read from its current leader.
+async fn values(cluster: &Cluster, topic: &str) -> Vec<String> {
+    let leader = cluster.wait_leader_ready(topic, 0).await;
+    let mut b = cluster.broker(leader).await;
+    read_all(&mut b, topic, 0, 0)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_join_the_isr_and_replicas_end_identical() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    cluster.create_topic("rep", 1, 3, &[("min.insync.replicas", "2")]).await;
+    // New partitions start with the leader alone in sync; followers join once caught up.
+    cluster.wait_isr("rep", 0, &[1, 2, 3]).await;
+    for i in 0..200 {
+        produce_retrying(&cluster, "rep", &format!("v{i}"), pb::Acks::All).await.unwrap();
+    }
+    let got = values(&cluster, "rep").await;
+    assert_eq!(got, (0..200).map(|i| format!("v{i}")).collect::<Vec<_>>());
+    // Every replica holds the same bytes (offsets, epochs, CRCs): followers append as they are.
+    wait_until(Duration::from_secs(20), "replicas to be byte-identical", || async {
+        let leader = cluster.segment_bytes(1, "rep", 0);
+        (!leader.is_empty()
+            && cluster.segment_bytes(2, "rep", 0) == leader
+            && cluster.segment_bytes(3, "rep", 0) == leader)
+            .then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leader_loses_no_acknowledged_record() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    let topic = cluster.create_topic("durable", 1, 3, &[("min.insync.replicas", "2")]).await;
+    cluster.wait_isr("durable", 0, &[1, 2, 3]).await;
+    let first_leader = topic.partitions[0].leader;
+    let mut acked = Vec::new();
+    for i in 0..300 {
+        if i == 100 {
+            cluster.brokers.get_mut(&first_leader).unwrap().signal("KILL");
+        }
+        let value = format!("r{i}");
+        if produce_retrying(&cluster, "durable", &value, pb::Acks::All).await.is_ok() {
+            acked.push(value);
+        }
+    }
+    let new_leader = cluster.wait_leader_ready("durable", 0).await;
+    assert_ne!(new_leader, first_leader, "leadership moved to an in-sync replica");
+    let got = values(&cluster, "durable").await;
+    let present: BTreeSet<&String> = got.iter().collect();
+    for v in &acked {
+        assert!(present.contains(v), "acknowledged record {v} was lost");
+    }
+    // Acknowledged records come back in the order they were acknowledged.
+    let positions: Vec<usize> =
+        acked.iter().map(|v| got.iter().position(|g| g == v).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "acknowledged records out of order");
+    assert!(acked.len() >= 290, "most sends succeed with retries: {}", acked.len());
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_followers_leave_the_isr_and_min_insync_guards_acks_all() {
+    let cluster = Cluster::start(&[1, 2, 3]).await;
+    let topic = cluster.create_topic("guard", 1, 3, &[("min.insync.replicas", "2")]).await;
+    cluster.wait_isr("guard", 0, &[1, 2, 3]).await;
+    let leader = topic.partitions[0].leader;
+    let followers: Vec<i32> = (1..=3).filter(|b| *b != leader).collect();
+
+    // One follower stopped: it leaves the ISR, and acks=all still succeeds with 2 in sync.
+    cluster.brokers[&followers[0]].signal("STOP");
+    let mut two: Vec<i32> = vec![leader, followers[1]];
+    two.sort_unstable();
+    cluster.wait_isr("guard", 0, &two).await;
+    produce_retrying(&cluster, "guard", "with-two", pb::Acks::All).await.unwrap();
+
+    // Both followers down: acks=all is refused and appends nothing; acks=1 succeeds.
+    cluster.brokers[&followers[1]].signal("STOP");
+    cluster.wait_isr("guard", 0, &[leader]).await;
+    let mut b = cluster.broker(leader).await;
+    let s = b
+        .produce(produce_records("guard", 0, vec![record("k", "refused", &[], 0)]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code_of(&s), Some(ErrorCode::NotEnoughReplicas), "{s:?}");
+    produce_retrying(&cluster, "guard", "acks-1", pb::Acks::Leader).await.unwrap();
+
+    // Resumed, the followers register again, catch up and rejoin the ISR.
+    cluster.brokers[&followers[0]].signal("CONT");
+    cluster.brokers[&followers[1]].signal("CONT");
+    cluster.wait_isr("guard", 0, &[1, 2, 3]).await;
+    let got = values(&cluster, "guard").await;
+    assert_eq!(got, vec!["with-two".to_string(), "acks-1".to_string()]);
+    cluster.stop().await;
+}
