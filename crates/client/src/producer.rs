@@ -60,6 +60,7 @@ impl Producer {
             config,
             accumulator: Mutex::new(accumulator),
             wake: Notify::new(),
+            idempotence: Default::default(),
         });
         let sender = runtime.spawn(sender::run(shared.clone()));
         Ok(Producer { shared, sender: Mutex::new(Some(sender)) })

@@ -53,6 +53,10 @@ pub struct ProducerConfig {
     /// Longest wait of `send` for buffer space or for the topic's metadata (`max.block.ms`).
     /// Default 60 s.
     pub max_block: Duration,
+    /// Idempotence (`enable.idempotence`): batches carry a producer id from the controller and
+    /// per-partition sequence numbers, so a retried batch the broker already wrote is not
+    /// written twice. Default on, as in Kafka 3+. Ignored with acks=0.
+    pub enable_idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -66,6 +70,7 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             retry_backoff: Duration::from_millis(100),
             max_block: Duration::from_secs(60),
+            enable_idempotence: true,
         }
     }
 }

@@ -30,6 +30,68 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
     /// Buffer memory in bytes (`buffer_memory` permits).
     pub(crate) memory: Arc<Semaphore>,
+    /// The producer id and sequences, with idempotence.
+    pub(crate) idempotence: Idempotence,
+}
+
+/// An idempotent producer's id and the next sequence per partition.
+#[derive(Debug, Default)]
+pub(crate) struct Idempotence {
+    /// Never held across `.await`.
+    state: Mutex<Option<ProducerId>>,
+    /// One InitProducerId at a time.
+    init: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct ProducerId {
+    id: i64,
+    epoch: i16,
+    next_sequence: std::collections::HashMap<(Arc<str>, i32), i32>,
+}
+
+impl Idempotence {
+    /// The producer id, epoch and first sequence for a batch of `records` records to
+    /// `topic`-`partition` (asking the controller for an id first when there is none).
+    async fn assign(
+        &self,
+        cluster: &Cluster,
+        topic: &Arc<str>,
+        partition: i32,
+        records: i32,
+    ) -> Result<(i64, i16, i32), ClientError> {
+        loop {
+            if let Some(p) = lock(&self.state).as_mut() {
+                let next = p.next_sequence.entry((topic.clone(), partition)).or_insert(0);
+                let first = *next;
+                *next = next.wrapping_add(records);
+                return Ok((p.id, p.epoch, first));
+            }
+            let _one = self.init.lock().await;
+            if lock(&self.state).is_some() {
+                continue;
+            }
+            let answer = cluster
+                .call_controller("init producer id", |mut c| async move {
+                    c.init_producer_id(pb::InitProducerIdRequest {}).await
+                })
+                .await?;
+            let epoch = i16::try_from(answer.producer_epoch).unwrap_or(0);
+            debug!(producer_id = answer.producer_id, "idempotent producer id");
+            *lock(&self.state) = Some(ProducerId {
+                id: answer.producer_id,
+                epoch,
+                next_sequence: Default::default(),
+            });
+        }
+    }
+
+    /// Forgets the producer id after a batch failed for good: whether the broker wrote it is
+    /// unknown, so the next batches start over under a new id (sequence 0) rather than leave a
+    /// gap or reuse the failed batch's sequences.
+    fn reset(&self) {
+        *lock(&self.state) = None;
+    }
 }
 
 /// Runs until the producer is closed and everything buffered was sent.
@@ -96,6 +158,15 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
     let cluster = &shared.cluster;
     let operation = format!("produce to {topic}-{partition}");
 
+    let idempotent = config.enable_idempotence && config.acks != Acks::None;
+    let builder = if idempotent {
+        match shared.idempotence.assign(cluster, &topic, partition, builder.len()).await {
+            Ok((id, epoch, sequence)) => builder.producer(id, epoch, sequence),
+            Err(error) => return resolve_failed(completions, &error),
+        }
+    } else {
+        builder
+    };
     let bytes = match encode(builder, config.compression).await {
         Ok(bytes) => bytes,
         Err(error) => return resolve_failed(completions, &error),
@@ -164,6 +235,9 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
         }
         Err(error) => {
             warn!(%topic, partition, records = completions.len(), %error, "batch failed");
+            if idempotent {
+                shared.idempotence.reset();
+            }
             resolve_failed(completions, &error);
         }
     }

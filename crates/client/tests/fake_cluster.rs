@@ -217,6 +217,12 @@ impl ControllerService for Fake {
     ) -> Result<Response<pb::ControlledShutdownResponse>, Status> {
         unimplemented()
     }
+    async fn init_producer_id(
+        &self,
+        _: Request<pb::InitProducerIdRequest>,
+    ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
+        Ok(Response::new(pb::InitProducerIdResponse { producer_id: 1, producer_epoch: 0 }))
+    }
     type WatchMetadataStream = tokio_stream::Empty<Result<pb::MetadataEvent, Status>>;
     async fn watch_metadata(
         &self,

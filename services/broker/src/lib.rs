@@ -6,6 +6,7 @@
 //! - [`log_config`]: topic configs to a partition log's `LogConfig`.
 //! - [`membership`]: registration, heartbeats (the lease) and the metadata watch.
 //! - [`options`]: command line and environment, validated into a config.
+//! - [`producer_state`]: idempotent producers' sequences per partition (duplicates, gaps).
 //! - [`replicas`]: the partitions this broker holds, kept in line with cluster metadata.
 //! - [`replication`]: follower fetchers, the leader's high watermark and ISR maintenance.
 //! - [`service`]: the `BrokerService` gRPC API.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod log_config;
 pub mod membership;
 pub mod options;
+pub mod producer_state;
 pub mod replicas;
 pub mod replication;
 pub mod service;

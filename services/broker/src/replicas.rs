@@ -95,6 +95,9 @@ pub struct Replica {
     pub log_end: Arc<tokio::sync::watch::Sender<i64>>,
     /// While this broker leads: how far each follower has replicated.
     pub progress: Arc<std::sync::Mutex<Progress>>,
+    /// What each idempotent producer last wrote here (held while an idempotent batch is
+    /// checked and appended).
+    pub producers: Arc<std::sync::Mutex<crate::producer_state::ProducerStates>>,
 }
 
 /// A leader's view of its followers, for one leader epoch.
@@ -365,6 +368,7 @@ impl ReplicaManager {
         }
         // Opening may scan a log after an unclean stop: no lock is held meanwhile.
         let log = Log::open(&path, config).map_err(log_err)?;
+        let producers = crate::producer_state::ProducerStates::rebuild(&log).map_err(log_err)?;
         fs::write(&id_file, &id).map_err(io("write", &id_file))?;
         let end = log.log_end_offset();
         // Nothing is known committed after a restart until the leader says so (or, leading,
@@ -383,6 +387,7 @@ impl ReplicaManager {
                 replicas: p.replicas.clone(),
                 isr: p.isr.clone(),
                 progress: Arc::new(std::sync::Mutex::new(Progress::new(p.leader_epoch))),
+                producers: Arc::new(std::sync::Mutex::new(producers)),
             },
         );
         outcome.opened.push(key.clone());

@@ -211,7 +211,15 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
                     let to = truncation_point(&replica, asked, (a.leader_epoch, a.end_offset));
                     if to < replica.log.log_end_offset() {
                         let log = Arc::clone(&replica.log);
-                        let done = tokio::task::spawn_blocking(move || log.truncate_to(to)).await;
+                        let producers = Arc::clone(&replica.producers);
+                        // Truncation removes batches: the producer state is rebuilt after it.
+                        let done = tokio::task::spawn_blocking(move || {
+                            let end = log.truncate_to(to)?;
+                            let rebuilt = crate::producer_state::ProducerStates::rebuild(&log)?;
+                            *producers.lock().unwrap_or_else(|e| e.into_inner()) = rebuilt;
+                            Ok::<_, LogError>(end)
+                        })
+                        .await;
                         match done {
                             Ok(Ok(end)) => {
                                 tracing::info!(%topic, partition, leader_epoch, to = end, "truncated a diverging log tail");
@@ -256,11 +264,18 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
                 let r = r.into_inner();
                 if !r.record_batches.is_empty() {
                     let log = Arc::clone(&replica.log);
-                    let bytes = r.record_batches;
+                    let bytes = r.record_batches.clone();
                     let appended =
                         tokio::task::spawn_blocking(move || log.append_replicated(&bytes)).await;
                     match appended {
-                        Ok(Ok(info)) => replica.set_log_end(info.last_offset + 1),
+                        Ok(Ok(info)) => {
+                            replica.set_log_end(info.last_offset + 1);
+                            let mut producers =
+                                replica.producers.lock().unwrap_or_else(|e| e.into_inner());
+                            if let Err(e) = producers.record_batches(&r.record_batches) {
+                                tracing::error!(%topic, partition, error = %e, "producer state");
+                            }
+                        }
                         Ok(Err(
                             LogError::NonContiguousAppend { .. } | LogError::EpochRegression { .. },
                         )) => {
@@ -286,8 +301,12 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
                         // The leader's log starts after ours ends: start over at its start.
                         Some((start, _)) if local_end < start => {
                             let log = Arc::clone(&replica.log);
+                            let producers = Arc::clone(&replica.producers);
                             let done = tokio::task::spawn_blocking(move || {
-                                log.truncate_fully_and_start_at(start)
+                                log.truncate_fully_and_start_at(start)?;
+                                *producers.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Default::default();
+                                Ok::<_, LogError>(())
                             })
                             .await;
                             if let Ok(Ok(())) = done {

@@ -249,6 +249,86 @@ impl BrokerApi {
     }
 }
 
+/// Appends `bytes` at `leader_epoch`. A batch from an idempotent producer is checked against
+/// what that producer wrote before, under the partition's producer-state lock: a retry is not
+/// appended again (its first offsets are answered), a gap is refused with
+/// `OUT_OF_ORDER_SEQUENCE`.
+fn append_idempotent(
+    log: &tideline_log::Log,
+    producers: &std::sync::Mutex<crate::producer_state::ProducerStates>,
+    bytes: &[u8],
+    leader_epoch: i32,
+    topic: &str,
+    partition: i32,
+) -> Result<Appended, Status> {
+    use crate::producer_state::{ProducedBatch, SequenceCheck};
+    let append = |log: &tideline_log::Log| {
+        log.append(bytes, leader_epoch)
+            .map(|info| Appended {
+                first_offset: info.first_offset,
+                last_offset: info.last_offset,
+                log_append_time_ms: info.log_append_time_ms,
+            })
+            .map_err(|e| log_status(topic, partition, &e))
+    };
+    // Malformed bytes get their precise error from the log's validation.
+    let Ok((first, rest)) = tideline_log::RecordBatch::parse(bytes) else { return append(log) };
+    if first.producer_id() < 0 {
+        return append(log);
+    }
+    if !rest.is_empty() {
+        return Err(status(
+            ErrorCode::InvalidRequest,
+            format!("{topic}-{partition}: an idempotent produce carries exactly one batch"),
+        ));
+    }
+    let (pid, producer_epoch) = (first.producer_id(), first.producer_epoch());
+    let first_seq = first.base_sequence();
+    let last_seq = first_seq.wrapping_add(first.last_offset_delta());
+    let mut states = producers.lock().unwrap_or_else(|e| e.into_inner());
+    match states.check(pid, producer_epoch, first_seq, last_seq) {
+        SequenceCheck::Append => {
+            let appended = append(log)?;
+            states.record(
+                pid,
+                producer_epoch,
+                ProducedBatch {
+                    first_seq,
+                    last_seq,
+                    first_offset: appended.first_offset,
+                    last_offset: appended.last_offset,
+                },
+            );
+            Ok(appended)
+        }
+        SequenceCheck::Duplicate(b) => Ok(Appended {
+            first_offset: b.first_offset,
+            last_offset: b.last_offset,
+            log_append_time_ms: now_ms(),
+        }),
+        SequenceCheck::OutOfOrder { expected } => Err(status(
+            ErrorCode::OutOfOrderSequence,
+            format!(
+                "{topic}-{partition}: producer {pid} sent sequence {first_seq}, expected {expected}"
+            ),
+        )),
+        SequenceCheck::StaleEpoch { current } => Err(status(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{topic}-{partition}: producer {pid} epoch {producer_epoch} is older than its current epoch {current}"
+            ),
+        )),
+    }
+}
+
+/// Where a produce landed.
+#[derive(Debug, Clone, Copy)]
+struct Appended {
+    first_offset: i64,
+    last_offset: i64,
+    log_append_time_ms: i64,
+}
+
 /// Decodes the records at or after `from` in `batches`, stopping after the first batch that
 /// takes the decoded keys and values past `max_bytes` (at least one batch is decoded). Returns
 /// the records and the offset after the last one.
@@ -331,12 +411,13 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
         let (topic, partition) = (req.topic.clone(), req.partition);
         // Encoding (and compressing) plain records and the append's validation are CPU and
         // disk work: off the async threads.
+        let producers = Arc::clone(&replica.producers);
         let info = tokio::task::spawn_blocking(move || {
             let bytes = match payload {
                 pb::produce_request::Payload::RecordBatches(b) => b,
                 pb::produce_request::Payload::Records(list) => Self::encode(&list)?,
             };
-            log.append(&bytes, epoch).map_err(|e| log_status(&topic, partition, &e))
+            append_idempotent(&log, &producers, &bytes, epoch, &topic, partition)
         })
         .await
         .map_err(join_status)??;

@@ -119,6 +119,8 @@ pub enum MetadataCommand {
         /// Its current broker epoch.
         broker_epoch: i64,
     },
+    /// Hands out the next producer id to an idempotent producer.
+    AllocateProducerId,
 }
 
 /// Why a command was refused. Deterministic: every controller refuses the same commands.
@@ -244,6 +246,11 @@ pub enum MetadataResponse {
         /// Metadata version after the command.
         version: u64,
     },
+    /// A producer id was handed out.
+    ProducerIdAllocated {
+        /// The new producer id.
+        producer_id: i64,
+    },
     /// A broker registered with this epoch.
     BrokerRegistered {
         /// The broker's new epoch.
@@ -334,6 +341,9 @@ pub struct MetadataState {
     pub topics: BTreeMap<String, TopicRecord>,
     /// The last broker epoch handed out (epochs are unique across brokers).
     pub last_broker_epoch: i64,
+    /// The last producer id handed out (0: none yet).
+    #[serde(default)]
+    pub last_producer_id: i64,
 }
 
 impl MetadataState {
@@ -402,6 +412,11 @@ impl MetadataState {
                 }
                 self.version += 1;
                 Ok(MetadataResponse::BrokerRegistered { broker_epoch, version: self.version })
+            }
+            MetadataCommand::AllocateProducerId => {
+                // Not a metadata change brokers act on: the version stays.
+                self.last_producer_id += 1;
+                Ok(MetadataResponse::ProducerIdAllocated { producer_id: self.last_producer_id })
             }
             MetadataCommand::FenceBroker { broker_id, broker_epoch } => {
                 match self.brokers.get_mut(broker_id) {
@@ -1360,5 +1375,26 @@ mod tests {
         let restored: MetadataState =
             serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
         assert_eq!(restored, a);
+    }
+
+    /// Producer ids are handed out once each, also across a snapshot and restore.
+    #[test]
+    fn producer_ids_are_unique_and_survive_snapshots() {
+        let mut s = MetadataState::default();
+        let version = s.version;
+        let ids: Vec<i64> = (0..3)
+            .map(|_| match s.apply(&MetadataCommand::AllocateProducerId) {
+                MetadataResponse::ProducerIdAllocated { producer_id } => producer_id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(s.version, version, "brokers have nothing to act on");
+        let mut restored: MetadataState =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert!(matches!(
+            restored.apply(&MetadataCommand::AllocateProducerId),
+            MetadataResponse::ProducerIdAllocated { producer_id: 4 }
+        ));
     }
 }

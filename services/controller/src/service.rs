@@ -690,6 +690,17 @@ impl ControllerService for ControllerApi {
         }))
     }
 
+    async fn init_producer_id(
+        &self,
+        _request: Request<pb::InitProducerIdRequest>,
+    ) -> Result<Response<pb::InitProducerIdResponse>, Status> {
+        let answer = self.write(MetadataCommand::AllocateProducerId).await?;
+        let MetadataResponse::ProducerIdAllocated { producer_id } = answer else {
+            return Err(status(ErrorCode::InvalidRequest, format!("unexpected answer {answer:?}")));
+        };
+        Ok(Response::new(pb::InitProducerIdResponse { producer_id, producer_epoch: 0 }))
+    }
+
     type WatchMetadataStream = EventStream;
 
     async fn watch_metadata(
