@@ -136,6 +136,11 @@ impl Broker {
         self.local_addr
     }
 
+    /// Under-replicated and offline partitions, ISR shrinks and expands (for metrics).
+    pub fn replication_status(&self) -> replication::ReplicationStatus {
+        replication::status(&self.shared)
+    }
+
     /// The broker's epoch while it holds a lease.
     pub fn broker_epoch(&self) -> Option<i64> {
         let lease = self.shared.lease();

@@ -38,6 +38,37 @@ pub struct ReplicationCounters {
 /// A running fetcher: the leader epoch it follows and its task.
 type Fetcher = (i32, JoinHandle<()>);
 
+/// Replication health of one broker at a moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicationStatus {
+    /// Partitions led here whose ISR is smaller than their replica set.
+    pub under_replicated: usize,
+    /// Partitions with a replica here that have no leader.
+    pub offline: usize,
+    /// ISR shrinks this broker made as leader since it started.
+    pub isr_shrinks: u64,
+    /// ISR expansions this broker made as leader since it started.
+    pub isr_expands: u64,
+}
+
+/// The broker's replication health now.
+pub fn status(shared: &Shared) -> ReplicationStatus {
+    let me = shared.config.broker_id;
+    let mut s = ReplicationStatus {
+        isr_shrinks: shared.counters.isr_shrinks.load(std::sync::atomic::Ordering::Relaxed),
+        isr_expands: shared.counters.isr_expands.load(std::sync::atomic::Ordering::Relaxed),
+        ..Default::default()
+    };
+    for (_, r) in shared.replicas.all() {
+        if r.leader < 0 {
+            s.offline += 1;
+        } else if r.leader == me && r.isr.len() < r.replicas.len() {
+            s.under_replicated += 1;
+        }
+    }
+    s
+}
+
 /// The running fetcher tasks of a follower, by partition.
 #[derive(Debug, Default)]
 pub struct Fetchers {
