@@ -10,21 +10,20 @@
 //! cargo bench -p tideline-cli --bench grpc_throughput -- --mib 1024 --runs 5
 //! ```
 
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{MIB, machine, median, raw_write, start_cluster, sync_all};
 
 use bytes::Bytes;
 use tideline_client::{
-    Acks, Admin, AutoOffsetReset, ClientConfig, Cluster, Consumer, ConsumerConfig, Producer,
-    ProducerConfig, ProducerRecord,
+    Acks, Admin, AutoOffsetReset, Cluster, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    ProducerRecord,
 };
 use tideline_proto::v1 as pb;
 use tideline_proto::v1::broker_service_client::BrokerServiceClient;
 
-const MIB: u64 = 1 << 20;
 const RECORD: usize = 1024;
 
 struct Args {
@@ -52,56 +51,6 @@ fn parse_args() -> Args {
         }
     }
     a
-}
-
-/// Kills the service processes when dropped.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn sync_all() {
-    let _ = Command::new("sync").status();
-}
-
-/// Raw sequential write: `mib` MiB in 1 MiB writes into the page cache; MiB/s.
-fn raw_write(path: &Path, mib: u64) -> f64 {
-    let block: Vec<u8> = (0..MIB).map(|i| (i * 31 % 251) as u8).collect();
-    let start = Instant::now();
-    let mut file = File::create(path).unwrap();
-    for _ in 0..mib {
-        file.write_all(&block).unwrap();
-    }
-    drop(file);
-    let rate = mib as f64 / start.elapsed().as_secs_f64();
-    fs::remove_file(path).unwrap();
-    sync_all();
-    rate
-}
-
-fn machine() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Produces `mib` MiB of 1 KiB records to `topic`; MiB/s of record values.
@@ -203,47 +152,10 @@ async fn consume(cluster: &Cluster, topic: &str, partitions: i32, records: u64) 
 fn main() {
     let args = parse_args();
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let controller = format!("127.0.0.1:{port}");
-    let log = |name: &str| File::create(root.path().join(name)).unwrap();
-    let tide = env!("CARGO_BIN_EXE_tide");
-    let mut procs = Procs(Vec::new());
-    procs.0.push(
-        Command::new(tide)
-            .args(["controller", "--node-id", "1", "--peers", &format!("1={controller}")])
-            .args(["--listen", &controller, "--broker-lease-ms", "10000"])
-            .arg("--data-dir")
-            .arg(root.path().join("controller"))
-            .stdout(Stdio::null())
-            .stderr(log("controller.log"))
-            .spawn()
-            .unwrap(),
-    );
-    procs.0.push(
-        Command::new(tide)
-            .args(["broker", "--broker-id", "1", "--controllers", &controller])
-            .args(["--listen", "127.0.0.1:0", "--retention-check-interval-ms", "3600000"])
-            .arg("--data-dir")
-            .arg(root.path().join("broker"))
-            .stdout(Stdio::null())
-            .stderr(log("broker.log"))
-            .spawn()
-            .unwrap(),
-    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let cluster = Cluster::new(ClientConfig::new([controller.clone()])).unwrap();
+        let (_procs, cluster) = start_cluster(root.path(), 1).await;
         let admin = Admin::new(&cluster);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(m) = admin.metadata(&[]).await
-                && m.brokers().any(|b| !b.fenced)
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the broker did not register");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         println!("machine: {}", machine());
         println!(
             "records: {RECORD} B values, {} MiB per run, producer batches {} KiB, linger 5 ms, acks=1",

@@ -1,6 +1,6 @@
-//! Harness for the broker's integration tests: one in-process controller (a one-node quorum
-//! with a short broker lease) and real `tideline-broker` processes on ephemeral loopback ports,
-//! killed when dropped, also when a test fails.
+//! Harness for the broker's integration tests: in-process controllers (a one-node quorum, or
+//! several, with a short broker lease) and real `tideline-broker` processes on ephemeral
+//! loopback ports, killed when dropped, also when a test fails.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use tideline_common::error_code_of;
 use tideline_controller::node::{ControllerNode, NodeConfig};
+use tideline_log::{Compression, RecordBatchBuilder};
 use tideline_proto::v1 as pb;
 use tideline_proto::v1::broker_service_client::BrokerServiceClient;
 use tideline_proto::v1::controller_service_client::ControllerServiceClient;
@@ -63,36 +65,54 @@ impl Drop for BrokerProcess {
     }
 }
 
-/// One controller plus brokers.
+/// A controller quorum plus brokers.
 pub struct Cluster {
-    /// Holds every data directory.
-    pub root: tempfile::TempDir,
-    /// The controller's address.
+    /// The first controller's address (the only one, in a one-controller cluster).
     pub controller_addr: String,
-    controller: Option<ControllerNode>,
+    /// Every controller's address; controller `id` is at index `id - 1`.
+    pub controller_addrs: Vec<String>,
+    /// The controllers, at index `id - 1`; `None` once stopped.
+    controllers: Vec<Option<ControllerNode>>,
     /// Broker processes by id.
     pub brokers: BTreeMap<i32, BrokerProcess>,
     /// Each broker's last registered address.
     addrs: std::sync::Mutex<BTreeMap<i32, String>>,
+    /// Holds every data directory and broker log. Declared last, so it is dropped last: the
+    /// brokers are killed first and show their logs when a test fails.
+    pub root: tempfile::TempDir,
 }
 
 impl Cluster {
     /// A controller and brokers `ids`, each registered.
     pub async fn start(ids: &[i32]) -> Cluster {
+        Cluster::start_quorum(1, ids).await
+    }
+
+    /// A quorum of `controllers` controllers (node ids 1..=controllers, each with its own data
+    /// directory) and brokers `ids` that know every controller, each registered.
+    pub async fn start_quorum(controllers: usize, ids: &[i32]) -> Cluster {
         let root = tempfile::tempdir().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let controller_addr = listener.local_addr().unwrap().to_string();
-        let mut config = NodeConfig::new(
-            1,
-            root.path().join("controller"),
-            BTreeMap::from([(1, controller_addr.clone())]),
-        );
-        config.broker_lease_ms = LEASE_MS;
-        let controller = ControllerNode::start(config, listener).await.unwrap();
+        // Every listener is bound before any node starts: each node's peer list holds them all.
+        let mut listeners = Vec::new();
+        let mut peers = BTreeMap::new();
+        for id in (1..).take(controllers) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            peers.insert(id, listener.local_addr().unwrap().to_string());
+            listeners.push(listener);
+        }
+        let mut nodes = Vec::new();
+        for (id, listener) in (1..).zip(listeners) {
+            let data_dir = root.path().join(format!("controller-{id}"));
+            let mut config = NodeConfig::new(id, data_dir, peers.clone());
+            config.broker_lease_ms = LEASE_MS;
+            nodes.push(Some(ControllerNode::start(config, listener).await.unwrap()));
+        }
+        let controller_addrs: Vec<String> = peers.into_values().collect();
         let mut cluster = Cluster {
             root,
-            controller_addr,
-            controller: Some(controller),
+            controller_addr: controller_addrs[0].clone(),
+            controller_addrs,
+            controllers: nodes,
             brokers: BTreeMap::new(),
             addrs: Default::default(),
         };
@@ -112,7 +132,8 @@ impl Cluster {
         let log = self.root.path().join(format!("broker-{id}.log"));
         let out = File::options().create(true).append(true).open(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tideline-broker"))
-            .args(["--broker-id", &id.to_string(), "--controllers", &self.controller_addr])
+            .args(["--broker-id", &id.to_string()])
+            .args(["--controllers", &self.controller_addrs.join(",")])
             .args(["--listen", "127.0.0.1:0", "--log-segment-bytes", "65536"])
             .args(["--replica-lag-time-max-ms", "1500", "--produce-timeout-ms", "10000"])
             .arg("--data-dir")
@@ -149,17 +170,58 @@ impl Cluster {
         self.addrs.lock().unwrap()[&id].clone()
     }
 
-    /// A client of the controller.
+    /// A client of the Raft leader among the controllers (it takes writes).
     pub async fn controller(&self) -> ControllerServiceClient<Channel> {
-        ControllerServiceClient::connect(format!("http://{}", self.controller_addr)).await.unwrap()
+        let (_, addr) = self.controller_leader().await;
+        ControllerServiceClient::connect(format!("http://{addr}")).await.unwrap()
     }
 
-    /// The cluster metadata, or `None` when the controller does not answer.
+    /// The Raft leader every running controller agrees on, once there is one and it is running:
+    /// its node id and address.
+    pub async fn controller_leader(&self) -> (u64, String) {
+        wait_until(Duration::from_secs(30), "a controller leader all agree on", || async {
+            let mut agreed = None;
+            for node in self.controllers.iter().flatten() {
+                let leader = node.raft.current_leader().await?;
+                if agreed.is_some_and(|l| l != leader) {
+                    return None;
+                }
+                agreed = Some(leader);
+            }
+            let leader = agreed?;
+            let index = usize::try_from(leader).ok()?.checked_sub(1)?;
+            self.controllers.get(index)?.as_ref()?;
+            Some((leader, self.controller_addrs[index].clone()))
+        })
+        .await
+    }
+
+    /// Addresses of the running controllers, those that believe they lead first.
+    async fn running_controller_addrs(&self) -> Vec<String> {
+        let mut addrs = Vec::new();
+        for (id, (node, addr)) in (1..).zip(self.controllers.iter().zip(&self.controller_addrs)) {
+            let Some(node) = node else { continue };
+            if node.raft.current_leader().await == Some(id) {
+                addrs.insert(0, addr.clone());
+            } else {
+                addrs.push(addr.clone());
+            }
+        }
+        addrs
+    }
+
+    /// The cluster metadata from the controller that leads, else from any running one (a
+    /// follower's may lag), or `None` when no controller answers.
     pub async fn metadata(&self) -> Option<pb::GetMetadataResponse> {
-        let mut c = ControllerServiceClient::connect(format!("http://{}", self.controller_addr))
-            .await
-            .ok()?;
-        Some(c.get_metadata(pb::GetMetadataRequest { topics: vec![] }).await.ok()?.into_inner())
+        for addr in self.running_controller_addrs().await {
+            let Ok(mut c) = ControllerServiceClient::connect(format!("http://{addr}")).await else {
+                continue;
+            };
+            if let Ok(m) = c.get_metadata(pb::GetMetadataRequest { topics: vec![] }).await {
+                return Some(m.into_inner());
+            }
+        }
+        None
     }
 
     /// A client of broker `id`, at its currently registered address (the last known one when
@@ -281,9 +343,18 @@ impl Cluster {
         .await
     }
 
-    /// Stops the controller, leaving the brokers without anyone to renew their leases.
+    /// Stops the controller (every controller), leaving the brokers without anyone to renew
+    /// their leases.
     pub async fn stop_controller(&mut self) {
-        if let Some(c) = self.controller.take() {
+        for c in self.controllers.iter_mut().filter_map(Option::take) {
+            c.shutdown().await;
+        }
+    }
+
+    /// Stops controller `id` alone (`ControllerNode::shutdown`); the others go on.
+    pub async fn stop_controller_node(&mut self, id: u64) {
+        let index = usize::try_from(id).unwrap() - 1;
+        if let Some(c) = self.controllers[index].take() {
             c.shutdown().await;
         }
     }
@@ -309,12 +380,10 @@ impl Cluster {
             .status()
     }
 
-    /// Stops the controller (brokers are killed on drop).
+    /// Stops the controllers (brokers are killed on drop).
     pub async fn stop(mut self) {
         self.brokers.clear();
-        if let Some(c) = self.controller.take() {
-            c.shutdown().await;
-        }
+        self.stop_controller().await;
     }
 }
 
@@ -399,4 +468,111 @@ pub async fn read_all(
         offset = r.next_offset;
         out.extend(r.records);
     }
+}
+
+/// Produces one record `value` with `acks`, retrying on retriable errors (refreshing the leader)
+/// for up to 30 s. Ok(offset) when acknowledged.
+pub async fn produce_retrying(
+    cluster: &Cluster,
+    topic: &str,
+    value: &str,
+    acks: pb::Acks,
+) -> Result<i64, tonic::Status> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = cluster.leader_of(topic, 0).await;
+        let client = if leader < 0 { None } else { cluster.try_broker(leader).await };
+        let attempt = match client {
+            None => Err(tonic::Status::unavailable("no leader reachable")),
+            Some(mut b) => {
+                let mut request = produce_records(topic, 0, vec![record("k", value, &[], 0)]);
+                request.acks = acks as i32;
+                b.produce(request).await.map(|r| r.into_inner().base_offset)
+            }
+        };
+        match attempt {
+            Ok(offset) => return Ok(offset),
+            Err(s) if std::time::Instant::now() < deadline => {
+                let retriable = error_code_of(&s).is_none_or(tideline_common::is_retriable);
+                if !retriable {
+                    return Err(s);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+/// An idempotent producer for the tests: a producer id from the controller and one sequence
+/// number per record (each record its own batch), reused on retries.
+pub struct Idempotent {
+    /// The producer id.
+    pub id: i64,
+    /// The next sequence number.
+    pub next: i32,
+}
+
+impl Idempotent {
+    pub async fn new(cluster: &Cluster) -> Idempotent {
+        let id = cluster
+            .controller()
+            .await
+            .init_producer_id(pb::InitProducerIdRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .producer_id;
+        Idempotent { id, next: 0 }
+    }
+
+    /// The batch for the next record: `value` at the next sequence.
+    pub fn batch(&mut self, value: &str) -> Vec<u8> {
+        let mut b = RecordBatchBuilder::new(Compression::None).producer(self.id, 0, self.next);
+        b.append(1_700_000_000_000, Some(b"k"), Some(value.as_bytes()), &[]);
+        self.next += 1;
+        b.build().to_vec()
+    }
+}
+
+/// Produces `batch` with acks=all, retrying on retriable errors for up to 30 s.
+pub async fn produce_batch_retrying(
+    cluster: &Cluster,
+    topic: &str,
+    batch: Vec<u8>,
+) -> Result<i64, tonic::Status> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = cluster.leader_of(topic, 0).await;
+        let client = if leader < 0 { None } else { cluster.try_broker(leader).await };
+        let attempt = match client {
+            None => Err(tonic::Status::unavailable("no leader reachable")),
+            Some(mut b) => {
+                let mut request = produce_bytes(topic, 0, batch.clone());
+                request.acks = pb::Acks::All as i32;
+                b.produce(request).await.map(|r| r.into_inner().base_offset)
+            }
+        };
+        match attempt {
+            Ok(offset) => return Ok(offset),
+            Err(s)
+                if std::time::Instant::now() < deadline
+                    && error_code_of(&s).is_none_or(tideline_common::is_retriable) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => return Err(s),
+        }
+    }
+}
+
+/// Values of every record of partition 0, read from its current leader.
+pub async fn values(cluster: &Cluster, topic: &str) -> Vec<String> {
+    let leader = cluster.wait_leader_ready(topic, 0).await;
+    let mut b = cluster.broker(leader).await;
+    read_all(&mut b, topic, 0, 0)
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+        .collect()
 }
