@@ -521,7 +521,10 @@ async fn fetch_partition(
         min_bytes: params.min_bytes,
         decode_records: false,
         replica_id: None,
-        current_leader_epoch: None,
+        current_leader_epoch: cluster
+            .metadata()
+            .partition(topic, partition)
+            .map(|p| p.leader_epoch),
     };
     let limit = params.max_wait + cluster.request_timeout();
     let response = match tokio::time::timeout(limit, client.fetch(request)).await {

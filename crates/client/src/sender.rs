@@ -180,7 +180,11 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
         payload: Some(pb::produce_request::Payload::RecordBatches(bytes)),
     };
     let produce = |mut client: pb::broker_service_client::BrokerServiceClient<_>| {
-        let request = request.clone();
+        let mut request = request.clone();
+        // The leader epoch this attempt's metadata knows: a deposed leader that has not heard
+        // yet refuses it (FENCED_LEADER_EPOCH) and the retry goes to the new one.
+        request.current_leader_epoch =
+            cluster.metadata().partition(&topic, partition).map(|p| p.leader_epoch);
         async move { client.produce(request).await }
     };
 

@@ -92,6 +92,7 @@ impl Broker {
             health,
             fetchers: Default::default(),
             counters: Default::default(),
+            isr_check: tokio::sync::Notify::new(),
         });
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tideline_proto::FILE_DESCRIPTOR_SET)

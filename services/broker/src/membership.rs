@@ -123,6 +123,8 @@ pub struct Shared {
     pub fetchers: crate::replication::Fetchers,
     /// Replication counters.
     pub counters: crate::replication::ReplicationCounters,
+    /// Wakes the ISR maintenance when a follower may rejoin.
+    pub isr_check: tokio::sync::Notify,
 }
 
 impl Shared {

@@ -106,7 +106,13 @@ pub fn update_leader_high_watermark(replica: &Replica, me: i32) {
 
 /// Records a follower's fetch at `fetch_offset` (its log end), then updates the high
 /// watermark.
-pub fn record_follower_fetch(replica: &Replica, me: i32, follower: i32, fetch_offset: i64) {
+pub fn record_follower_fetch(
+    replica: &Replica,
+    me: i32,
+    follower: i32,
+    fetch_offset: i64,
+    isr_check: &tokio::sync::Notify,
+) {
     let leader_end = replica.log.log_end_offset();
     let now = Instant::now();
     {
@@ -131,6 +137,11 @@ pub fn record_follower_fetch(replica: &Replica, me: i32, follower: i32, fetch_of
         f.leader_end_at_last_fetch = leader_end;
     }
     update_leader_high_watermark(replica, me);
+    // A follower outside the ISR that reached the high watermark: add it back now rather than
+    // at the next periodic check.
+    if !replica.isr.contains(&follower) && fetch_offset >= replica.high_watermark() {
+        isr_check.notify_one();
+    }
 }
 
 /// After the replicas changed with the metadata: recomputes the high watermark of every
@@ -367,6 +378,7 @@ pub async fn run_isr_maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<
     loop {
         tokio::select! {
             _ = tokio::time::sleep(lag / 4) => {}
+            _ = shared.isr_check.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let lease = shared.lease();

@@ -481,7 +481,13 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
                 }
                 if first {
                     // A follower fetches from its log end: that is how far it has replicated.
-                    crate::replication::record_follower_fetch(&replica, me, f, req.offset);
+                    crate::replication::record_follower_fetch(
+                        &replica,
+                        me,
+                        f,
+                        req.offset,
+                        &self.shared.isr_check,
+                    );
                 }
             }
             first = false;
