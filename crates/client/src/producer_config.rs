@@ -55,7 +55,7 @@ pub struct ProducerConfig {
     pub max_block: Duration,
     /// Idempotence (`enable.idempotence`): batches carry a producer id from the controller and
     /// per-partition sequence numbers, so a retried batch the broker already wrote is not
-    /// written twice. Default on, as in Kafka 3+. Ignored with acks=0.
+    /// written twice. Default on, as in Kafka 3+. Applies with acks=all only.
     pub enable_idempotence: bool,
 }
 

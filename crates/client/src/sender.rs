@@ -158,7 +158,9 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
     let cluster = &shared.cluster;
     let operation = format!("produce to {topic}-{partition}");
 
-    let idempotent = config.enable_idempotence && config.acks != Acks::None;
+    // As in Kafka, idempotence needs acks=all: with acks=1 a failover can drop a batch the
+    // producer saw acknowledged, and the next sequence would then be a gap.
+    let idempotent = config.enable_idempotence && config.acks == Acks::All;
     let builder = if idempotent {
         match shared.idempotence.assign(cluster, &topic, partition, builder.len()).await {
             Ok((id, epoch, sequence)) => builder.producer(id, epoch, sequence),

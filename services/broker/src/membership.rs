@@ -355,7 +355,7 @@ pub async fn run_lease(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Runs `f` unless `stop` turns true first (`None` then).
-async fn until_stop<T>(
+pub(crate) async fn until_stop<T>(
     f: impl std::future::Future<Output = T>,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<T> {

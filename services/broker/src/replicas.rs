@@ -98,6 +98,40 @@ pub struct Replica {
     /// What each idempotent producer last wrote here (held while an idempotent batch is
     /// checked and appended).
     pub producers: Arc<std::sync::Mutex<crate::producer_state::ProducerStates>>,
+    /// Leadership and ISR as applied now, shared by every copy of this replica. A leader's
+    /// append holds its read lock and checks it still leads at its epoch; applying metadata
+    /// takes the write lock, so no leader append lands after the broker became a follower.
+    pub state: Arc<std::sync::RwLock<PartitionState>>,
+}
+
+/// A partition's leadership and ISR as this broker applies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    /// Broker id of the leader, -1 for none.
+    pub leader: i32,
+    /// The leader epoch.
+    pub leader_epoch: i32,
+    /// The partition epoch.
+    pub partition_epoch: i32,
+    /// The in-sync replicas as the controller recorded them.
+    pub isr: Vec<i32>,
+    /// An ISR this broker, leading, asked the controller for and has not seen applied yet. The
+    /// high watermark counts the members of both (Kafka's "maximal ISR"), so a record is never
+    /// committed without a replica that is about to join, or only just left.
+    pub pending_isr: Option<Vec<i32>>,
+}
+
+impl PartitionState {
+    /// The replicas the high watermark waits for: the ISR and any pending one.
+    pub fn maximal_isr(&self) -> Vec<i32> {
+        let mut all = self.isr.clone();
+        for id in self.pending_isr.iter().flatten() {
+            if !all.contains(id) {
+                all.push(*id);
+            }
+        }
+        all
+    }
 }
 
 /// A leader's view of its followers, for one leader epoch.
@@ -105,6 +139,9 @@ pub struct Replica {
 pub struct Progress {
     /// The leader epoch this view belongs to (reset when it changes).
     pub leader_epoch: i32,
+    /// The log end offset when this epoch began here: a follower must have reached it (and the
+    /// high watermark) to join the ISR.
+    pub epoch_start: i64,
     /// When this broker took the lead at that epoch.
     pub since: std::time::Instant,
     /// Per follower broker id.
@@ -125,9 +162,10 @@ pub struct FollowerProgress {
 }
 
 impl Progress {
-    fn new(leader_epoch: i32) -> Self {
+    fn new(leader_epoch: i32, epoch_start: i64) -> Self {
         Progress {
             leader_epoch,
+            epoch_start,
             since: std::time::Instant::now(),
             followers: std::collections::HashMap::new(),
         }
@@ -342,14 +380,29 @@ impl ReplicaManager {
             }
             if let Some(r) = self.map_mut().get_mut(key) {
                 r.leader = p.leader;
+                r.leader_epoch = p.leader_epoch;
                 r.partition_epoch = p.partition_epoch;
                 r.replicas = p.replicas.clone();
                 r.isr = p.isr.clone();
-                if r.leader_epoch != p.leader_epoch {
-                    r.leader_epoch = p.leader_epoch;
-                    *r.progress.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Progress::new(p.leader_epoch);
-                }
+            }
+            // Waits for leader appends in flight at the old epoch to finish.
+            let mut st = replica.state.write().unwrap_or_else(|e| e.into_inner());
+            let new_leadership = st.leader != p.leader || st.leader_epoch != p.leader_epoch;
+            if new_leadership || st.partition_epoch != p.partition_epoch {
+                st.pending_isr = None;
+            }
+            st.leader = p.leader;
+            st.leader_epoch = p.leader_epoch;
+            st.partition_epoch = p.partition_epoch;
+            st.isr = p.isr.clone();
+            drop(st);
+            let mut progress = replica.progress.lock().unwrap_or_else(|e| e.into_inner());
+            if new_leadership {
+                *progress = Progress::new(p.leader_epoch, replica.log.log_end_offset());
+            } else {
+                // A follower that left the ISR starts afresh: what it had before (another
+                // process, maybe with a shorter log) must not count when it asks back in.
+                progress.followers.retain(|id, _| p.isr.contains(id));
             }
             return Ok(());
         }
@@ -386,8 +439,15 @@ impl ReplicaManager {
                 partition_epoch: p.partition_epoch,
                 replicas: p.replicas.clone(),
                 isr: p.isr.clone(),
-                progress: Arc::new(std::sync::Mutex::new(Progress::new(p.leader_epoch))),
+                progress: Arc::new(std::sync::Mutex::new(Progress::new(p.leader_epoch, end))),
                 producers: Arc::new(std::sync::Mutex::new(producers)),
+                state: Arc::new(std::sync::RwLock::new(PartitionState {
+                    leader: p.leader,
+                    leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
+                    isr: p.isr.clone(),
+                    pending_isr: None,
+                })),
             },
         );
         outcome.opened.push(key.clone());

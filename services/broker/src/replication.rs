@@ -85,15 +85,23 @@ impl Fetchers {
 }
 
 /// The high watermark a leader may publish: the smallest log end offset among the in-sync
-/// replicas, its own included. A follower in the ISR that has not fetched yet in this leader
-/// epoch holds it where it is.
+/// replicas (the ISR and any pending change to it), its own included. A member that has not
+/// fetched yet in this leader epoch holds it where it is. Not leading: it stays.
 pub fn leader_high_watermark(replica: &Replica, me: i32) -> i64 {
-    let mut hw = replica.log.log_end_offset();
+    let current = replica.high_watermark();
+    let st = replica.state.read().unwrap_or_else(|e| e.into_inner());
+    if st.leader != me {
+        return current;
+    }
     let progress = replica.progress.lock().unwrap_or_else(|e| e.into_inner());
-    for id in replica.isr.iter().filter(|id| **id != me) {
+    if progress.leader_epoch != st.leader_epoch {
+        return current;
+    }
+    let mut hw = replica.log.log_end_offset();
+    for id in st.maximal_isr().iter().filter(|id| **id != me) {
         match progress.followers.get(id) {
             Some(f) => hw = hw.min(f.log_end),
-            None => hw = hw.min(replica.high_watermark()),
+            None => hw = hw.min(current),
         }
     }
     hw
@@ -187,22 +195,22 @@ fn broker_client(address: &str) -> Option<BrokerServiceClient<Channel>> {
     )
 }
 
-/// Where to truncate so the local log agrees with the leader's: KIP-279. `leader` is the
-/// leader's answer for the local latest epoch `asked`.
-fn truncation_point(replica: &Replica, asked: i32, leader: (i32, i64)) -> i64 {
+/// Where to truncate so the local log agrees with the leader's (KIP-279), given the leader's
+/// answer for the local latest epoch `asked`; and whether to ask again afterwards (the leader's
+/// epoch is one this log does not have: what this log holds of the epoch below it is checked
+/// in another round).
+fn truncation_point(replica: &Replica, asked: i32, leader: (i32, i64)) -> (i64, bool) {
     let (epoch, end) = leader;
     let local_end = replica.log.log_end_offset();
-    if epoch < 0 {
-        // The leader has no epoch at or below ours: nothing here is known to match.
-        return end.min(local_end);
-    }
-    if epoch == asked {
-        return end.min(local_end);
+    if epoch < 0 || epoch == asked {
+        return (end.min(local_end), false);
     }
     // The leader's largest epoch at or below ours is older: our records of epochs above it
     // diverge; keep what both have of `epoch`.
-    let ours = replica.log.end_offset_for_epoch(epoch).map_or(local_end, |(_, e)| e);
-    end.min(ours).min(local_end)
+    match replica.log.end_offset_for_epoch(epoch) {
+        Some((ours, ours_end)) => (end.min(ours_end).min(local_end), ours != epoch),
+        None => (end.min(local_end), false),
+    }
 }
 
 /// Follows the leader of `topic`-`partition` at `leader_epoch` until the task is aborted (a
@@ -250,7 +258,8 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
             match answer {
                 Ok(a) => {
                     let a = a.into_inner();
-                    let to = truncation_point(&replica, asked, (a.leader_epoch, a.end_offset));
+                    let (to, again) =
+                        truncation_point(&replica, asked, (a.leader_epoch, a.end_offset));
                     if to < replica.log.log_end_offset() {
                         let log = Arc::clone(&replica.log);
                         let producers = Arc::clone(&replica.producers);
@@ -276,7 +285,8 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
                             Err(_) => return,
                         }
                     }
-                    truncated = true;
+                    truncated = !again;
+                    continue;
                 }
                 Err(s) => {
                     tracing::debug!(%topic, partition, error = %s.message(), "offset for leader epoch failed");
@@ -306,18 +316,21 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
                 let r = r.into_inner();
                 if !r.record_batches.is_empty() {
                     let log = Arc::clone(&replica.log);
+                    let producers = Arc::clone(&replica.producers);
                     let bytes = r.record_batches.clone();
-                    let appended =
-                        tokio::task::spawn_blocking(move || log.append_replicated(&bytes)).await;
-                    match appended {
-                        Ok(Ok(info)) => {
-                            replica.set_log_end(info.last_offset + 1);
-                            let mut producers =
-                                replica.producers.lock().unwrap_or_else(|e| e.into_inner());
-                            if let Err(e) = producers.record_batches(&r.record_batches) {
-                                tracing::error!(%topic, partition, error = %e, "producer state");
-                            }
+                    // The producer state moves with the log in one step, even if this task is
+                    // aborted meanwhile.
+                    let appended = tokio::task::spawn_blocking(move || {
+                        let mut producers = producers.lock().unwrap_or_else(|e| e.into_inner());
+                        let info = log.append_replicated(&bytes)?;
+                        if let Err(e) = producers.record_batches(&bytes) {
+                            tracing::error!(error = %e, "producer state of replicated batches");
                         }
+                        Ok::<_, LogError>(info)
+                    })
+                    .await;
+                    match appended {
+                        Ok(Ok(info)) => replica.set_log_end(info.last_offset + 1),
                         Ok(Err(
                             LogError::NonContiguousAppend { .. } | LogError::EpochRegression { .. },
                         )) => {
@@ -387,6 +400,10 @@ pub async fn run_isr_maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<
             if r.leader != me {
                 continue;
             }
+            if r.state.read().unwrap_or_else(|e| e.into_inner()).pending_isr.is_some() {
+                // Asked for already; the metadata carrying the answer has not arrived.
+                continue;
+            }
             let Some(isr) = wanted_isr(&shared, &r, me, lag) else { continue };
             let request = pb::AlterPartitionRequest {
                 broker_id: me,
@@ -397,12 +414,19 @@ pub async fn run_isr_maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<
                 partition_epoch: r.partition_epoch,
                 isr: isr.clone(),
             };
-            let answer = controllers
-                .call(|mut c| {
-                    let request = request.clone();
-                    async move { c.alter_partition(request).await }
-                })
-                .await;
+            // Until the controller's answer is applied, the high watermark waits for both the
+            // old and the new members.
+            r.state.write().unwrap_or_else(|e| e.into_inner()).pending_isr = Some(isr.clone());
+            let call = controllers.call(|mut c| {
+                let request = request.clone();
+                async move { c.alter_partition(request).await }
+            });
+            let Some(answer) = crate::membership::until_stop(call, &mut stop).await else {
+                return;
+            };
+            if answer.is_err() {
+                r.state.write().unwrap_or_else(|e| e.into_inner()).pending_isr = None;
+            }
             match answer {
                 Ok(_) => {
                     let counter = if isr.len() < r.isr.len() {
@@ -444,8 +468,10 @@ fn wanted_isr(shared: &Shared, r: &Replica, me: i32, lag: Duration) -> Option<Ve
                 let caught_up = f.map_or(progress.since, |f| f.caught_up_at);
                 now.duration_since(caught_up) <= lag
             } else {
-                // Comes back once it has everything committed, and is live.
-                f.is_some_and(|f| f.log_end >= hw && hw >= 0) && live(*id)
+                // Comes back once it has everything committed, including all this leader had
+                // when its epoch began (its high watermark may trail the old leader's), and is
+                // live.
+                f.is_some_and(|f| f.log_end >= hw && f.log_end >= progress.epoch_start) && live(*id)
             }
         })
         .collect();

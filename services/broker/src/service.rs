@@ -169,37 +169,55 @@ impl BrokerApi {
         }
     }
 
-    /// Waits until the high watermark reaches `offset`. Fails with `NOT_LEADER` when this broker
-    /// loses the lead meanwhile (the records may or may not survive: the producer retries) and
+    /// Waits until the high watermark reaches `offset` with this broker still leading at
+    /// `epoch` (a high watermark reached after it turned follower says nothing about this
+    /// append), and the ISR still at least `min_insync`. Fails with `NOT_LEADER` when the lead
+    /// moved (the records may or may not survive: an idempotent producer retries safely),
+    /// `NOT_ENOUGH_REPLICAS` when the ISR shrank below the minimum after the append, and
     /// `REQUEST_TIMED_OUT` after `timeout`.
     async fn wait_committed(
         &self,
         topic: &str,
         partition: i32,
         replica: &Replica,
-        offset: i64,
+        (epoch, offset): (i32, i64),
+        min_insync: usize,
         timeout: Duration,
     ) -> Result<(), Status> {
+        let me = self.shared.config.broker_id;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut hw = replica.high_watermark.subscribe();
         let mut metadata = self.shared.metadata_applied.subscribe();
         let mut stop = self.shared.stop.clone();
         loop {
+            let (leading, isr) = {
+                let st = replica.state.read().unwrap_or_else(|e| e.into_inner());
+                (st.leader == me && st.leader_epoch == epoch, st.isr.len())
+            };
+            if !leading {
+                return Err(status(
+                    ErrorCode::NotLeader,
+                    format!(
+                        "{topic}-{partition}: leadership moved before the records were committed"
+                    ),
+                ));
+            }
             if *hw.borrow_and_update() >= offset {
+                if isr < min_insync {
+                    return Err(status(
+                        ErrorCode::NotEnoughReplicas,
+                        format!(
+                            "{topic}-{partition}: appended, but the ISR shrank to {isr}, below min.insync.replicas {min_insync}"
+                        ),
+                    ));
+                }
                 return Ok(());
             }
             tokio::select! {
                 _ = hw.changed() => {}
                 _ = metadata.changed() => {
-                    let current = self.leader_replica(topic, partition)?;
-                    if current.replica.leader_epoch != replica.leader_epoch {
-                        return Err(status(
-                            ErrorCode::NotLeader,
-                            format!("{topic}-{partition}: leadership moved before the records were replicated"),
-                        ));
-                    }
                     // The ISR may have shrunk: the high watermark may move.
-                    crate::replication::update_leader_high_watermark(&current.replica, self.shared.config.broker_id);
+                    crate::replication::update_leader_high_watermark(replica, me);
                 }
                 _ = stop.wait_for(|s| *s) => {
                     return Err(status(ErrorCode::NotLeader, format!("{topic}-{partition}: the broker is stopping")));
@@ -254,14 +272,27 @@ impl BrokerApi {
 /// appended again (its first offsets are answered), a gap is refused with
 /// `OUT_OF_ORDER_SEQUENCE`.
 fn append_idempotent(
-    log: &tideline_log::Log,
-    producers: &std::sync::Mutex<crate::producer_state::ProducerStates>,
+    replica: &Replica,
+    me: i32,
     bytes: &[u8],
     leader_epoch: i32,
     topic: &str,
     partition: i32,
 ) -> Result<Appended, Status> {
     use crate::producer_state::{ProducedBatch, SequenceCheck};
+    let (log, producers) = (&*replica.log, &*replica.producers);
+    // Held through the append: the broker cannot turn follower (and truncate) meanwhile, and
+    // an append after it did is refused here.
+    let st = replica.state.read().unwrap_or_else(|e| e.into_inner());
+    if st.leader != me || st.leader_epoch != leader_epoch {
+        return Err(status(
+            ErrorCode::NotLeader,
+            format!(
+                "{topic}-{partition}: leadership moved (now broker {} at epoch {})",
+                st.leader, st.leader_epoch
+            ),
+        ));
+    }
     let append = |log: &tideline_log::Log| {
         log.append(bytes, leader_epoch)
             .map(|info| Appended {
@@ -407,21 +438,20 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
             ));
         }
         let epoch = replica.leader_epoch;
-        let log = Arc::clone(&replica.log);
+        let me = self.shared.config.broker_id;
         let (topic, partition) = (req.topic.clone(), req.partition);
+        let appending = replica.clone();
         // Encoding (and compressing) plain records and the append's validation are CPU and
         // disk work: off the async threads.
-        let producers = Arc::clone(&replica.producers);
         let info = tokio::task::spawn_blocking(move || {
             let bytes = match payload {
                 pb::produce_request::Payload::RecordBatches(b) => b,
                 pb::produce_request::Payload::Records(list) => Self::encode(&list)?,
             };
-            append_idempotent(&log, &producers, &bytes, epoch, &topic, partition)
+            append_idempotent(&appending, me, &bytes, epoch, &topic, partition)
         })
         .await
         .map_err(join_status)??;
-        let me = self.shared.config.broker_id;
         replica.set_log_end(info.last_offset + 1);
         crate::replication::update_leader_high_watermark(&replica, me);
         if matches!(acks, pb::Acks::All | pb::Acks::Unspecified) {
@@ -431,8 +461,15 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
             } else {
                 self.shared.config.produce_timeout
             };
-            self.wait_committed(&req.topic, req.partition, &replica, info.last_offset + 1, timeout)
-                .await?;
+            self.wait_committed(
+                &req.topic,
+                req.partition,
+                &replica,
+                (epoch, info.last_offset + 1),
+                min_insync,
+                timeout,
+            )
+            .await?;
         }
         Ok(Response::new(pb::ProduceResponse {
             base_offset: info.first_offset,

@@ -227,3 +227,51 @@ async fn idempotent_retries_are_written_once_also_after_failover() {
     assert_eq!(values(&cluster, "idem").await, vec!["one".to_string(), "two".to_string()]);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preferred_leader_returns_under_traffic_without_losing_a_record() {
+    let mut cluster = Cluster::start(&[1, 2, 3]).await;
+    let topic = cluster.create_topic("pref", 1, 3, &[("min.insync.replicas", "2")]).await;
+    cluster.wait_isr("pref", 0, &[1, 2, 3]).await;
+    let preferred = topic.partitions[0].replicas[0];
+    let mut producer = Idempotent::new(&cluster).await;
+    let mut acked = Vec::new();
+    let mut i = 0;
+    for round in 0..2 {
+        // The preferred leader stops (controlled shutdown) and comes back; while it catches up,
+        // rejoins the ISR and takes the lead back, acks=all traffic keeps flowing.
+        assert!(cluster.brokers.get_mut(&preferred).unwrap().terminate());
+        for _ in 0..20 {
+            let v = format!("p{i}");
+            i += 1;
+            produce_batch_retrying(&cluster, "pref", producer.batch(&v)).await.unwrap();
+            acked.push(v);
+        }
+        cluster.start_broker(preferred).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = format!("p{i}");
+            i += 1;
+            produce_batch_retrying(&cluster, "pref", producer.batch(&v)).await.unwrap();
+            acked.push(v);
+            if cluster.leader_of("pref", 0).await == preferred {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "round {round}: lead not back");
+        }
+        for _ in 0..20 {
+            let v = format!("p{i}");
+            i += 1;
+            produce_batch_retrying(&cluster, "pref", producer.batch(&v)).await.unwrap();
+            acked.push(v);
+        }
+    }
+    assert_eq!(values(&cluster, "pref").await, acked, "every acknowledged record once, in order");
+    wait_until(Duration::from_secs(20), "replicas to be byte-identical", || async {
+        let a = cluster.segment_bytes(1, "pref", 0);
+        (cluster.segment_bytes(2, "pref", 0) == a && cluster.segment_bytes(3, "pref", 0) == a)
+            .then_some(())
+    })
+    .await;
+    cluster.stop().await;
+}

@@ -298,6 +298,10 @@ pub struct BrokerRecord {
     pub incarnation_id: Vec<u8>,
     /// True when its lease lapsed.
     pub fenced: bool,
+    /// True after a controlled shutdown until it registers again: it neither leads nor joins
+    /// an ISR meanwhile, so leadership does not come back to a broker about to stop.
+    #[serde(default)]
+    pub shutting_down: bool,
 }
 
 /// A partition's replicas and leadership.
@@ -383,7 +387,7 @@ impl MetadataState {
                     && !b.fenced
                 {
                     b.fenced = true;
-                    self.move_leadership_away(*broker_id, Departure::Fenced);
+                    self.move_leadership_away(*broker_id, Departure::Replaced);
                 }
                 self.last_broker_epoch += 1;
                 let broker_epoch = self.last_broker_epoch;
@@ -398,6 +402,7 @@ impl MetadataState {
                         broker_epoch,
                         incarnation_id: incarnation_id.clone(),
                         fenced: false,
+                        shutting_down: false,
                     },
                 );
                 // Leaderless partitions this broker can lead (it is in their ISR) get it back.
@@ -430,9 +435,14 @@ impl MetadataState {
             }
             MetadataCommand::ControlledShutdown { broker_id, broker_epoch } => {
                 self.check_live_broker(*broker_id, *broker_epoch)?;
+                let newly = self.brokers.get_mut(broker_id).is_some_and(|b| {
+                    let newly = !b.shutting_down;
+                    b.shutting_down = true;
+                    newly
+                });
                 let (changed, remaining) =
                     self.move_leadership_away(*broker_id, Departure::ControlledShutdown);
-                if changed {
+                if changed || newly {
                     self.version += 1;
                 }
                 Ok(MetadataResponse::ShutdownProgress { remaining, version: self.version })
@@ -694,6 +704,9 @@ impl MetadataState {
 enum Departure {
     /// Its lease lapsed (it is already marked fenced).
     Fenced,
+    /// A new process registered under its id while the old registration was live: like a
+    /// fence, but never an unclean election (the broker is back with its data).
+    Replaced,
     /// It asked to stop and is still live.
     ControlledShutdown,
 }
@@ -711,8 +724,9 @@ enum Left {
     StillLeads,
 }
 
+/// Registered, not fenced, and not shutting down: may lead or join an ISR.
 fn is_live(brokers: &BTreeMap<i32, BrokerRecord>, id: i32) -> bool {
-    brokers.get(&id).is_some_and(|b| !b.fenced)
+    brokers.get(&id).is_some_and(|b| !b.fenced && !b.shutting_down)
 }
 
 /// Moves partition `p` away from `broker`: the lead goes to the first replica, in `replicas`
@@ -745,10 +759,12 @@ fn leave(
             (next, isr, Left::Changed)
         }
         (None, Departure::ControlledShutdown) => return Left::StillLeads,
-        (None, Departure::Fenced) => match p.replicas.iter().copied().find(candidate) {
-            Some(next) if unclean => (next, vec![next], Left::UncleanElection),
-            _ => (-1, p.isr.clone(), Left::Changed),
-        },
+        (None, Departure::Fenced | Departure::Replaced) => {
+            match p.replicas.iter().copied().find(candidate) {
+                Some(next) if unclean => (next, vec![next], Left::UncleanElection),
+                _ => (-1, p.isr.clone(), Left::Changed),
+            }
+        }
     };
     p.leader = leader;
     p.isr = isr;
@@ -1396,5 +1412,46 @@ mod tests {
             restored.apply(&MetadataCommand::AllocateProducerId),
             MetadataResponse::ProducerIdAllocated { producer_id: 4 }
         ));
+    }
+
+    /// Review findings: a broker in controlled shutdown neither joins an ISR nor leads again
+    /// until it registers anew; a fast restart of the last in-sync replica never triggers an
+    /// unclean election (the broker is back with its data).
+    #[test]
+    fn shutdown_is_sticky_and_a_restart_is_not_an_unclean_election() {
+        let mut s = cluster();
+        s.apply(&create("t", vec![vec![2, 3]]));
+        let alter = |s: &MetadataState, isr: Vec<i32>| {
+            let p = &s.topics["t"].partitions[0];
+            MetadataCommand::AlterPartition {
+                broker_id: p.leader,
+                broker_epoch: s.brokers[&p.leader].broker_epoch,
+                topic: "t".into(),
+                partition: 0,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr,
+            }
+        };
+        s.apply(&alter(&s, vec![2, 3]));
+        assert_eq!(s.topics["t"].partitions[0].isr, vec![2, 3]);
+        let epoch3 = s.brokers[&3].broker_epoch;
+        s.apply(&MetadataCommand::ControlledShutdown { broker_id: 3, broker_epoch: epoch3 });
+        assert_eq!(s.topics["t"].partitions[0].isr, vec![2]);
+        let again = s.apply(&alter(&s, vec![2, 3]));
+        assert!(matches!(again, MetadataResponse::Refused(_)), "{again:?}");
+
+        let mut s = cluster();
+        s.apply(&with_configs(
+            create("u", vec![vec![2, 3]]),
+            &[(UNCLEAN_LEADER_ELECTION_ENABLE, "true")],
+        ));
+        let mut restart = register(2);
+        if let MetadataCommand::RegisterBroker { incarnation_id, .. } = &mut restart {
+            *incarnation_id = vec![99];
+        }
+        s.apply(&restart);
+        let p = &s.topics["u"].partitions[0];
+        assert_eq!((p.leader, p.isr.clone()), (2, vec![2]), "no unclean election on a restart");
     }
 }
