@@ -43,7 +43,7 @@ pub enum SequenceCheck {
     Duplicate(ProducedBatch),
     /// A gap or an unknown older sequence: refuse.
     OutOfOrder {
-        /// The sequence expected next (-1 when the producer is unknown here).
+        /// The sequence expected next.
         expected: i32,
     },
     /// A batch from an older epoch of the producer: refuse.
@@ -63,12 +63,10 @@ impl ProducerStates {
     /// Checks a batch of producer `pid` at `epoch` holding sequences `first_seq..=last_seq`.
     pub fn check(&self, pid: i64, epoch: i16, first_seq: i32, last_seq: i32) -> SequenceCheck {
         let Some(p) = self.producers.get(&pid) else {
-            // A producer new to this partition starts at sequence 0.
-            return if first_seq == 0 {
-                SequenceCheck::Append
-            } else {
-                SequenceCheck::OutOfOrder { expected: -1 }
-            };
+            // A producer this partition has no state for: new here, or its batches were all
+            // deleted by retention (a retry of something that old cannot happen). Refusing
+            // would fail a healthy producer for good, so its sequence is taken as it comes.
+            return SequenceCheck::Append;
         };
         if epoch < p.epoch {
             return SequenceCheck::StaleEpoch { current: p.epoch };
@@ -172,7 +170,7 @@ mod tests {
     fn sequences_append_deduplicate_and_refuse_gaps() {
         let mut s = ProducerStates::default();
         assert_eq!(s.check(7, 0, 0, 4), SequenceCheck::Append);
-        assert_eq!(s.check(7, 0, 3, 4), SequenceCheck::OutOfOrder { expected: -1 });
+        assert_eq!(s.check(8, 0, 40, 44), SequenceCheck::Append, "state lost to retention");
         s.record(7, 0, batch(0, 4, 100));
         assert_eq!(s.check(7, 0, 5, 9), SequenceCheck::Append);
         assert_eq!(s.check(7, 0, 0, 4), SequenceCheck::Duplicate(batch(0, 4, 100)));

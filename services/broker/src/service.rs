@@ -516,8 +516,10 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
                         ),
                     ));
                 }
-                if first {
+                if first && req.offset <= replica.log.log_end_offset() {
                     // A follower fetches from its log end: that is how far it has replicated.
+                    // (An offset past this log's end is a diverged follower, answered
+                    // OFFSET_OUT_OF_RANGE below; it must not count as caught up.)
                     crate::replication::record_follower_fetch(
                         &replica,
                         me,
