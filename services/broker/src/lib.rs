@@ -238,10 +238,11 @@ impl Broker {
 }
 
 /// Every 100 ms: keeps the health status in line with whether the broker may serve, and
-/// flushes logs whose flush interval is due; applies retention every
-/// `retention_check_interval`. Runs until `stop`.
+/// flushes logs whose flush interval is due; checkpoints high watermarks every 5 s; applies
+/// retention every `retention_check_interval`. Runs until `stop`.
 async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut last_retention = Instant::now();
+    let mut last_checkpoint = Instant::now();
     let mut serving = false;
     loop {
         tokio::select! {
@@ -261,10 +262,26 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         if retention {
             last_retention = Instant::now();
         }
-        let logs: Vec<_> =
-            shared.replicas.all().into_iter().map(|(key, r)| (key, Arc::clone(&r.log))).collect();
+        let checkpoint = last_checkpoint.elapsed() >= Duration::from_secs(5);
+        if checkpoint {
+            last_checkpoint = Instant::now();
+        }
+        let logs: Vec<_> = shared
+            .replicas
+            .all()
+            .into_iter()
+            .map(|(key, r)| {
+                let hw = r.high_watermark();
+                (key, Arc::clone(&r.log), hw)
+            })
+            .collect();
         let done = tokio::task::spawn_blocking(move || {
-            for ((topic, partition), log) in logs {
+            for ((topic, partition), log, hw) in logs {
+                if checkpoint
+                    && let Err(e) = replicas::write_high_watermark(log.dir(), hw)
+                {
+                    tracing::warn!(%topic, partition, error = %e, "high watermark checkpoint failed");
+                }
                 if let Err(e) = log.flush_if_due() {
                     tracing::error!(%topic, partition, error = %e, "interval flush failed");
                 }

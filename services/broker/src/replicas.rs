@@ -23,6 +23,8 @@ use crate::log_config::log_config;
 
 /// File in each partition directory holding the topic id, in hex.
 pub const PARTITION_METADATA_FILE: &str = "partition.metadata";
+/// File in each partition directory holding the last checkpointed high watermark.
+pub const HIGH_WATERMARK_FILE: &str = "high-watermark";
 /// File in the data directory naming the broker that owns it.
 pub const BROKER_METADATA_FILE: &str = "broker.metadata";
 
@@ -235,6 +237,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The high watermark checkpointed in partition directory `dir`, if any.
+fn read_high_watermark(dir: &Path) -> Option<i64> {
+    fs::read_to_string(dir.join(HIGH_WATERMARK_FILE)).ok()?.trim().parse().ok()
+}
+
+/// Checkpoints `hw` in partition directory `dir` (write and rename: a crash leaves the old or
+/// the new value; a stale value only makes the restart start lower).
+pub fn write_high_watermark(dir: &Path, hw: i64) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{HIGH_WATERMARK_FILE}.tmp"));
+    fs::write(&tmp, hw.to_string())?;
+    fs::rename(&tmp, dir.join(HIGH_WATERMARK_FILE))
+}
+
 impl ReplicaManager {
     /// A manager for broker `broker_id` keeping logs under `dir`, with `defaults` for configs a
     /// topic does not set. Claims the directory for this broker (or checks that it is this
@@ -424,9 +439,10 @@ impl ReplicaManager {
         let producers = crate::producer_state::ProducerStates::rebuild(&log).map_err(log_err)?;
         fs::write(&id_file, &id).map_err(io("write", &id_file))?;
         let end = log.log_end_offset();
-        // Nothing is known committed after a restart until the leader says so (or, leading,
-        // until the in-sync followers have fetched): the high watermark starts at the log start.
-        let start = log.log_start_offset();
+        // The high watermark starts where it was last checkpointed (never past the log end):
+        // consumers of a restarted leader do not see it fall back to the log start, and it
+        // only moves on once the in-sync followers have fetched.
+        let start = read_high_watermark(&path).unwrap_or(0).clamp(log.log_start_offset(), end);
         self.map_mut().insert(
             key.clone(),
             Replica {
@@ -461,6 +477,9 @@ impl ReplicaManager {
     pub fn close(&self) -> Result<(), ReplicaError> {
         let mut first = None;
         for ((topic, partition), replica) in std::mem::take(&mut *self.map_mut()) {
+            if let Err(e) = write_high_watermark(replica.log.dir(), replica.high_watermark()) {
+                tracing::warn!(%topic, partition, error = %e, "high watermark checkpoint failed");
+            }
             if let Err(source) = replica.log.close() {
                 first.get_or_insert(ReplicaError::Log { topic, partition, source });
             }
@@ -504,6 +523,7 @@ mod tests {
         let mut b = RecordBatchBuilder::new(Compression::None);
         b.append(1, None, Some(b"v"), &[]);
         r.log.append(&b.build(), r.leader_epoch).unwrap();
+        r.advance_high_watermark(r.log.log_end_offset());
     }
 
     /// Only the partitions placed on this broker are opened, with their topic configs and
@@ -519,13 +539,16 @@ mod tests {
         assert!(m.get("orders-v2", 1).is_none(), "not placed here");
         let r = m.get("orders-v2", 0).unwrap();
         assert_eq!((r.leader, r.leader_epoch), (1, 3));
+        assert_eq!(r.high_watermark(), 0);
         assert_eq!(r.log.config().retention_ms, Some(1000));
         append(&r);
         m.close().unwrap();
 
         let again = ReplicaManager::new(dir.path(), 1, LogConfig::default()).unwrap();
         again.apply(std::slice::from_ref(&t));
-        assert_eq!(again.get("orders-v2", 0).unwrap().log.log_end_offset(), 1, "data kept");
+        let r = again.get("orders-v2", 0).unwrap();
+        assert_eq!(r.log.log_end_offset(), 1, "data kept");
+        assert_eq!(r.high_watermark(), 1, "the high watermark checkpointed at close is kept");
     }
 
     /// Deleting a topic, moving a replica away, or re-creating a topic under the same name
