@@ -110,12 +110,16 @@ async fn stopped_followers_leave_the_isr_and_min_insync_guards_acks_all() {
     cluster.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_returning_leader_truncates_what_it_could_not_replicate() {
+/// A leader writes records with acks=1 that no follower gets and dies; a follower takes over
+/// and writes over those offsets; the old leader returns, truncates, and catches up. `seed`
+/// sets how many records come before and how many go unreplicated.
+async fn returning_leader_truncates(seed: usize) {
     let mut cluster = Cluster::start(&[1, 2, 3]).await;
     let topic = cluster.create_topic("div", 1, 3, &[]).await;
     cluster.wait_isr("div", 0, &[1, 2, 3]).await;
-    for i in 0..10 {
+    let before = 5 + seed % 20;
+    let lost = 1 + seed % 3;
+    for i in 0..before {
         produce_retrying(&cluster, "div", &format!("a{i}"), pb::Acks::All).await.unwrap();
     }
     let old = topic.partitions[0].leader;
@@ -126,11 +130,14 @@ async fn a_returning_leader_truncates_what_it_could_not_replicate() {
         cluster.brokers[f].signal("STOP");
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    // The leader takes a record with acks=1 that no follower gets, then dies.
+    // The leader takes records with acks=1 that no follower gets, then dies.
     let mut b = cluster.broker(old).await;
-    let mut lone = produce_records("div", 0, vec![record("k", "unreplicated", &[], 0)]);
-    lone.acks = pb::Acks::Leader as i32;
-    assert_eq!(b.produce(lone).await.unwrap().into_inner().base_offset, 10);
+    for j in 0..lost {
+        let mut lone = produce_records("div", 0, vec![record("k", "unreplicated", &[], 0)]);
+        lone.acks = pb::Acks::Leader as i32;
+        let offset = b.produce(lone).await.unwrap().into_inner().base_offset;
+        assert_eq!(offset, (before + j) as i64);
+    }
     let leader_log = cluster.brokers.get_mut(&old).unwrap();
     leader_log.signal("KILL");
     leader_log.child.wait().unwrap();
@@ -151,7 +158,7 @@ async fn a_returning_leader_truncates_what_it_could_not_replicate() {
     cluster.start_broker(old).await;
     cluster.wait_isr("div", 0, &[1, 2, 3]).await;
     let expected: Vec<String> =
-        (0..10).map(|i| format!("a{i}")).chain((0..5).map(|i| format!("b{i}"))).collect();
+        (0..before).map(|i| format!("a{i}")).chain((0..5).map(|i| format!("b{i}"))).collect();
     assert_eq!(values(&cluster, "div").await, expected);
     wait_until(Duration::from_secs(20), "replicas to be byte-identical", || async {
         let a = cluster.segment_bytes(1, "div", 0);
@@ -160,6 +167,13 @@ async fn a_returning_leader_truncates_what_it_could_not_replicate() {
     })
     .await;
     cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_leader_truncates_what_it_could_not_replicate() {
+    for seed in [5, 22] {
+        returning_leader_truncates(seed).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
