@@ -51,7 +51,20 @@ pub fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
             }
         }
     }
-    sled::Config::new().path(dir).cache_capacity(64 << 20).open()
+    // sled releases its file lock from a background thread after the last handle drops: a
+    // reopen in the same process (a restarted node, a test) may find it still held for a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(dir).cache_capacity(64 << 20).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 fn read_err(e: impl Into<openraft::AnyError>) -> StorageError<NodeId> {
