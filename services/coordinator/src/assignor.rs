@@ -84,7 +84,7 @@ impl AssignorError {
     /// The error code a client sees.
     pub fn code(&self) -> ErrorCode {
         match self {
-            AssignorError::UnknownAssignor { .. } => ErrorCode::InvalidRequest,
+            AssignorError::UnknownAssignor { .. } => ErrorCode::UnsupportedAssignor,
             AssignorError::InvalidPartitionCount { .. } => ErrorCode::InvalidPartitions,
         }
     }

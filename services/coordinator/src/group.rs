@@ -115,6 +115,18 @@ pub enum GroupError {
     },
 }
 
+impl GroupError {
+    /// The error code a client sees.
+    pub fn code(&self) -> tideline_common::ErrorCode {
+        use tideline_common::ErrorCode;
+        match self {
+            GroupError::UnknownMember { .. } => ErrorCode::UnknownMemberId,
+            GroupError::StaleMemberEpoch { .. } => ErrorCode::StaleMemberEpoch,
+            GroupError::Invalid { .. } => ErrorCode::InvalidRequest,
+        }
+    }
+}
+
 /// A member of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -521,10 +533,9 @@ mod tests {
         // Nothing heard from either for a session: both are removed.
         let gone = g.expire(2 + g.config.session_timeout_ms + 1);
         assert_eq!(gone.len(), 2);
-        assert!(matches!(
-            g.check_commit(&a.member_id, a3.member_epoch),
-            Err(GroupError::UnknownMember { .. })
-        ));
+        let gone = g.check_commit(&a.member_id, a3.member_epoch).unwrap_err();
+        assert!(matches!(gone, GroupError::UnknownMember { .. }));
+        assert_eq!(gone.code(), tideline_common::ErrorCode::UnknownMemberId);
     }
 
     #[test]

@@ -231,7 +231,7 @@ fn assignors_are_chosen_by_name() {
     let err = "sticky".parse::<Assignor>().unwrap_err();
     assert_eq!(err, AssignorError::UnknownAssignor { name: "sticky".into() });
     assert_eq!(err.to_string(), r#"unknown assignor "sticky": expected "uniform" or "range""#);
-    assert_eq!(err.code(), ErrorCode::InvalidRequest);
+    assert_eq!(err.code(), ErrorCode::UnsupportedAssignor);
 }
 
 /// A negative partition count is refused by both assignors, not treated as zero.
