@@ -470,13 +470,12 @@ pub async fn read_all(
     }
 }
 
-/// Produces one record `value` with `acks`, retrying on retriable errors (refreshing the leader)
-/// for up to 30 s. Ok(offset) when acknowledged.
-pub async fn produce_retrying(
+/// Sends `request` to the leader of partition 0 of `topic`, retrying on retriable errors
+/// (refreshing the leader) for up to 30 s. Ok(base offset) when acknowledged.
+pub async fn produce_request_retrying(
     cluster: &Cluster,
     topic: &str,
-    value: &str,
-    acks: pb::Acks,
+    request: pb::ProduceRequest,
 ) -> Result<i64, tonic::Status> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -484,24 +483,31 @@ pub async fn produce_retrying(
         let client = if leader < 0 { None } else { cluster.try_broker(leader).await };
         let attempt = match client {
             None => Err(tonic::Status::unavailable("no leader reachable")),
-            Some(mut b) => {
-                let mut request = produce_records(topic, 0, vec![record("k", value, &[], 0)]);
-                request.acks = acks as i32;
-                b.produce(request).await.map(|r| r.into_inner().base_offset)
-            }
+            Some(mut b) => b.produce(request.clone()).await.map(|r| r.into_inner().base_offset),
         };
         match attempt {
             Ok(offset) => return Ok(offset),
-            Err(s) if std::time::Instant::now() < deadline => {
-                let retriable = error_code_of(&s).is_none_or(tideline_common::is_retriable);
-                if !retriable {
-                    return Err(s);
-                }
+            Err(s)
+                if std::time::Instant::now() < deadline
+                    && error_code_of(&s).is_none_or(tideline_common::is_retriable) =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(s) => return Err(s),
         }
     }
+}
+
+/// Produces one record `value` with `acks`, retrying (see [`produce_request_retrying`]).
+pub async fn produce_retrying(
+    cluster: &Cluster,
+    topic: &str,
+    value: &str,
+    acks: pb::Acks,
+) -> Result<i64, tonic::Status> {
+    let mut request = produce_records(topic, 0, vec![record("k", value, &[], 0)]);
+    request.acks = acks as i32;
+    produce_request_retrying(cluster, topic, request).await
 }
 
 /// An idempotent producer for the tests: a producer id from the controller and one sequence
@@ -541,29 +547,9 @@ pub async fn produce_batch_retrying(
     topic: &str,
     batch: Vec<u8>,
 ) -> Result<i64, tonic::Status> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let leader = cluster.leader_of(topic, 0).await;
-        let client = if leader < 0 { None } else { cluster.try_broker(leader).await };
-        let attempt = match client {
-            None => Err(tonic::Status::unavailable("no leader reachable")),
-            Some(mut b) => {
-                let mut request = produce_bytes(topic, 0, batch.clone());
-                request.acks = pb::Acks::All as i32;
-                b.produce(request).await.map(|r| r.into_inner().base_offset)
-            }
-        };
-        match attempt {
-            Ok(offset) => return Ok(offset),
-            Err(s)
-                if std::time::Instant::now() < deadline
-                    && error_code_of(&s).is_none_or(tideline_common::is_retriable) =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(s) => return Err(s),
-        }
-    }
+    let mut request = produce_bytes(topic, 0, batch);
+    request.acks = pb::Acks::All as i32;
+    produce_request_retrying(cluster, topic, request).await
 }
 
 /// Values of every record of partition 0, read from its current leader.
