@@ -5,7 +5,9 @@
 //! - [`assignor`]: the server-side partition assignors, from a group's members, their
 //!   subscriptions, the topics and the current target assignment to the next target assignment;
 //! - [`group`]: one group's membership and incremental rebalances (member epochs, revocation
-//!   before reassignment, session timeouts, static members, commit fencing).
+//!   before reassignment, session timeouts, static members, commit fencing);
+//! - [`offsets`]: committed offsets as compaction-friendly records of an offsets shard, and
+//!   their replay.
 //!
 //! The service itself comes next: the offsets shard replay, the gRPC service and the `run` entry
 //! point with its thin binary.
@@ -14,6 +16,7 @@
 
 pub mod assignor;
 pub mod group;
+pub mod offsets;
 
 pub use assignor::{
     Assignor, AssignorError, GroupSpec, MemberSpec, TargetAssignment, TopicPartition,
