@@ -7,7 +7,10 @@
 //! - [`group`]: one group's membership and incremental rebalances (member epochs, revocation
 //!   before reassignment, session timeouts, static members, commit fencing);
 //! - [`offsets`]: committed offsets as compaction-friendly records of an offsets shard, and
-//!   their replay.
+//!   their replay;
+//! - [`shard`]: the groups and offsets of one shard with the operations the service will serve
+//!   (heartbeat, commit fenced by member epoch, fetch, list, describe with lag, delete), and
+//!   Kafka's group-to-shard mapping.
 //!
 //! The service itself comes next: the offsets shard replay, the gRPC service and the `run` entry
 //! point with its thin binary.
@@ -17,6 +20,7 @@
 pub mod assignor;
 pub mod group;
 pub mod offsets;
+pub mod shard;
 
 pub use assignor::{
     Assignor, AssignorError, GroupSpec, MemberSpec, TargetAssignment, TopicPartition,

@@ -1,0 +1,457 @@
+//! [`Shard`]: the groups and committed offsets of one `__consumer_offsets` partition, with the
+//! operations the coordinator serves on them. Pure: offset commits and deletions come out as the
+//! records to write to the shard (and to replay here once written), time and partition end
+//! offsets come in as arguments.
+//!
+//! [`shard_for`] maps a group id to its shard as Kafka does (`abs(javaHashCode(id)) % shards`),
+//! so a group keeps its shard number across Kafka-style tooling.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use tideline_common::{ErrorCode, TopicName};
+
+use crate::group::{Group, GroupConfig, GroupError, Heartbeat, HeartbeatAnswer};
+use crate::offsets::{CommittedOffset, OffsetKey, OffsetStore, RecordError};
+
+/// A record to write to the shard: key, and value (`None` for a tombstone).
+pub type ShardRecord = (Bytes, Option<Bytes>);
+
+/// The shard (partition of `__consumer_offsets`) that owns `group_id`: Kafka's
+/// `abs(groupId.hashCode()) % shards`, with Java's `String.hashCode` over UTF-16 code units.
+///
+/// # Panics
+/// If `shards` is not positive.
+pub fn shard_for(group_id: &str, shards: i32) -> i32 {
+    assert!(shards > 0, "shard count must be positive");
+    let hash =
+        group_id.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    // Kafka's Utils.abs: Integer.MIN_VALUE maps to 0.
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    positive % shards
+}
+
+/// Why a shard operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    /// A membership error (unknown member, stale epoch, invalid heartbeat).
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// No such group.
+    #[error("group {0:?} does not exist")]
+    UnknownGroup(String),
+    /// The group has members: offsets can only be set by its members, and it cannot be deleted.
+    #[error("group {group:?} has {members} members")]
+    NonEmptyGroup {
+        /// The group.
+        group: String,
+        /// How many members it has.
+        members: usize,
+    },
+    /// A commit names a partition that does not exist or a negative offset.
+    #[error("invalid commit for group {group:?}: {reason}")]
+    InvalidCommit {
+        /// The group.
+        group: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A record could not be encoded.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+impl ShardError {
+    /// The error code a client sees.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ShardError::Group(e) => e.code(),
+            ShardError::UnknownGroup(_) => ErrorCode::GroupIdNotFound,
+            ShardError::NonEmptyGroup { .. } => ErrorCode::NonEmptyGroup,
+            ShardError::InvalidCommit { .. } | ShardError::Record(_) => ErrorCode::InvalidRequest,
+        }
+    }
+}
+
+/// A group's state as `DescribeGroup` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    /// No members (offsets may remain).
+    Empty,
+    /// Members are moving towards a new target assignment.
+    Reconciling,
+    /// Every member owns its target.
+    Stable,
+}
+
+/// One partition of a group's description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The committed offset, if any.
+    pub committed: Option<i64>,
+    /// The partition's end offset (high watermark), if known.
+    pub end: Option<i64>,
+    /// Records behind: end minus committed (the whole partition when nothing is committed and
+    /// the end is known).
+    pub lag: Option<i64>,
+    /// The member owning it now, if any.
+    pub owner: Option<String>,
+}
+
+/// A member as `DescribeGroup` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// The member id.
+    pub member_id: String,
+    /// Its epoch.
+    pub member_epoch: i32,
+    /// The partitions it was given, as (topic, partition).
+    pub assigned: BTreeSet<(String, i32)>,
+}
+
+/// A group as `DescribeGroup` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// The group id.
+    pub group: String,
+    /// Its state.
+    pub state: GroupState,
+    /// Its epoch.
+    pub group_epoch: i32,
+    /// Members with their epochs and assigned partitions.
+    pub members: Vec<MemberDescription>,
+    /// Per partition with a commit or an owner: committed offset, end offset, lag.
+    pub partitions: Vec<PartitionLag>,
+}
+
+/// The groups and offsets of one shard.
+#[derive(Debug, Clone, Default)]
+pub struct Shard {
+    config: GroupConfig,
+    topics: BTreeMap<TopicName, i32>,
+    groups: BTreeMap<String, Group>,
+    offsets: OffsetStore,
+}
+
+impl Shard {
+    /// An empty shard whose new groups use `config`.
+    pub fn new(config: GroupConfig) -> Self {
+        Shard { config, ..Default::default() }
+    }
+
+    /// Applies one record read back from the shard's partition (at start-up, or after writing).
+    ///
+    /// # Errors
+    /// [`RecordError`] for a record that is not an offsets record.
+    pub fn replay(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), RecordError> {
+        self.offsets.replay(key, value)
+    }
+
+    /// Sets the topics and partition counts groups may be assigned (from cluster metadata).
+    pub fn set_topics(&mut self, topics: BTreeMap<TopicName, i32>) {
+        for g in self.groups.values_mut() {
+            g.set_topics(topics.clone());
+        }
+        self.topics = topics;
+    }
+
+    /// A member's heartbeat to `group` (created on first join).
+    ///
+    /// # Errors
+    /// [`ShardError::Group`] with the membership error.
+    pub fn heartbeat(
+        &mut self,
+        group: &str,
+        hb: Heartbeat,
+        now_ms: i64,
+    ) -> Result<HeartbeatAnswer, ShardError> {
+        if !self.groups.contains_key(group) {
+            if hb.member_epoch != crate::group::JOIN_EPOCH {
+                return Err(GroupError::UnknownMember {
+                    group: group.to_string(),
+                    member_id: hb.member_id,
+                }
+                .into());
+            }
+            let mut g = Group::new(group, self.config.clone());
+            g.set_topics(self.topics.clone());
+            self.groups.insert(group.to_string(), g);
+        }
+        let g = self.groups.get_mut(group).expect("present");
+        Ok(g.heartbeat(hb, now_ms)?)
+    }
+
+    /// Removes members whose sessions ended, in every group.
+    pub fn expire(&mut self, now_ms: i64) {
+        for g in self.groups.values_mut() {
+            g.expire(now_ms);
+        }
+    }
+
+    /// The records committing `offsets` for `group`: from a member (its id and epoch are
+    /// checked, a stale epoch is fenced), or, with `member` `None`, from an admin on a group
+    /// with no members.
+    ///
+    /// # Errors
+    /// [`ShardError::Group`] (unknown member, stale epoch), [`ShardError::NonEmptyGroup`] for an
+    /// admin commit to a group with members, [`ShardError::InvalidCommit`].
+    pub fn commit(
+        &self,
+        group: &str,
+        member: Option<(&str, i32)>,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<Vec<ShardRecord>, ShardError> {
+        match (member, self.groups.get(group)) {
+            (Some((id, epoch)), Some(g)) => g.check_commit(id, epoch)?,
+            (Some((id, _)), None) => {
+                return Err(GroupError::UnknownMember {
+                    group: group.to_string(),
+                    member_id: id.to_string(),
+                }
+                .into());
+            }
+            (None, Some(g)) if !g.is_empty() => {
+                return Err(ShardError::NonEmptyGroup {
+                    group: group.to_string(),
+                    members: g.members.len(),
+                });
+            }
+            (None, _) => {}
+        }
+        offsets
+            .iter()
+            .map(|(topic, partition, o)| {
+                let known = TopicName::new(topic.as_str())
+                    .ok()
+                    .and_then(|t| self.topics.get(&t))
+                    .is_some_and(|count| (0..*count).contains(partition));
+                if !known || o.offset < 0 {
+                    return Err(ShardError::InvalidCommit {
+                        group: group.to_string(),
+                        reason: format!("{topic}-{partition} at offset {}", o.offset),
+                    });
+                }
+                let key = OffsetKey {
+                    group: group.to_string(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                };
+                Ok(OffsetStore::commit_record(&key, o)?)
+            })
+            .collect()
+    }
+
+    /// The committed offsets of `group`.
+    pub fn fetch_offsets(&self, group: &str) -> Vec<(OffsetKey, CommittedOffset)> {
+        self.offsets.of_group(group).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Every group with members or committed offsets.
+    pub fn list_groups(&self) -> Vec<(String, GroupState)> {
+        let mut names: BTreeSet<String> = self.groups.keys().cloned().collect();
+        names.extend(self.offsets.groups());
+        names.into_iter().map(|g| (g.clone(), self.state(&g))).collect()
+    }
+
+    fn state(&self, group: &str) -> GroupState {
+        match self.groups.get(group) {
+            Some(g) if !g.is_empty() && g.is_stable() => GroupState::Stable,
+            Some(g) if !g.is_empty() => GroupState::Reconciling,
+            _ => GroupState::Empty,
+        }
+    }
+
+    /// Describes `group`: members, and per partition the committed offset, the end offset
+    /// `end_of(topic, partition)` reports, and the lag.
+    ///
+    /// # Errors
+    /// [`ShardError::UnknownGroup`].
+    pub fn describe(
+        &self,
+        group: &str,
+        end_of: impl Fn(&str, i32) -> Option<i64>,
+    ) -> Result<GroupDescription, ShardError> {
+        let g = self.groups.get(group);
+        if g.is_none() && self.offsets.of_group(group).next().is_none() {
+            return Err(ShardError::UnknownGroup(group.to_string()));
+        }
+        let mut partitions: BTreeMap<(String, i32), PartitionLag> = BTreeMap::new();
+        let mut members = Vec::new();
+        for m in g.iter().flat_map(|g| g.members.values()) {
+            let owned: BTreeSet<(String, i32)> =
+                m.assigned.iter().map(|(t, p)| (t.to_string(), p.0)).collect();
+            for (t, p) in &owned {
+                partitions.entry((t.clone(), *p)).or_insert_with(|| lag_row(t, *p)).owner =
+                    Some(m.member_id.clone());
+            }
+            members.push(MemberDescription {
+                member_id: m.member_id.clone(),
+                member_epoch: m.member_epoch,
+                assigned: owned,
+            });
+        }
+        for (k, v) in self.offsets.of_group(group) {
+            partitions
+                .entry((k.topic.clone(), k.partition))
+                .or_insert_with(|| lag_row(&k.topic, k.partition))
+                .committed = Some(v.offset);
+        }
+        for row in partitions.values_mut() {
+            row.end = end_of(&row.topic, row.partition);
+            row.lag = row.end.map(|end| (end - row.committed.unwrap_or(0)).max(0));
+        }
+        Ok(GroupDescription {
+            group: group.to_string(),
+            state: self.state(group),
+            group_epoch: g.map_or(0, |g| g.group_epoch),
+            members,
+            partitions: partitions.into_values().collect(),
+        })
+    }
+
+    /// The tombstones deleting `group`'s offsets; the group must have no members.
+    ///
+    /// # Errors
+    /// [`ShardError::UnknownGroup`], [`ShardError::NonEmptyGroup`].
+    pub fn delete_group(&mut self, group: &str) -> Result<Vec<ShardRecord>, ShardError> {
+        let known =
+            self.groups.contains_key(group) || self.offsets.of_group(group).next().is_some();
+        if !known {
+            return Err(ShardError::UnknownGroup(group.to_string()));
+        }
+        if let Some(g) = self.groups.get(group)
+            && !g.is_empty()
+        {
+            return Err(ShardError::NonEmptyGroup {
+                group: group.to_string(),
+                members: g.members.len(),
+            });
+        }
+        self.groups.remove(group);
+        Ok(self.offsets.delete_group_records(group)?)
+    }
+}
+
+fn lag_row(topic: &str, partition: i32) -> PartitionLag {
+    PartitionLag {
+        topic: topic.to_string(),
+        partition,
+        committed: None,
+        end: None,
+        lag: None,
+        owner: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics() -> BTreeMap<TopicName, i32> {
+        BTreeMap::from([(TopicName::new("t").unwrap(), 2)])
+    }
+
+    fn offset(o: i64) -> CommittedOffset {
+        CommittedOffset { offset: o, leader_epoch: -1, commit_time_ms: 0, metadata: String::new() }
+    }
+
+    fn join(shard: &mut Shard, group: &str) -> HeartbeatAnswer {
+        shard
+            .heartbeat(
+                group,
+                Heartbeat {
+                    subscribed_topics: Some(BTreeSet::from([TopicName::new("t").unwrap()])),
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap()
+    }
+
+    /// Kafka's mapping: `Utils.abs(groupId.hashCode()) % shards`, including the id whose Java
+    /// hash is `Integer.MIN_VALUE`.
+    #[test]
+    fn groups_map_to_shards_as_in_kafka() {
+        // "my-group".hashCode() is -1906497762 in Java: abs -> 1906497762, % 50 = 12.
+        assert_eq!(shard_for("my-group", 50), 12);
+        assert_eq!(shard_for("", 50), 0);
+        // "polygenelubricants".hashCode() == Integer.MIN_VALUE: Kafka's abs maps it to 0.
+        assert_eq!(shard_for("polygenelubricants", 16), 0);
+    }
+
+    #[test]
+    fn commits_are_fenced_by_member_epoch_and_replayed() {
+        let mut shard = Shard::new(GroupConfig::default());
+        shard.set_topics(topics());
+        let a = join(&mut shard, "g");
+        let records = shard
+            .commit("g", Some((&a.member_id, a.member_epoch)), &[("t".into(), 0, offset(5))])
+            .unwrap();
+        for (k, v) in &records {
+            shard.replay(k, v.as_deref()).unwrap();
+        }
+        assert_eq!(shard.fetch_offsets("g")[0].1.offset, 5);
+        let stale = shard.commit(
+            "g",
+            Some((&a.member_id, a.member_epoch + 7)),
+            &[("t".into(), 0, offset(6))],
+        );
+        assert_eq!(stale.unwrap_err().code(), ErrorCode::StaleMemberEpoch);
+        let unknown = shard.commit("g", Some(("nobody", 1)), &[("t".into(), 0, offset(6))]);
+        assert_eq!(unknown.unwrap_err().code(), ErrorCode::UnknownMemberId);
+        let bad =
+            shard.commit("g", Some((&a.member_id, a.member_epoch)), &[("t".into(), 9, offset(6))]);
+        assert_eq!(bad.unwrap_err().code(), ErrorCode::InvalidRequest);
+        // An admin may set offsets only of an empty group; a group with members cannot be
+        // deleted.
+        let admin = shard.commit("g", None, &[("t".into(), 0, offset(0))]);
+        assert_eq!(admin.unwrap_err().code(), ErrorCode::NonEmptyGroup);
+        assert_eq!(shard.delete_group("g").unwrap_err().code(), ErrorCode::NonEmptyGroup);
+        assert_eq!(shard.delete_group("nope").unwrap_err().code(), ErrorCode::GroupIdNotFound);
+    }
+
+    #[test]
+    fn describe_shows_members_offsets_and_lag_and_empty_groups_can_be_deleted() {
+        let mut shard = Shard::new(GroupConfig::default());
+        shard.set_topics(topics());
+        let a = join(&mut shard, "g");
+        for (k, v) in shard
+            .commit("g", Some((&a.member_id, a.member_epoch)), &[("t".into(), 1, offset(40))])
+            .unwrap()
+        {
+            shard.replay(&k, v.as_deref()).unwrap();
+        }
+        let d = shard.describe("g", |_, p| Some(if p == 0 { 10 } else { 100 })).unwrap();
+        assert_eq!(d.state, GroupState::Stable);
+        assert_eq!(d.members.len(), 1);
+        assert_eq!(d.partitions.len(), 2);
+        assert_eq!((d.partitions[0].lag, d.partitions[1].lag), (Some(10), Some(60)));
+        assert_eq!(d.partitions[1].owner.as_deref(), Some(a.member_id.as_str()));
+        // The member leaves; the group is empty and its offsets can be reset or deleted.
+        shard
+            .heartbeat(
+                "g",
+                Heartbeat {
+                    member_id: a.member_id.clone(),
+                    member_epoch: crate::group::LEAVE_EPOCH,
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap();
+        assert_eq!(shard.list_groups(), vec![("g".to_string(), GroupState::Empty)]);
+        assert!(shard.commit("g", None, &[("t".into(), 1, offset(0))]).is_ok());
+        for (k, v) in shard.delete_group("g").unwrap() {
+            shard.replay(&k, v.as_deref()).unwrap();
+        }
+        assert!(shard.list_groups().is_empty());
+        assert_eq!(
+            shard.describe("g", |_, _| None).unwrap_err().code(),
+            ErrorCode::GroupIdNotFound
+        );
+    }
+}
