@@ -207,6 +207,12 @@ pub async fn cluster(
     let topics: Vec<&pb::TopicMetadata> = m.topics().collect();
     let offline: usize =
         topics.iter().map(|t| t.partitions.iter().filter(|p| p.leader < 0).count()).sum();
+    let under_replicated: usize = topics
+        .iter()
+        .map(|t| {
+            t.partitions.iter().filter(|p| p.leader >= 0 && p.isr.len() < p.replicas.len()).count()
+        })
+        .sum();
     if out == Output::Json {
         return {
             output::json(&json!({
@@ -222,6 +228,7 @@ pub async fn cluster(
                 }).collect::<Vec<_>>(),
                 "topics": topics.len(),
                 "partitions_without_leader": offline,
+                "under_replicated_partitions": under_replicated,
             }));
             Ok(())
         };
@@ -256,7 +263,7 @@ pub async fn cluster(
         .collect();
     output::table(&["BROKER", "ADDRESS", "RACK", "EPOCH", "STATE"], &rows);
     output::emit(&format!(
-        "\n{} topic(s), {offline} partition(s) without a leader\n",
+        "\n{} topic(s), {offline} partition(s) without a leader, {under_replicated} under-replicated\n",
         topics.len()
     ));
     Ok(())

@@ -142,6 +142,7 @@ fn tide_dev_round_trip_clean_stop_and_resume() {
     let brokers = status["brokers"].as_array().unwrap();
     assert_eq!(brokers.len(), 3);
     assert!(brokers.iter().all(|b| b["fenced"] == false));
+    assert_eq!(status["under_replicated_partitions"], 0);
 
     dev.ok(
         &["topic", "create", "greetings", "--partitions", "3", "--replication-factor", "1"],
