@@ -138,6 +138,7 @@ pub(crate) mod tests {
                     }),
                     broker_epoch: 1,
                     fenced: false,
+                    shutting_down: false,
                 })
                 .collect(),
             topics: vec![TopicMetadata {

@@ -182,6 +182,7 @@ impl ControllerService for Fake {
                 }),
                 broker_epoch: 1,
                 fenced: false,
+                shutting_down: false,
             }],
             topics,
             controller_leader_id: 1,

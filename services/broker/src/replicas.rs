@@ -121,6 +121,8 @@ pub struct PartitionState {
     /// high watermark counts the members of both (Kafka's "maximal ISR"), so a record is never
     /// committed without a replica that is about to join, or only just left.
     pub pending_isr: Option<Vec<i32>>,
+    /// When the pending ISR was last asked for (an answer lost on the way is asked for again).
+    pub pending_since: Option<std::time::Instant>,
 }
 
 impl PartitionState {
@@ -405,6 +407,7 @@ impl ReplicaManager {
             let new_leadership = st.leader != p.leader || st.leader_epoch != p.leader_epoch;
             if new_leadership || st.partition_epoch != p.partition_epoch {
                 st.pending_isr = None;
+                st.pending_since = None;
             }
             st.leader = p.leader;
             st.leader_epoch = p.leader_epoch;
@@ -417,7 +420,8 @@ impl ReplicaManager {
             } else {
                 // A follower that left the ISR starts afresh: what it had before (another
                 // process, maybe with a shorter log) must not count when it asks back in.
-                progress.followers.retain(|id, _| p.isr.contains(id));
+                let keep = replica.state.read().unwrap_or_else(|e| e.into_inner()).maximal_isr();
+                progress.followers.retain(|id, _| keep.contains(id));
             }
             return Ok(());
         }
@@ -463,6 +467,7 @@ impl ReplicaManager {
                     partition_epoch: p.partition_epoch,
                     isr: p.isr.clone(),
                     pending_isr: None,
+                    pending_since: None,
                 })),
             },
         );

@@ -26,6 +26,9 @@ use crate::config::MAX_MESSAGE_BYTES;
 use crate::membership::{Controllers, Shared};
 use crate::replicas::{FollowerProgress, Replica};
 
+/// How long a pending ISR change waits for its metadata before it is asked for again.
+const PENDING_RETRY: Duration = Duration::from_secs(5);
+
 /// Counters of replication events on this broker (exported with the other metrics later).
 #[derive(Debug, Default)]
 pub struct ReplicationCounters {
@@ -147,7 +150,11 @@ pub fn record_follower_fetch(
     update_leader_high_watermark(replica, me);
     // A follower outside the ISR that reached the high watermark: add it back now rather than
     // at the next periodic check.
-    if !replica.isr.contains(&follower) && fetch_offset >= replica.high_watermark() {
+    let epoch_start = replica.progress.lock().unwrap_or_else(|e| e.into_inner()).epoch_start;
+    if !replica.isr.contains(&follower)
+        && fetch_offset >= replica.high_watermark()
+        && fetch_offset >= epoch_start
+    {
         isr_check.notify_one();
     }
 }
@@ -193,6 +200,23 @@ fn broker_client(address: &str) -> Option<BrokerServiceClient<Channel>> {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
+}
+
+/// Runs `write` (a follower's change to its log) while holding the partition's state lock, and
+/// only if this broker still follows at `leader_epoch`: a fetcher aborted late, after the broker
+/// became leader, must not touch the log (applying metadata takes the write lock, so it waits
+/// for a write in progress).
+fn as_follower<T>(
+    replica: &Replica,
+    me: i32,
+    leader_epoch: i32,
+    write: impl FnOnce() -> Result<T, LogError>,
+) -> Result<Option<T>, LogError> {
+    let st = replica.state.read().unwrap_or_else(|e| e.into_inner());
+    if st.leader == me || st.leader_epoch != leader_epoch {
+        return Ok(None);
+    }
+    write().map(Some)
 }
 
 /// Where to truncate so the local log agrees with the leader's (KIP-279), given the leader's
@@ -261,18 +285,21 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
                     let (to, again) =
                         truncation_point(&replica, asked, (a.leader_epoch, a.end_offset));
                     if to < replica.log.log_end_offset() {
-                        let log = Arc::clone(&replica.log);
-                        let producers = Arc::clone(&replica.producers);
+                        let r = replica.clone();
                         // Truncation removes batches: the producer state is rebuilt after it.
                         let done = tokio::task::spawn_blocking(move || {
-                            let end = log.truncate_to(to)?;
-                            let rebuilt = crate::producer_state::ProducerStates::rebuild(&log)?;
-                            *producers.lock().unwrap_or_else(|e| e.into_inner()) = rebuilt;
-                            Ok::<_, LogError>(end)
+                            as_follower(&r, me, leader_epoch, || {
+                                let end = r.log.truncate_to(to)?;
+                                let rebuilt =
+                                    crate::producer_state::ProducerStates::rebuild(&r.log)?;
+                                *r.producers.lock().unwrap_or_else(|e| e.into_inner()) = rebuilt;
+                                Ok(end)
+                            })
                         })
                         .await;
                         match done {
-                            Ok(Ok(end)) => {
+                            Ok(Ok(None)) => return,
+                            Ok(Ok(Some(end))) => {
                                 tracing::info!(%topic, partition, leader_epoch, to = end, "truncated a diverging log tail");
                                 replica.set_log_end(end);
                                 replica.cap_high_watermark(end);
@@ -315,22 +342,25 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
             Ok(r) => {
                 let r = r.into_inner();
                 if !r.record_batches.is_empty() {
-                    let log = Arc::clone(&replica.log);
-                    let producers = Arc::clone(&replica.producers);
+                    let rep = replica.clone();
                     let bytes = r.record_batches.clone();
                     // The producer state moves with the log in one step, even if this task is
                     // aborted meanwhile.
                     let appended = tokio::task::spawn_blocking(move || {
-                        let mut producers = producers.lock().unwrap_or_else(|e| e.into_inner());
-                        let info = log.append_replicated(&bytes)?;
-                        if let Err(e) = producers.record_batches(&bytes) {
-                            tracing::error!(error = %e, "producer state of replicated batches");
-                        }
-                        Ok::<_, LogError>(info)
+                        as_follower(&rep, me, leader_epoch, || {
+                            let mut producers =
+                                rep.producers.lock().unwrap_or_else(|e| e.into_inner());
+                            let info = rep.log.append_replicated(&bytes)?;
+                            if let Err(e) = producers.record_batches(&bytes) {
+                                tracing::error!(error = %e, "producer state of replicated batches");
+                            }
+                            Ok(info)
+                        })
                     })
                     .await;
                     match appended {
-                        Ok(Ok(info)) => replica.set_log_end(info.last_offset + 1),
+                        Ok(Ok(None)) => return,
+                        Ok(Ok(Some(info))) => replica.set_log_end(info.last_offset + 1),
                         Ok(Err(
                             LogError::NonContiguousAppend { .. } | LogError::EpochRegression { .. },
                         )) => {
@@ -355,17 +385,28 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
                     match offset_range_of(&s) {
                         // The leader's log starts after ours ends: start over at its start.
                         Some((start, _)) if local_end < start => {
-                            let log = Arc::clone(&replica.log);
-                            let producers = Arc::clone(&replica.producers);
+                            let r = replica.clone();
                             let done = tokio::task::spawn_blocking(move || {
-                                log.truncate_fully_and_start_at(start)?;
-                                *producers.lock().unwrap_or_else(|e| e.into_inner()) =
-                                    Default::default();
-                                Ok::<_, LogError>(())
+                                as_follower(&r, me, leader_epoch, || {
+                                    r.log.truncate_fully_and_start_at(start)?;
+                                    *r.producers.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        Default::default();
+                                    Ok(())
+                                })
                             })
                             .await;
-                            if let Ok(Ok(())) = done {
-                                replica.set_log_end(start);
+                            match done {
+                                Ok(Ok(Some(()))) => {
+                                    replica.set_log_end(start);
+                                    // The log is empty from `start`, and so is what
+                                    // it holds committed.
+                                    replica.cap_high_watermark(start);
+                                    replica.advance_high_watermark(start);
+                                }
+                                Ok(Ok(None)) | Err(_) => return,
+                                Ok(Err(e)) => {
+                                    tracing::error!(%topic, partition, error = %e, "log reset failed");
+                                }
                             }
                         }
                         // Ours is longer than the leader's: find the divergence again.
@@ -400,11 +441,22 @@ pub async fn run_isr_maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<
             if r.leader != me {
                 continue;
             }
-            if r.state.read().unwrap_or_else(|e| e.into_inner()).pending_isr.is_some() {
-                // Asked for already; the metadata carrying the answer has not arrived.
-                continue;
-            }
-            let Some(isr) = wanted_isr(&shared, &r, me, lag) else { continue };
+            let pending = {
+                let st = r.state.read().unwrap_or_else(|e| e.into_inner());
+                st.pending_isr.clone().zip(st.pending_since)
+            };
+            let isr = match pending {
+                // Asked for already; the metadata carrying the answer has not arrived. If it
+                // does not come for a while the answer may have been lost: ask again (a change
+                // the controller already made is then refused as stale, and the metadata will
+                // bring it).
+                Some((isr, since)) if since.elapsed() >= PENDING_RETRY => isr,
+                Some(_) => continue,
+                None => match wanted_isr(&shared, &r, me, lag) {
+                    Some(isr) => isr,
+                    None => continue,
+                },
+            };
             let request = pb::AlterPartitionRequest {
                 broker_id: me,
                 broker_epoch,
@@ -416,7 +468,11 @@ pub async fn run_isr_maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<
             };
             // Until the controller's answer is applied, the high watermark waits for both the
             // old and the new members.
-            r.state.write().unwrap_or_else(|e| e.into_inner()).pending_isr = Some(isr.clone());
+            {
+                let mut st = r.state.write().unwrap_or_else(|e| e.into_inner());
+                st.pending_isr = Some(isr.clone());
+                st.pending_since = Some(Instant::now());
+            }
             let call = controllers.call(|mut c| {
                 let request = request.clone();
                 async move { c.alter_partition(request).await }
@@ -424,8 +480,15 @@ pub async fn run_isr_maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<
             let Some(answer) = crate::membership::until_stop(call, &mut stop).await else {
                 return;
             };
-            if answer.is_err() {
-                r.state.write().unwrap_or_else(|e| e.into_inner()).pending_isr = None;
+            // Only a refusal that proves nothing changed clears the pending ISR: after a lost
+            // answer or a stale-epoch refusal the change may have been made, and the high
+            // watermark must keep waiting for the would-be members until the metadata says.
+            if let Err(s) = &answer
+                && error_code_of(s) == Some(ErrorCode::InvalidRequest)
+            {
+                let mut st = r.state.write().unwrap_or_else(|e| e.into_inner());
+                st.pending_isr = None;
+                st.pending_since = None;
             }
             match answer {
                 Ok(_) => {
@@ -452,7 +515,7 @@ fn wanted_isr(shared: &Shared, r: &Replica, me: i32, lag: Duration) -> Option<Ve
     let progress = r.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let live = |id: i32| {
         let m = shared.metadata.read().unwrap_or_else(|e| e.into_inner());
-        m.brokers.get(&id).is_some_and(|b| !b.fenced)
+        m.brokers.get(&id).is_some_and(|b| !b.fenced && !b.shutting_down)
     };
     let isr: Vec<i32> = r
         .replicas

@@ -216,6 +216,15 @@ impl BrokerApi {
             tokio::select! {
                 _ = hw.changed() => {}
                 _ = metadata.changed() => {
+                    // The partition may be gone (topic deleted, replica moved): its state
+                    // would never change again.
+                    let current = self.shared.replicas.get(topic, partition);
+                    if !current.is_some_and(|c| Arc::ptr_eq(&c.state, &replica.state)) {
+                        return Err(status(
+                            ErrorCode::NotLeader,
+                            format!("{topic}-{partition}: the replica was removed before the records were committed"),
+                        ));
+                    }
                     // The ISR may have shrunk: the high watermark may move.
                     crate::replication::update_leader_high_watermark(replica, me);
                 }

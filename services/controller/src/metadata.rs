@@ -389,6 +389,11 @@ impl MetadataState {
                     b.fenced = true;
                     self.move_leadership_away(*broker_id, Departure::Replaced);
                 }
+                // The same process registering again (fenced meanwhile) is still stopping.
+                let still_stopping = self
+                    .brokers
+                    .get(broker_id)
+                    .is_some_and(|b| b.shutting_down && b.incarnation_id == *incarnation_id);
                 self.last_broker_epoch += 1;
                 let broker_epoch = self.last_broker_epoch;
                 self.brokers.insert(
@@ -402,13 +407,14 @@ impl MetadataState {
                         broker_epoch,
                         incarnation_id: incarnation_id.clone(),
                         fenced: false,
-                        shutting_down: false,
+                        shutting_down: still_stopping,
                     },
                 );
-                // Leaderless partitions this broker can lead (it is in their ISR) get it back.
+                // Leaderless partitions this broker can lead (it is in their ISR) get it back,
+                // unless it is on its way out.
                 for topic in self.topics.values_mut() {
                     for p in &mut topic.partitions {
-                        if p.leader == -1 && p.isr.contains(broker_id) {
+                        if !still_stopping && p.leader == -1 && p.isr.contains(broker_id) {
                             p.leader = *broker_id;
                             p.leader_epoch += 1;
                             p.partition_epoch += 1;
@@ -1440,6 +1446,18 @@ mod tests {
         assert_eq!(s.topics["t"].partitions[0].isr, vec![2]);
         let again = s.apply(&alter(&s, vec![2, 3]));
         assert!(matches!(again, MetadataResponse::Refused(_)), "{again:?}");
+        // Fenced while stopping, the same process registers again: still stopping. A new
+        // process (another incarnation) starts afresh.
+        let epoch3 = s.brokers[&3].broker_epoch;
+        s.apply(&MetadataCommand::FenceBroker { broker_id: 3, broker_epoch: epoch3 });
+        s.apply(&register(3));
+        assert!(s.brokers[&3].shutting_down, "the same incarnation is still on its way out");
+        let mut fresh = register(3);
+        if let MetadataCommand::RegisterBroker { incarnation_id, .. } = &mut fresh {
+            *incarnation_id = vec![42];
+        }
+        s.apply(&fresh);
+        assert!(!s.brokers[&3].shutting_down);
 
         let mut s = cluster();
         s.apply(&with_configs(

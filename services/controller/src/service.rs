@@ -159,6 +159,7 @@ pub fn broker_pb(b: &BrokerRecord) -> pb::BrokerMetadata {
         }),
         broker_epoch: b.broker_epoch,
         fenced: b.fenced,
+        shutting_down: b.shutting_down,
     }
 }
 
