@@ -275,10 +275,19 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 (key, Arc::clone(&r.log), hw)
             })
             .collect();
+        let current = Arc::clone(&shared);
         let done = tokio::task::spawn_blocking(move || {
             for ((topic, partition), log, hw) in logs {
+                // Only for the log still held (not one deleted, or replaced by a re-created
+                // topic, since the list was taken), and never past what it holds.
+                let still_held = current
+                    .replicas
+                    .get(&topic, partition)
+                    .is_some_and(|r| Arc::ptr_eq(&r.log, &log));
                 if checkpoint
-                    && let Err(e) = replicas::write_high_watermark(log.dir(), hw)
+                    && still_held
+                    && let Err(e) =
+                        replicas::write_high_watermark(log.dir(), hw.min(log.log_end_offset()))
                 {
                     tracing::warn!(%topic, partition, error = %e, "high watermark checkpoint failed");
                 }
