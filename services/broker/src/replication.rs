@@ -445,6 +445,7 @@ pub async fn run_isr_maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<
                 let st = r.state.read().unwrap_or_else(|e| e.into_inner());
                 st.pending_isr.clone().zip(st.pending_since)
             };
+            let fresh = pending.is_none();
             let isr = match pending {
                 // Asked for already; the metadata carrying the answer has not arrived. If it
                 // does not come for a while the answer may have been lost: ask again (a change
@@ -472,6 +473,26 @@ pub async fn run_isr_maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<
                 let mut st = r.state.write().unwrap_or_else(|e| e.into_inner());
                 st.pending_isr = Some(isr.clone());
                 st.pending_since = Some(Instant::now());
+            }
+            // From here on the high watermark waits for the joining members. Had it moved past
+            // one of them between the decision and now, that member would lack committed
+            // records: check again, and give up this round if so.
+            let joining: Vec<i32> = isr.iter().copied().filter(|id| !r.isr.contains(id)).collect();
+            // (A retried request may already be committed: its pending ISR stays.)
+            if fresh && !joining.is_empty() {
+                let hw = r.high_watermark();
+                let behind = {
+                    let progress = r.progress.lock().unwrap_or_else(|e| e.into_inner());
+                    joining
+                        .iter()
+                        .any(|id| progress.followers.get(id).is_none_or(|f| f.log_end < hw))
+                };
+                if behind {
+                    let mut st = r.state.write().unwrap_or_else(|e| e.into_inner());
+                    st.pending_isr = None;
+                    st.pending_since = None;
+                    continue;
+                }
             }
             let call = controllers.call(|mut c| {
                 let request = request.clone();
