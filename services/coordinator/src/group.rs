@@ -64,6 +64,9 @@ pub struct Heartbeat {
     pub rack: Option<String>,
     /// The subscribed topics; `None` when unchanged since the last heartbeat.
     pub subscribed_topics: Option<BTreeSet<TopicName>>,
+    /// A pattern (Rust `regex` syntax, matched against whole topic names) subscribing to every
+    /// matching topic, present and future; `None` when unchanged, `Some("")` to drop it.
+    pub subscribed_regex: Option<String>,
     /// The partitions the member owns now; `None` when unchanged since the last heartbeat.
     pub owned: Option<BTreeSet<TopicPartition>>,
 }
@@ -136,8 +139,10 @@ pub struct Member {
     pub instance_id: Option<String>,
     /// Its rack.
     pub rack: Option<String>,
-    /// Its subscription.
+    /// Its subscription by name.
     pub subscribed_topics: BTreeSet<TopicName>,
+    /// Its subscription by pattern (whole-name match), if any.
+    pub subscribed_regex: Option<String>,
     /// Its epoch: the last target epoch it moved to (having released what it had to).
     pub member_epoch: i32,
     /// Its epoch before that (heartbeats in flight may still carry it).
@@ -269,6 +274,12 @@ impl Group {
     /// [`GroupError::UnknownMember`], [`GroupError::StaleMemberEpoch`] (the member must rejoin
     /// with epoch 0), or [`GroupError::Invalid`].
     pub fn heartbeat(&mut self, hb: Heartbeat, now_ms: i64) -> Result<HeartbeatAnswer, GroupError> {
+        if let Some(pattern) = hb.subscribed_regex.as_deref().filter(|p| !p.is_empty()) {
+            whole_match(pattern).map_err(|e| GroupError::Invalid {
+                group: self.group_id.clone(),
+                reason: format!("subscription pattern {pattern:?}: {e}"),
+            })?;
+        }
         self.expire(now_ms);
         let member_id = match hb.member_epoch {
             JOIN_EPOCH => self.join(&hb, now_ms)?,
@@ -290,6 +301,13 @@ impl Group {
             m.subscribed_topics = topics.clone();
             self.group_epoch += 1;
         }
+        if let Some(pattern) = &hb.subscribed_regex {
+            let pattern = (!pattern.is_empty()).then(|| pattern.clone());
+            if pattern != m.subscribed_regex {
+                m.subscribed_regex = pattern;
+                self.group_epoch += 1;
+            }
+        }
         if hb.rack.is_some() && hb.rack != m.rack {
             m.rack = hb.rack.clone();
         }
@@ -309,12 +327,13 @@ impl Group {
     }
 
     fn join(&mut self, hb: &Heartbeat, now_ms: i64) -> Result<String, GroupError> {
-        let Some(topics) = &hb.subscribed_topics else {
+        if hb.subscribed_topics.is_none() && hb.subscribed_regex.is_none() {
             return Err(GroupError::Invalid {
                 group: self.group_id.clone(),
                 reason: "a joining member must send its subscription".into(),
             });
-        };
+        }
+        let topics = hb.subscribed_topics.clone().unwrap_or_default();
         // A static member coming back replaces its old incarnation and keeps its partitions.
         if let Some(instance) = &hb.instance_id
             && let Some(old) =
@@ -339,7 +358,8 @@ impl Group {
                 member_id: id.clone(),
                 instance_id: hb.instance_id.clone(),
                 rack: hb.rack.clone(),
-                subscribed_topics: topics.clone(),
+                subscribed_topics: topics,
+                subscribed_regex: hb.subscribed_regex.clone().filter(|p| !p.is_empty()),
                 member_epoch: 0,
                 previous_epoch: 0,
                 assigned: BTreeSet::new(),
@@ -377,6 +397,15 @@ impl Group {
         })
     }
 
+    /// The topics `m` subscribes to: by name, and every known topic its pattern matches.
+    fn effective_subscription(&self, m: &Member) -> BTreeSet<TopicName> {
+        let mut topics = m.subscribed_topics.clone();
+        if let Some(re) = m.subscribed_regex.as_deref().and_then(|p| whole_match(p).ok()) {
+            topics.extend(self.topics.keys().filter(|t| re.is_match(t.as_str())).cloned());
+        }
+        topics
+    }
+
     /// Recomputes the target assignment when the group epoch moved past it.
     fn update_target(&mut self) {
         if self.target_epoch == self.group_epoch {
@@ -391,7 +420,7 @@ impl Group {
                         m.member_id.clone(),
                         MemberSpec {
                             rack: m.rack.clone(),
-                            subscribed_topics: m.subscribed_topics.clone(),
+                            subscribed_topics: self.effective_subscription(m),
                         },
                     )
                 })
@@ -442,6 +471,11 @@ impl Group {
             m.member_epoch = target_epoch;
         }
     }
+}
+
+/// `pattern` compiled to match whole topic names.
+fn whole_match(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
 #[cfg(test)]
@@ -596,6 +630,32 @@ mod tests {
         let b = beat(&mut g, &b, 5);
         assert_eq!(b.assignment.len(), 3);
         assert!(g.is_stable());
+    }
+
+    /// A pattern subscribes to every matching topic, also topics created later; a bad
+    /// pattern is refused.
+    #[test]
+    fn pattern_subscriptions_follow_new_topics() {
+        let mut g = Group::new("g", GroupConfig::default());
+        g.set_topics(BTreeMap::from([
+            (topic("orders-a"), 1),
+            (topic("orders-b"), 1),
+            (topic("payments"), 1),
+        ]));
+        let hb = Heartbeat { subscribed_regex: Some("orders-.*".into()), ..Default::default() };
+        let a = g.heartbeat(hb, 0).unwrap();
+        let topics: BTreeSet<String> = a.assignment.iter().map(|(t, _)| t.to_string()).collect();
+        assert_eq!(topics, BTreeSet::from(["orders-a".to_string(), "orders-b".to_string()]));
+        let mut more = g.topics.clone();
+        more.insert(topic("orders-c"), 2);
+        g.set_topics(more);
+        let a = beat(&mut g, &a, 1);
+        assert_eq!(a.assignment.len(), 4, "the new matching topic's partitions came in");
+        let bad = Heartbeat { subscribed_regex: Some("orders-(".into()), ..Default::default() };
+        assert_eq!(
+            g.heartbeat(bad, 2).unwrap_err().code(),
+            tideline_common::ErrorCode::InvalidRequest
+        );
     }
 
     proptest! {
