@@ -112,7 +112,8 @@ impl BrokerApi {
                 ),
             ));
         }
-        let (topic_id, p, min_insync, hint) = {
+        // Only what the checks need is taken from the metadata: this runs for every request.
+        let (topic_id, leader, leader_epoch, isr, min_insync, hint) = {
             let m = self.shared.metadata.read().unwrap_or_else(|e| e.into_inner());
             let t = m.topics.get(topic).ok_or_else(|| {
                 status(ErrorCode::UnknownTopicOrPartition, format!("unknown topic {topic:?}"))
@@ -131,24 +132,23 @@ impl BrokerApi {
                 .get("min.insync.replicas")
                 .and_then(|v| v.parse::<usize>().ok())
                 .unwrap_or(1);
-            (t.topic_id.clone(), p.clone(), min_insync, m.broker_address(p.leader))
+            // The redirect address is only formatted when there is somewhere to redirect to.
+            let hint = (p.leader >= 0 && p.leader != me).then(|| m.broker_address(p.leader));
+            (t.topic_id.clone(), p.leader, p.leader_epoch, p.isr.len(), min_insync, hint.flatten())
         };
-        if p.leader < 0 {
+        if leader < 0 {
             return Err(status(
                 ErrorCode::LeaderNotAvailable,
-                format!("{topic}-{partition} has no leader (epoch {})", p.leader_epoch),
+                format!("{topic}-{partition} has no leader (epoch {leader_epoch})"),
             ));
         }
-        if p.leader != me {
+        if leader != me {
             let s = status(
                 ErrorCode::NotLeader,
-                format!(
-                    "broker {me} is not the leader of {topic}-{partition}; broker {} is",
-                    p.leader
-                ),
+                format!("broker {me} is not the leader of {topic}-{partition}; broker {leader} is"),
             );
             return Err(match hint {
-                Some(addr) => with_leader(s, i64::from(p.leader), &addr),
+                Some(addr) => with_leader(s, i64::from(leader), &addr),
                 None => s,
             });
         }
@@ -157,10 +157,10 @@ impl BrokerApi {
             // about to be deleted) and know of the current leadership.
             Some(r)
                 if r.leader == me
-                    && r.leader_epoch == p.leader_epoch
+                    && r.leader_epoch == leader_epoch
                     && r.topic_id[..] == topic_id[..] =>
             {
-                Ok(Leading { replica: r, isr: p.isr.len(), min_insync })
+                Ok(Leading { replica: r, isr, min_insync })
             }
             _ => Err(status(
                 ErrorCode::LeaderNotAvailable,
