@@ -5,8 +5,12 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files =
-        ["tideline/v1/common.proto", "tideline/v1/controller.proto", "tideline/v1/broker.proto"];
+    let files = [
+        "tideline/v1/common.proto",
+        "tideline/v1/controller.proto",
+        "tideline/v1/broker.proto",
+        "tideline/v1/coordinator.proto",
+    ];
     let mut compiler = protox::Compiler::new(["."])?;
     compiler.include_imports(true).include_source_info(true);
     compiler.open_files(files)?;

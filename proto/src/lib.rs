@@ -21,7 +21,7 @@ mod tests {
     fn descriptor_set_names_every_service() {
         let set = prost::bytes::Bytes::from_static(super::FILE_DESCRIPTOR_SET);
         let text = String::from_utf8_lossy(&set);
-        for service in ["ControllerService", "RaftService", "BrokerService"] {
+        for service in ["ControllerService", "RaftService", "BrokerService", "CoordinatorService"] {
             assert!(text.contains(service), "{service} missing from the descriptor set");
         }
     }

@@ -36,7 +36,9 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         | E::UnknownMemberId
         | E::StaleMemberEpoch
         | E::NonEmptyGroup => C::FailedPrecondition,
-        E::NotCoordinator => C::Unavailable,
+        E::NotCoordinator | E::CoordinatorLoadInProgress | E::CoordinatorNotAvailable => {
+            C::Unavailable
+        }
         E::GroupIdNotFound => C::NotFound,
         E::UnsupportedAssignor => C::InvalidArgument,
         E::OffsetOutOfRange => C::OutOfRange,
@@ -62,6 +64,8 @@ pub fn is_retriable(code: ErrorCode) -> bool {
         code,
         ErrorCode::BrokerFenced
             | ErrorCode::NotCoordinator
+            | ErrorCode::CoordinatorLoadInProgress
+            | ErrorCode::CoordinatorNotAvailable
             | ErrorCode::NotLeader
             | ErrorCode::NotController
             | ErrorCode::LeaderNotAvailable
@@ -125,8 +129,8 @@ mod tests {
 
     #[test]
     fn every_code_round_trips_through_a_status() {
-        for value in 1..=27 {
-            let code = ErrorCode::try_from(value).expect("codes are dense from 1 to 27");
+        for value in 1..=29 {
+            let code = ErrorCode::try_from(value).expect("codes are dense from 1 to 29");
             let s = status(code, format!("something about {value}"));
             assert_eq!(s.code(), grpc_code(code));
             assert_ne!(s.code(), tonic::Code::Ok, "{code:?} must not map to OK");

@@ -16,3 +16,21 @@ pub use error::{
     with_leader, with_offset_range,
 };
 pub use ids::{BrokerId, InvalidTopicName, LeaderEpoch, NodeId, PartitionId, TopicName};
+
+/// The internal topic holding consumer groups and committed offsets; each partition is a shard
+/// owned by one group coordinator.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// The shard (partition of `__consumer_offsets`) that owns `group_id`: Kafka's
+/// `abs(groupId.hashCode()) % shards`, with Java's `String.hashCode` over UTF-16 code units.
+///
+/// # Panics
+/// If `shards` is not positive.
+pub fn shard_for(group_id: &str, shards: i32) -> i32 {
+    assert!(shards > 0, "shard count must be positive");
+    let hash =
+        group_id.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    // Kafka's Utils.abs: Integer.MIN_VALUE maps to 0.
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    positive % shards
+}

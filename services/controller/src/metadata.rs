@@ -121,6 +121,34 @@ pub enum MetadataCommand {
     },
     /// Hands out the next producer id to an idempotent producer.
     AllocateProducerId,
+    /// A group coordinator joins or rejoins; it gets a new epoch and shards are rebalanced.
+    RegisterCoordinator {
+        /// Unique name.
+        coordinator_id: String,
+        /// Advertised host.
+        host: String,
+        /// gRPC port.
+        port: u32,
+        /// Unique per process start.
+        incarnation_id: Vec<u8>,
+    },
+    /// A coordinator's lease lapsed or it is leaving: it is removed and its shards go to live
+    /// coordinators at once (it stopped serving them when its lease ended).
+    RemoveCoordinator {
+        /// Coordinator id.
+        coordinator_id: String,
+        /// The registration removed; an older epoch is a no-op.
+        coordinator_epoch: i64,
+    },
+    /// A coordinator gave up shards it was asked to release; they go to their new owners.
+    ReleaseShards {
+        /// Coordinator id.
+        coordinator_id: String,
+        /// Its epoch.
+        coordinator_epoch: i64,
+        /// The shards released.
+        shards: Vec<i32>,
+    },
 }
 
 /// Why a command was refused. Deterministic: every controller refuses the same commands.
@@ -129,6 +157,10 @@ pub enum MetadataError {
     /// A topic of this name exists.
     #[error("topic {0} already exists")]
     TopicExists(String),
+    /// The internal offsets topic cannot be deleted, nor its partition count changed (groups
+    /// map to its partitions by count).
+    #[error("{0} is internal: it cannot be deleted nor get more partitions")]
+    InternalTopic(String),
     /// No topic of this name.
     #[error("unknown topic {0}")]
     UnknownTopic(String),
@@ -156,6 +188,16 @@ pub enum MetadataError {
         broker_epoch: i64,
         /// The current registration's epoch.
         current: i64,
+    },
+    /// No coordinator of this id and epoch is registered (its lease lapsed, or it restarted).
+    #[error(
+        "coordinator {coordinator_id} epoch {coordinator_epoch} is not registered; register again"
+    )]
+    UnknownCoordinator {
+        /// Coordinator id.
+        coordinator_id: String,
+        /// The epoch the request carried.
+        coordinator_epoch: i64,
     },
     /// The broker's lease lapsed; it must register again.
     #[error("broker {broker_id} epoch {broker_epoch} is fenced; register again")]
@@ -250,6 +292,11 @@ pub enum MetadataResponse {
     ProducerIdAllocated {
         /// The new producer id.
         producer_id: i64,
+    },
+    /// A coordinator registered with this epoch.
+    CoordinatorRegistered {
+        /// The coordinator's epoch.
+        coordinator_epoch: i64,
     },
     /// A broker registered with this epoch.
     BrokerRegistered {
@@ -348,6 +395,43 @@ pub struct MetadataState {
     /// The last producer id handed out (0: none yet).
     #[serde(default)]
     pub last_producer_id: i64,
+    /// Live group coordinators by id.
+    #[serde(default)]
+    pub coordinators: BTreeMap<String, CoordinatorRecord>,
+    /// Ownership of each shard of the offsets topic, by shard index (empty until the topic
+    /// exists).
+    #[serde(default)]
+    pub shards: Vec<ShardOwnership>,
+    /// The last coordinator epoch handed out.
+    #[serde(default)]
+    pub last_coordinator_epoch: i64,
+}
+
+/// A registered group coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorRecord {
+    /// Unique name.
+    pub coordinator_id: String,
+    /// Advertised host.
+    pub host: String,
+    /// gRPC port.
+    pub port: u32,
+    /// Current registration's epoch.
+    pub coordinator_epoch: i64,
+    /// Process incarnation of the current registration.
+    pub incarnation_id: Vec<u8>,
+}
+
+/// Who owns one shard of the offsets topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardOwnership {
+    /// The owning coordinator, empty for none.
+    pub owner: String,
+    /// Bumped at every change of owner (or of the owner's process).
+    pub epoch: i64,
+    /// When not empty, the owner is asked to release the shard, which then goes to this
+    /// coordinator. Two steps, so two coordinators never serve a shard at once.
+    pub moving_to: String,
 }
 
 impl MetadataState {
@@ -423,6 +507,87 @@ impl MetadataState {
                 }
                 self.version += 1;
                 Ok(MetadataResponse::BrokerRegistered { broker_epoch, version: self.version })
+            }
+            MetadataCommand::RegisterCoordinator { coordinator_id, host, port, incarnation_id } => {
+                if let Some(c) = self.coordinators.get(coordinator_id)
+                    && c.incarnation_id == *incarnation_id
+                {
+                    return Ok(MetadataResponse::CoordinatorRegistered {
+                        coordinator_epoch: c.coordinator_epoch,
+                    });
+                }
+                // A new process under this id: the shards it owned start afresh (it must
+                // replay them), so their epochs move on.
+                if self.coordinators.contains_key(coordinator_id) {
+                    for shard in &mut self.shards {
+                        if shard.owner == *coordinator_id {
+                            shard.epoch += 1;
+                        }
+                    }
+                }
+                self.last_coordinator_epoch += 1;
+                let coordinator_epoch = self.last_coordinator_epoch;
+                self.coordinators.insert(
+                    coordinator_id.clone(),
+                    CoordinatorRecord {
+                        coordinator_id: coordinator_id.clone(),
+                        host: host.clone(),
+                        port: *port,
+                        coordinator_epoch,
+                        incarnation_id: incarnation_id.clone(),
+                    },
+                );
+                self.balance_shards();
+                self.version += 1;
+                Ok(MetadataResponse::CoordinatorRegistered { coordinator_epoch })
+            }
+            MetadataCommand::RemoveCoordinator { coordinator_id, coordinator_epoch } => {
+                match self.coordinators.get(coordinator_id) {
+                    Some(c) if c.coordinator_epoch == *coordinator_epoch => {}
+                    _ => return Ok(MetadataResponse::Applied { version: self.version }),
+                }
+                self.coordinators.remove(coordinator_id);
+                for shard in &mut self.shards {
+                    if shard.owner == *coordinator_id {
+                        shard.owner.clear();
+                        shard.moving_to.clear();
+                    }
+                    if shard.moving_to == *coordinator_id {
+                        shard.moving_to.clear();
+                    }
+                }
+                self.balance_shards();
+                self.version += 1;
+                Ok(MetadataResponse::Applied { version: self.version })
+            }
+            MetadataCommand::ReleaseShards { coordinator_id, coordinator_epoch, shards } => {
+                match self.coordinators.get(coordinator_id) {
+                    Some(c) if c.coordinator_epoch == *coordinator_epoch => {}
+                    _ => {
+                        return Err(MetadataError::UnknownCoordinator {
+                            coordinator_id: coordinator_id.clone(),
+                            coordinator_epoch: *coordinator_epoch,
+                        });
+                    }
+                }
+                let mut changed = false;
+                for index in shards {
+                    let Some(shard) =
+                        usize::try_from(*index).ok().and_then(|i| self.shards.get_mut(i))
+                    else {
+                        continue;
+                    };
+                    if shard.owner == *coordinator_id && !shard.moving_to.is_empty() {
+                        shard.owner = std::mem::take(&mut shard.moving_to);
+                        shard.epoch += 1;
+                        changed = true;
+                    }
+                }
+                if changed {
+                    self.balance_shards();
+                    self.version += 1;
+                }
+                Ok(MetadataResponse::Applied { version: self.version })
             }
             MetadataCommand::AllocateProducerId => {
                 // Not a metadata change brokers act on: the version stays.
@@ -543,6 +708,9 @@ impl MetadataState {
                     return Err(MetadataError::TopicExists(name.clone()));
                 }
                 let partitions = self.new_partitions(assignments, *replication_factor, 0)?;
+                if name == tideline_common::OFFSETS_TOPIC {
+                    self.shards = vec![ShardOwnership::default(); partitions.len()];
+                }
                 self.topics.insert(
                     name.clone(),
                     TopicRecord {
@@ -557,6 +725,9 @@ impl MetadataState {
                 Ok(MetadataResponse::Applied { version: self.version })
             }
             MetadataCommand::DeleteTopic { name } => {
+                if name == tideline_common::OFFSETS_TOPIC {
+                    return Err(MetadataError::InternalTopic(name.clone()));
+                }
                 self.topics
                     .remove(name)
                     .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
@@ -564,6 +735,10 @@ impl MetadataState {
                 Ok(MetadataResponse::Applied { version: self.version })
             }
             MetadataCommand::CreatePartitions { name, existing: expected, assignments } => {
+                // Groups map to shards by partition count: more partitions would move them.
+                if name == tideline_common::OFFSETS_TOPIC {
+                    return Err(MetadataError::InternalTopic(name.clone()));
+                }
                 let (rf, existing) = match self.topics.get(name) {
                     Some(t) => (t.replication_factor, t.partitions.len()),
                     None => return Err(MetadataError::UnknownTopic(name.clone())),
@@ -592,6 +767,62 @@ impl MetadataState {
                 self.version += 1;
                 Ok(MetadataResponse::Applied { version: self.version })
             }
+        }
+    }
+
+    /// Gives every shard without a live owner to the least loaded coordinator at once, then
+    /// evens out the load (shards owned and not leaving, plus shards arriving) by asking the
+    /// most loaded coordinators to release shards to the least loaded ones, until loads differ
+    /// by at most one. Deterministic: ties go to the smallest id and the highest shard.
+    fn balance_shards(&mut self) {
+        if self.coordinators.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = self.coordinators.keys().cloned().collect();
+        let load = |shards: &[ShardOwnership], id: &str| {
+            shards
+                .iter()
+                .filter(|s| s.moving_to == id || (s.owner == id && s.moving_to.is_empty()))
+                .count()
+        };
+        for i in 0..self.shards.len() {
+            let owner = &self.shards[i].owner;
+            if owner.is_empty() || !self.coordinators.contains_key(owner) {
+                let least = ids
+                    .iter()
+                    .min_by_key(|id| (load(&self.shards, id), (*id).clone()))
+                    .expect("coordinators exist")
+                    .clone();
+                let shard = &mut self.shards[i];
+                shard.owner = least;
+                shard.moving_to.clear();
+                shard.epoch += 1;
+            }
+        }
+        loop {
+            let by_load = |shards: &[ShardOwnership]| {
+                let mut v: Vec<(usize, &String)> =
+                    ids.iter().map(|id| (load(shards, id), id)).collect();
+                v.sort();
+                v
+            };
+            let sorted = by_load(&self.shards);
+            let (min, least) = (sorted[0].0, sorted[0].1.clone());
+            let max = sorted[sorted.len() - 1].0;
+            let most =
+                sorted.iter().find(|(l, _)| *l == max).expect("coordinators exist").1.clone();
+            if max <= min + 1 {
+                break;
+            }
+            // A shard still on its way to the most loaded coordinator is redirected; else one
+            // it owns is asked to move.
+            let incoming = self.shards.iter().rposition(|s| s.moving_to == most);
+            let owned = self.shards.iter().rposition(|s| s.owner == most && s.moving_to.is_empty());
+            let Some(i) = incoming.or(owned) else {
+                break;
+            };
+            let shard = &mut self.shards[i];
+            shard.moving_to = if shard.owner == least { String::new() } else { least };
         }
     }
 
@@ -1471,5 +1702,85 @@ mod tests {
         s.apply(&restart);
         let p = &s.topics["u"].partitions[0];
         assert_eq!((p.leader, p.isr.clone()), (2, vec![2]), "no unclean election on a restart");
+    }
+
+    fn coordinator(id: &str, incarnation: u8) -> MetadataCommand {
+        MetadataCommand::RegisterCoordinator {
+            coordinator_id: id.into(),
+            host: "h".into(),
+            port: 1,
+            incarnation_id: vec![incarnation],
+        }
+    }
+
+    fn owners(s: &MetadataState) -> Vec<(&str, &str)> {
+        s.shards.iter().map(|o| (o.owner.as_str(), o.moving_to.as_str())).collect()
+    }
+
+    fn coordinator_epoch(s: &MetadataState, id: &str) -> i64 {
+        s.coordinators[id].coordinator_epoch
+    }
+
+    #[test]
+    fn shards_go_to_live_coordinators_and_move_only_once_released() {
+        let mut s = cluster();
+        s.apply(&create(tideline_common::OFFSETS_TOPIC, vec![vec![1]; 6]));
+        assert_eq!(owners(&s), vec![("", ""); 6]);
+        s.apply(&coordinator("a", 1));
+        assert_eq!(owners(&s), vec![("a", ""); 6]);
+        assert!(s.shards.iter().all(|o| o.epoch == 1));
+        // A second coordinator: half the shards are asked to move, none moves yet.
+        s.apply(&coordinator("b", 1));
+        let moving: Vec<i32> = (0..6).filter(|&i| s.shards[i as usize].moving_to == "b").collect();
+        assert_eq!(moving.len(), 3);
+        assert!(s.shards.iter().all(|o| o.owner == "a"));
+        // A stale epoch cannot release; the owner's release hands them over.
+        let release = |epoch| MetadataCommand::ReleaseShards {
+            coordinator_id: "a".into(),
+            coordinator_epoch: epoch,
+            shards: moving.clone(),
+        };
+        let a = coordinator_epoch(&s, "a");
+        assert!(matches!(s.apply(&release(a + 10)), MetadataResponse::Refused(_)));
+        s.apply(&release(a));
+        for i in 0..6 {
+            let o = &s.shards[i];
+            let expected = if moving.contains(&(i as i32)) { ("b", 2) } else { ("a", 1) };
+            assert_eq!((o.owner.as_str(), o.epoch), expected, "shard {i}");
+            assert!(o.moving_to.is_empty());
+        }
+        // The first coordinator's lease lapses: its shards go to the live one at once.
+        let before = s.clone();
+        s.apply(&MetadataCommand::RemoveCoordinator {
+            coordinator_id: "a".into(),
+            coordinator_epoch: a - 1,
+        });
+        assert_eq!(s, before, "an old registration's removal is a no-op");
+        s.apply(&MetadataCommand::RemoveCoordinator {
+            coordinator_id: "a".into(),
+            coordinator_epoch: a,
+        });
+        assert_eq!(owners(&s), vec![("b", ""); 6]);
+        assert!(s.shards.iter().all(|o| o.epoch == 2));
+        // Restarting under the same id bumps the epochs of what it owns (it must replay).
+        let b = coordinator_epoch(&s, "b");
+        s.apply(&coordinator("b", 2));
+        assert!(coordinator_epoch(&s, "b") > b);
+        assert!(s.shards.iter().all(|o| o.epoch == 3 && o.owner == "b"));
+        // A retried registration keeps its epoch.
+        let b = coordinator_epoch(&s, "b");
+        s.apply(&coordinator("b", 2));
+        assert_eq!(coordinator_epoch(&s, "b"), b);
+        // Three coordinators over 6 shards: two each once released.
+        s.apply(&coordinator("c", 1));
+        s.apply(&coordinator("d", 1));
+        let to = |id: &str| s.shards.iter().filter(|o| o.moving_to == id).count();
+        assert_eq!((to("c"), to("d")), (2, 2));
+        // The internal topic can be neither deleted nor grown.
+        let delete = MetadataCommand::DeleteTopic { name: tideline_common::OFFSETS_TOPIC.into() };
+        assert!(matches!(
+            s.apply(&delete),
+            MetadataResponse::Refused(MetadataError::InternalTopic(_))
+        ));
     }
 }

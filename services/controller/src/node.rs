@@ -34,8 +34,12 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     /// Election timeout range, ms (randomized in it).
     pub election_timeout_ms: (u64, u64),
-    /// Broker lease length: a broker that does not heartbeat within it is fenced.
+    /// Broker lease length: a broker that does not heartbeat within it is fenced. Coordinators
+    /// hold leases of the same length.
     pub broker_lease_ms: u64,
+    /// Partitions (shards) of `__consumer_offsets`, created at the first coordinator's
+    /// registration.
+    pub offsets_topic_partitions: i32,
 }
 
 impl NodeConfig {
@@ -48,6 +52,7 @@ impl NodeConfig {
             heartbeat_interval_ms: 200,
             election_timeout_ms: (800, 1600),
             broker_lease_ms: 6000,
+            offsets_topic_partitions: 16,
         }
     }
 }
@@ -139,6 +144,7 @@ impl ControllerNode {
             state.clone(),
             config.peers.clone(),
             Duration::from_millis(config.broker_lease_ms),
+            config.offsets_topic_partitions,
             api_stopped,
         );
         let (health, health_service) = tonic_health::server::health_reporter();

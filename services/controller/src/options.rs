@@ -26,6 +26,10 @@ pub struct Options {
     /// A broker that does not heartbeat for this long is fenced, in ms.
     #[arg(long, env = "TIDELINE_BROKER_LEASE_MS", default_value_t = 6000)]
     pub broker_lease_ms: u64,
+    /// Partitions (shards) of the internal `__consumer_offsets` topic, created when the first
+    /// group coordinator registers; fixed afterwards.
+    #[arg(long, env = "TIDELINE_OFFSETS_TOPIC_PARTITIONS", default_value_t = 16)]
+    pub offsets_topic_partitions: i32,
     /// Raft heartbeat interval in ms; the election timeout is 4-8 times it.
     #[arg(long, env = "TIDELINE_RAFT_HEARTBEAT_MS", default_value_t = 200)]
     pub raft_heartbeat_ms: u64,
@@ -68,6 +72,12 @@ impl TryFrom<Options> for (NodeConfig, SocketAddr) {
         if o.broker_lease_ms < 100 {
             return Err(format!("--broker-lease-ms {} is below 100", o.broker_lease_ms));
         }
+        if !(1..=1000).contains(&o.offsets_topic_partitions) {
+            return Err(format!(
+                "--offsets-topic-partitions {} is not between 1 and 1000",
+                o.offsets_topic_partitions
+            ));
+        }
         if o.raft_heartbeat_ms == 0 {
             return Err("--raft-heartbeat-ms must be positive".into());
         }
@@ -77,6 +87,7 @@ impl TryFrom<Options> for (NodeConfig, SocketAddr) {
         let mut config = NodeConfig::new(o.node_id, o.data_dir, peers);
         config.broker_lease_ms = o.broker_lease_ms;
         config.heartbeat_interval_ms = o.raft_heartbeat_ms;
+        config.offsets_topic_partitions = o.offsets_topic_partitions;
         config.election_timeout_ms = (o.raft_heartbeat_ms * 4, o.raft_heartbeat_ms * 8);
         Ok((config, listen))
     }
@@ -105,6 +116,10 @@ mod tests {
             (&["--node-id", "1", "--peers", "x=a:1"][..], "not a node id"),
             (&["--node-id", "1", "--peers", "1=a:1,1=b:2"][..], "twice"),
             (&["--node-id", "1", "--peers", "1=a:1", "--broker-lease-ms", "5"][..], "below 100"),
+            (
+                &["--node-id", "1", "--peers", "1=a:1", "--offsets-topic-partitions", "0"][..],
+                "not between 1 and 1000",
+            ),
             (&["--node-id", "1", "--peers", "1=a:1", "--log-format", "xml"][..], "text or json"),
         ] {
             let err = parse(args).unwrap_err();

@@ -15,15 +15,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
-use tideline_common::{ErrorCode, TopicName, status, with_leader};
+use tideline_common::{ErrorCode, OFFSETS_TOPIC, TopicName, status, with_leader};
 use tideline_proto::v1 as pb;
 use tideline_proto::v1::controller_service_server::ControllerService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::metadata::{
-    BrokerRecord, MetadataCommand, MetadataError, MetadataResponse, MetadataState, PartitionRecord,
-    TopicRecord,
+    BrokerRecord, CoordinatorRecord, MetadataCommand, MetadataError, MetadataResponse,
+    MetadataState, PartitionRecord, ShardOwnership, TopicRecord,
 };
 use crate::placement::{Candidate, PlacementError, place};
 use crate::store::StateMachineStore;
@@ -54,6 +54,10 @@ struct Inner {
     lease: Duration,
     /// Leases of live brokers; only meaningful on the leader. Never held across an await.
     leases: Mutex<HashMap<i32, Lease>>,
+    /// Leases of live coordinators (epoch, expiry), as for brokers.
+    coordinator_leases: Mutex<HashMap<String, (i64, Instant)>>,
+    /// Shards of `__consumer_offsets`.
+    offsets_partitions: i32,
     /// Turns true when the node shuts down: ends watch streams and the lease checker.
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -76,6 +80,8 @@ fn metadata_status(e: &MetadataError) -> Status {
         MetadataError::UnknownTopic(_) => ErrorCode::UnknownTopicOrPartition,
         MetadataError::InvalidAssignment { .. } => ErrorCode::InvalidReplicationFactor,
         MetadataError::PartitionCountChanged { .. } => ErrorCode::InvalidPartitions,
+        MetadataError::InternalTopic(_) => ErrorCode::InvalidTopic,
+        MetadataError::UnknownCoordinator { .. } => ErrorCode::BrokerFenced,
         MetadataError::UnknownBroker(_) | MetadataError::StaleBrokerEpoch { .. } => {
             ErrorCode::StaleBrokerEpoch
         }
@@ -163,6 +169,28 @@ pub fn broker_pb(b: &BrokerRecord) -> pb::BrokerMetadata {
     }
 }
 
+/// The proto form of a coordinator.
+pub fn coordinator_pb(c: &CoordinatorRecord) -> pb::CoordinatorMetadata {
+    pb::CoordinatorMetadata {
+        endpoint: Some(pb::CoordinatorEndpoint {
+            coordinator_id: c.coordinator_id.clone(),
+            host: c.host.clone(),
+            port: c.port,
+        }),
+        coordinator_epoch: c.coordinator_epoch,
+    }
+}
+
+/// The proto form of shard `index`'s ownership.
+pub fn shard_pb(index: usize, s: &ShardOwnership) -> pb::ShardAssignment {
+    pb::ShardAssignment {
+        shard: index as i32,
+        coordinator_id: s.owner.clone(),
+        shard_epoch: s.epoch,
+        releasing: !s.moving_to.is_empty(),
+    }
+}
+
 /// The first event of a watch: everything.
 pub fn image(m: &MetadataState) -> pb::MetadataEvent {
     pb::MetadataEvent {
@@ -210,6 +238,7 @@ impl ControllerApi {
         state: StateMachineStore,
         peers: BTreeMap<u64, String>,
         lease: Duration,
+        offsets_partitions: i32,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         ControllerApi {
@@ -220,6 +249,8 @@ impl ControllerApi {
                 peers,
                 lease,
                 leases: Mutex::new(HashMap::new()),
+                coordinator_leases: Mutex::new(HashMap::new()),
+                offsets_partitions,
                 shutdown,
             }),
         }
@@ -290,6 +321,60 @@ impl ControllerApi {
         })
     }
 
+    /// Creates `__consumer_offsets` unless it exists: the configured number of partitions,
+    /// replication factor min(3, live brokers), compacted.
+    async fn ensure_offsets_topic(&self) -> Result<(), Status> {
+        let m = self.inner.state.metadata().await;
+        if m.topics.contains_key(OFFSETS_TOPIC) {
+            return Ok(());
+        }
+        let live = Self::live_brokers(&m);
+        if live.is_empty() {
+            return Err(status(
+                ErrorCode::CoordinatorNotAvailable,
+                format!("no live broker to hold {OFFSETS_TOPIC} yet; retry"),
+            ));
+        }
+        let replication_factor = live.len().min(3) as i32;
+        let assignments = place(
+            &live,
+            self.inner.offsets_partitions,
+            replication_factor,
+            0,
+            rotation(OFFSETS_TOPIC),
+        )
+        .map_err(|e| placement_status(&e))?;
+        let configs = BTreeMap::from([
+            ("cleanup.policy".to_string(), "compact".to_string()),
+            ("segment.bytes".to_string(), (100u64 << 20).to_string()),
+            ("min.insync.replicas".to_string(), replication_factor.min(2).to_string()),
+        ]);
+        let created = self
+            .write(MetadataCommand::CreateTopic {
+                name: OFFSETS_TOPIC.to_string(),
+                topic_id: random_id(OFFSETS_TOPIC),
+                replication_factor,
+                configs,
+                assignments,
+            })
+            .await;
+        match created {
+            Ok(_) => {
+                tracing::info!(
+                    partitions = self.inner.offsets_partitions,
+                    replication_factor,
+                    "created {OFFSETS_TOPIC}"
+                );
+                Ok(())
+            }
+            // A concurrent registration created it first.
+            Err(s) if tideline_common::error_code_of(&s) == Some(ErrorCode::TopicAlreadyExists) => {
+                Ok(())
+            }
+            Err(s) => Err(s),
+        }
+    }
+
     /// Fences brokers whose lease lapsed, every quarter lease, until shutdown. Runs on every
     /// controller and acts only while it leads.
     pub async fn run_lease_checker(self) {
@@ -303,6 +388,7 @@ impl ControllerApi {
             if self.inner.raft.current_leader().await != Some(self.inner.node_id) {
                 // Leases start afresh when this node becomes the leader.
                 self.inner.leases.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                self.inner.coordinator_leases.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 continue;
             }
             let m = self.inner.state.metadata().await;
@@ -327,6 +413,40 @@ impl ControllerApi {
                     })
                     .collect()
             };
+            let lapsed_coordinators: Vec<(String, i64)> = {
+                let mut leases =
+                    self.inner.coordinator_leases.lock().unwrap_or_else(|e| e.into_inner());
+                leases.retain(|id, _| m.coordinators.contains_key(id));
+                m.coordinators
+                    .values()
+                    .filter_map(|c| {
+                        let lease = leases
+                            .entry(c.coordinator_id.clone())
+                            .or_insert((c.coordinator_epoch, now + self.inner.lease));
+                        if lease.0 != c.coordinator_epoch {
+                            *lease = (c.coordinator_epoch, now + self.inner.lease);
+                        }
+                        (now > lease.1).then(|| (c.coordinator_id.clone(), c.coordinator_epoch))
+                    })
+                    .collect()
+            };
+            for (coordinator_id, coordinator_epoch) in lapsed_coordinators {
+                tracing::warn!(
+                    coordinator_id,
+                    coordinator_epoch,
+                    "coordinator lease lapsed, moving its shards"
+                );
+                let remove = self.write(MetadataCommand::RemoveCoordinator {
+                    coordinator_id,
+                    coordinator_epoch,
+                });
+                tokio::select! {
+                    result = remove => if let Err(e) = result {
+                        tracing::warn!(error = %e, "removing a coordinator failed");
+                    },
+                    _ = stop.changed() => return,
+                }
+            }
             for (broker_id, broker_epoch) in lapsed {
                 tracing::warn!(broker_id, broker_epoch, "broker lease lapsed, fencing");
                 // Without a quorum the write never commits: do not let it hold up shutdown.
@@ -353,6 +473,12 @@ impl ControllerService for ControllerApi {
         let req = request.into_inner();
         let name =
             TopicName::new(req.name).map_err(|e| status(ErrorCode::InvalidTopic, e.to_string()))?;
+        if name.as_str() == OFFSETS_TOPIC {
+            return Err(status(
+                ErrorCode::InvalidTopic,
+                format!("{OFFSETS_TOPIC} is internal: the controller creates it"),
+            ));
+        }
         if !(1..=MAX_PARTITIONS).contains(&req.partitions) {
             return Err(status(
                 ErrorCode::InvalidPartitions,
@@ -511,6 +637,8 @@ impl ControllerService for ControllerApi {
             brokers: m.brokers.values().map(broker_pb).collect(),
             topics,
             controller_leader_id: leader.map_or(-1, |l| l as i32),
+            coordinators: m.coordinators.values().map(coordinator_pb).collect(),
+            shards: m.shards.iter().enumerate().map(|(i, s)| shard_pb(i, s)).collect(),
         }))
     }
 
@@ -703,6 +831,121 @@ impl ControllerService for ControllerApi {
     }
 
     type WatchMetadataStream = EventStream;
+
+    async fn register_coordinator(
+        &self,
+        request: Request<pb::RegisterCoordinatorRequest>,
+    ) -> Result<Response<pb::RegisterCoordinatorResponse>, Status> {
+        let req = request.into_inner();
+        let endpoint = req.endpoint.unwrap_or_default();
+        if endpoint.coordinator_id.is_empty()
+            || endpoint.host.is_empty()
+            || !(1..=65535).contains(&endpoint.port)
+        {
+            return Err(status(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "bad coordinator endpoint: id {:?} host {:?} port {}",
+                    endpoint.coordinator_id, endpoint.host, endpoint.port
+                ),
+            ));
+        }
+        self.ensure_offsets_topic().await?;
+        let answer = self
+            .write(MetadataCommand::RegisterCoordinator {
+                coordinator_id: endpoint.coordinator_id.clone(),
+                host: endpoint.host,
+                port: endpoint.port,
+                incarnation_id: req.incarnation_id.to_vec(),
+            })
+            .await?;
+        let MetadataResponse::CoordinatorRegistered { coordinator_epoch } = answer else {
+            return Err(status(ErrorCode::InvalidRequest, format!("unexpected answer {answer:?}")));
+        };
+        self.inner.coordinator_leases.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            endpoint.coordinator_id,
+            (coordinator_epoch, Instant::now() + self.inner.lease),
+        );
+        Ok(Response::new(pb::RegisterCoordinatorResponse {
+            coordinator_epoch,
+            lease_ms: self.inner.lease.as_millis() as i64,
+        }))
+    }
+
+    async fn coordinator_heartbeat(
+        &self,
+        request: Request<pb::CoordinatorHeartbeatRequest>,
+    ) -> Result<Response<pb::CoordinatorHeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        self.require_leader().await?;
+        let fenced = || {
+            status(
+                ErrorCode::BrokerFenced,
+                format!(
+                    "coordinator {} epoch {} is not registered; register again",
+                    req.coordinator_id, req.coordinator_epoch
+                ),
+            )
+        };
+        let m = self.inner.state.metadata().await;
+        match m.coordinators.get(&req.coordinator_id) {
+            Some(c) if c.coordinator_epoch == req.coordinator_epoch => {}
+            _ => return Err(fenced()),
+        }
+        if req.leaving {
+            self.write(MetadataCommand::RemoveCoordinator {
+                coordinator_id: req.coordinator_id.clone(),
+                coordinator_epoch: req.coordinator_epoch,
+            })
+            .await?;
+            self.inner
+                .coordinator_leases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&req.coordinator_id);
+            return Ok(Response::new(pb::CoordinatorHeartbeatResponse {
+                lease_expires_ms: now_ms(),
+                shards: Vec::new(),
+            }));
+        }
+        {
+            // As for brokers: a lease that expired is never renewed.
+            let mut leases =
+                self.inner.coordinator_leases.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if let Some((epoch, expires)) = leases.get(&req.coordinator_id)
+                && *epoch == req.coordinator_epoch
+                && now > *expires
+            {
+                return Err(fenced());
+            }
+            leases.insert(
+                req.coordinator_id.clone(),
+                (req.coordinator_epoch, now + self.inner.lease),
+            );
+        }
+        let m = if req.released_shards.is_empty() {
+            m
+        } else {
+            self.write(MetadataCommand::ReleaseShards {
+                coordinator_id: req.coordinator_id.clone(),
+                coordinator_epoch: req.coordinator_epoch,
+                shards: req.released_shards.clone(),
+            })
+            .await?;
+            self.inner.state.metadata().await
+        };
+        Ok(Response::new(pb::CoordinatorHeartbeatResponse {
+            lease_expires_ms: now_ms() + self.inner.lease.as_millis() as i64,
+            shards: m
+                .shards
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.owner == req.coordinator_id)
+                .map(|(i, s)| shard_pb(i, s))
+                .collect(),
+        }))
+    }
 
     async fn watch_metadata(
         &self,

@@ -17,19 +17,7 @@ use crate::offsets::{CommittedOffset, OffsetKey, OffsetStore, RecordError};
 /// A record to write to the shard: key, and value (`None` for a tombstone).
 pub type ShardRecord = (Bytes, Option<Bytes>);
 
-/// The shard (partition of `__consumer_offsets`) that owns `group_id`: Kafka's
-/// `abs(groupId.hashCode()) % shards`, with Java's `String.hashCode` over UTF-16 code units.
-///
-/// # Panics
-/// If `shards` is not positive.
-pub fn shard_for(group_id: &str, shards: i32) -> i32 {
-    assert!(shards > 0, "shard count must be positive");
-    let hash =
-        group_id.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
-    // Kafka's Utils.abs: Integer.MIN_VALUE maps to 0.
-    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
-    positive % shards
-}
+pub use tideline_common::shard_for;
 
 /// Why a shard operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
