@@ -18,8 +18,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
 use crate::assignor::{Assignor, GroupSpec, MemberSpec, TopicPartition};
-use tideline_common::TopicName;
+use crate::offsets::{RecordError, get_str, put_str};
+use tideline_common::{PartitionId, TopicName};
+
+/// Version of the group record's value encoding.
+const GROUP_RECORD_VERSION: u16 = 1;
 
 /// Member epoch a member joins with.
 pub const JOIN_EPOCH: i32 = 0;
@@ -474,6 +480,208 @@ impl Group {
 }
 
 /// `pattern` compiled to match whole topic names.
+impl Group {
+    /// The group's membership as the value of its record in the offsets shard: everything but
+    /// session deadlines (a coordinator replaying it gives every member a fresh session).
+    ///
+    /// `u16 version (1) | u8 assignor | i32 group epoch | i32 target epoch | u64 next member |
+    /// topics | members | target`, where topics are `u32 n, (str, i32 count)*`, a member is
+    /// `str id | opt str instance | opt str rack | u32 n, str* | opt str regex | i32 epoch |
+    /// i32 previous epoch | partitions assigned | partitions revoking | u8 away`, the target is
+    /// `u32 n, (str member, partitions)*`, partitions are `u32 n, (str topic, i32 partition)*`
+    /// and an optional string is `u8 present` then the string.
+    ///
+    /// # Errors
+    /// [`RecordError`] when a name is too long to encode.
+    pub fn encode_record(&self) -> Result<Bytes, RecordError> {
+        let mut out = BytesMut::with_capacity(256);
+        out.put_u16(GROUP_RECORD_VERSION);
+        out.put_u8(match self.config.assignor {
+            Assignor::Uniform => 0,
+            Assignor::Range => 1,
+        });
+        out.put_i32(self.group_epoch);
+        out.put_i32(self.target_epoch);
+        out.put_u64(self.next_member);
+        out.put_u32(self.topics.len() as u32);
+        for (t, n) in &self.topics {
+            put_str(&mut out, t.as_str())?;
+            out.put_i32(*n);
+        }
+        out.put_u32(self.members.len() as u32);
+        for m in self.members.values() {
+            put_str(&mut out, &m.member_id)?;
+            put_opt(&mut out, m.instance_id.as_deref())?;
+            put_opt(&mut out, m.rack.as_deref())?;
+            out.put_u32(m.subscribed_topics.len() as u32);
+            for t in &m.subscribed_topics {
+                put_str(&mut out, t.as_str())?;
+            }
+            put_opt(&mut out, m.subscribed_regex.as_deref())?;
+            out.put_i32(m.member_epoch);
+            out.put_i32(m.previous_epoch);
+            put_partitions(&mut out, &m.assigned)?;
+            put_partitions(&mut out, &m.revoking)?;
+            out.put_u8(u8::from(m.away));
+        }
+        out.put_u32(self.target.len() as u32);
+        for (id, partitions) in &self.target {
+            put_str(&mut out, id)?;
+            put_partitions(&mut out, partitions)?;
+        }
+        Ok(out.freeze())
+    }
+
+    /// The group `group_id` from its record's value (see [`Group::encode_record`]), with
+    /// `config` but the recorded assignor, every member's session ending at `expires_ms`.
+    ///
+    /// # Errors
+    /// [`RecordError`] for a value that is not a group record.
+    pub fn decode_record(
+        group_id: &str,
+        mut config: GroupConfig,
+        mut buf: &[u8],
+        expires_ms: i64,
+    ) -> Result<Group, RecordError> {
+        let buf = &mut buf;
+        need(buf, 2)?;
+        let version = buf.get_u16();
+        if version != GROUP_RECORD_VERSION {
+            return Err(RecordError(format!("unknown group record version {version}")));
+        }
+        need(buf, 1 + 4 + 4 + 8)?;
+        config.assignor = match buf.get_u8() {
+            0 => Assignor::Uniform,
+            1 => Assignor::Range,
+            other => return Err(RecordError(format!("unknown assignor {other}"))),
+        };
+        let group_epoch = buf.get_i32();
+        let target_epoch = buf.get_i32();
+        let next_member = buf.get_u64();
+        let mut topics = BTreeMap::new();
+        for _ in 0..count(buf)? {
+            let t = topic(buf)?;
+            need(buf, 4)?;
+            topics.insert(t, buf.get_i32());
+        }
+        let mut members = BTreeMap::new();
+        for _ in 0..count(buf)? {
+            let member_id = get_str(buf)?;
+            let instance_id = get_opt(buf)?;
+            let rack = get_opt(buf)?;
+            let mut subscribed_topics = BTreeSet::new();
+            for _ in 0..count(buf)? {
+                subscribed_topics.insert(topic(buf)?);
+            }
+            let subscribed_regex = get_opt(buf)?;
+            need(buf, 8)?;
+            let member_epoch = buf.get_i32();
+            let previous_epoch = buf.get_i32();
+            let assigned = get_partitions(buf)?;
+            let revoking = get_partitions(buf)?;
+            need(buf, 1)?;
+            let away = buf.get_u8() != 0;
+            members.insert(
+                member_id.clone(),
+                Member {
+                    member_id,
+                    instance_id,
+                    rack,
+                    subscribed_topics,
+                    subscribed_regex,
+                    member_epoch,
+                    previous_epoch,
+                    assigned,
+                    revoking,
+                    expires_ms,
+                    away,
+                },
+            );
+        }
+        let mut target = BTreeMap::new();
+        for _ in 0..count(buf)? {
+            let id = get_str(buf)?;
+            target.insert(id, get_partitions(buf)?);
+        }
+        if buf.has_remaining() {
+            return Err(RecordError("trailing bytes in group record".into()));
+        }
+        Ok(Group {
+            group_id: group_id.to_string(),
+            config,
+            group_epoch,
+            target_epoch,
+            target,
+            members,
+            topics,
+            next_member,
+        })
+    }
+}
+
+fn need(buf: &[u8], n: usize) -> Result<(), RecordError> {
+    if buf.remaining() < n {
+        return Err(RecordError("truncated group record".into()));
+    }
+    Ok(())
+}
+
+fn count(buf: &mut &[u8]) -> Result<u32, RecordError> {
+    need(buf, 4)?;
+    let n = buf.get_u32();
+    // Every counted item takes at least two bytes: a count beyond that is corrupt.
+    if n as usize > buf.remaining() / 2 + 1 {
+        return Err(RecordError(format!("count {n} exceeds the record")));
+    }
+    Ok(n)
+}
+
+fn topic(buf: &mut &[u8]) -> Result<TopicName, RecordError> {
+    let name = get_str(buf)?;
+    TopicName::new(name.as_str()).map_err(|e| RecordError(e.to_string()))
+}
+
+fn put_opt(out: &mut BytesMut, s: Option<&str>) -> Result<(), RecordError> {
+    match s {
+        Some(s) => {
+            out.put_u8(1);
+            put_str(out, s)
+        }
+        None => {
+            out.put_u8(0);
+            Ok(())
+        }
+    }
+}
+
+fn get_opt(buf: &mut &[u8]) -> Result<Option<String>, RecordError> {
+    need(buf, 1)?;
+    match buf.get_u8() {
+        0 => Ok(None),
+        1 => get_str(buf).map(Some),
+        other => Err(RecordError(format!("bad option marker {other}"))),
+    }
+}
+
+fn put_partitions(out: &mut BytesMut, ps: &BTreeSet<TopicPartition>) -> Result<(), RecordError> {
+    out.put_u32(ps.len() as u32);
+    for (t, p) in ps {
+        put_str(out, t.as_str())?;
+        out.put_i32(p.0);
+    }
+    Ok(())
+}
+
+fn get_partitions(buf: &mut &[u8]) -> Result<BTreeSet<TopicPartition>, RecordError> {
+    let mut out = BTreeSet::new();
+    for _ in 0..count(buf)? {
+        let t = topic(buf)?;
+        need(buf, 4)?;
+        out.insert((t, PartitionId(buf.get_i32())));
+    }
+    Ok(out)
+}
+
 fn whole_match(pattern: &str) -> Result<regex::Regex, regex::Error> {
     regex::Regex::new(&format!("^(?:{pattern})$"))
 }

@@ -43,9 +43,9 @@ pub struct CommittedOffset {
 /// A record of the shard that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed offsets record: {0}")]
-pub struct RecordError(String);
+pub struct RecordError(pub(crate) String);
 
-fn put_str(out: &mut BytesMut, s: &str) -> Result<(), RecordError> {
+pub(crate) fn put_str(out: &mut BytesMut, s: &str) -> Result<(), RecordError> {
     let len = u16::try_from(s.len())
         .map_err(|_| RecordError(format!("string of {} bytes is too long", s.len())))?;
     out.put_u16(len);
@@ -53,7 +53,7 @@ fn put_str(out: &mut BytesMut, s: &str) -> Result<(), RecordError> {
     Ok(())
 }
 
-fn get_str(buf: &mut &[u8]) -> Result<String, RecordError> {
+pub(crate) fn get_str(buf: &mut &[u8]) -> Result<String, RecordError> {
     if buf.remaining() < 2 {
         return Err(RecordError("truncated string length".into()));
     }

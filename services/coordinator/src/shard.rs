@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use tideline_common::{ErrorCode, TopicName};
 
+use crate::assignor::Assignor;
 use crate::group::{Group, GroupConfig, GroupError, Heartbeat, HeartbeatAnswer};
 use crate::offsets::{CommittedOffset, OffsetKey, OffsetStore, RecordError};
 
@@ -18,6 +19,26 @@ use crate::offsets::{CommittedOffset, OffsetKey, OffsetStore, RecordError};
 pub type ShardRecord = (Bytes, Option<Bytes>);
 
 pub use tideline_common::shard_for;
+
+/// Key version of a group's membership record (offset commits use version 1).
+const GROUP_KEY_VERSION: u16 = 2;
+
+/// The key of `group`'s membership record: `u16 version (2) | u16 len, group`.
+fn group_key(group: &str) -> Result<Bytes, RecordError> {
+    let mut out = bytes::BytesMut::with_capacity(4 + group.len());
+    bytes::BufMut::put_u16(&mut out, GROUP_KEY_VERSION);
+    crate::offsets::put_str(&mut out, group)?;
+    Ok(out.freeze())
+}
+
+fn decode_group_key(key: &[u8]) -> Result<String, RecordError> {
+    let mut buf = &key[2..];
+    let group = crate::offsets::get_str(&mut buf)?;
+    if !buf.is_empty() {
+        return Err(RecordError("trailing bytes in group key".into()));
+    }
+    Ok(group)
+}
 
 /// Why a shard operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +118,14 @@ pub struct MemberDescription {
     pub member_id: String,
     /// Its epoch.
     pub member_epoch: i32,
+    /// Its instance id, for a static member.
+    pub instance_id: Option<String>,
+    /// Its rack.
+    pub rack: Option<String>,
+    /// Its subscription by name.
+    pub subscribed_topics: Vec<String>,
+    /// Its subscription by pattern.
+    pub subscribed_regex: Option<String>,
     /// The partitions it was given, as (topic, partition).
     pub assigned: BTreeSet<(String, i32)>,
 }
@@ -110,6 +139,8 @@ pub struct GroupDescription {
     pub state: GroupState,
     /// Its epoch.
     pub group_epoch: i32,
+    /// Its server-side assignor.
+    pub assignor: Assignor,
     /// Members with their epochs and assigned partitions.
     pub members: Vec<MemberDescription>,
     /// Per partition with a commit or an owner: committed offset, end offset, lag.
@@ -123,6 +154,8 @@ pub struct Shard {
     topics: BTreeMap<TopicName, i32>,
     groups: BTreeMap<String, Group>,
     offsets: OffsetStore,
+    /// The last record written or replayed per group, so only changes are written.
+    persisted: BTreeMap<String, Bytes>,
 }
 
 impl Shard {
@@ -131,23 +164,74 @@ impl Shard {
         Shard { config, ..Default::default() }
     }
 
-    /// Applies one record read back from the shard's partition (at start-up, or after writing).
+    /// Applies one record read back from the shard's partition (at load), in log order: an
+    /// offset commit or its tombstone, or a group's membership record or its tombstone.
+    /// Members of a replayed group get no session deadline until [`Shard::start_sessions`].
     ///
     /// # Errors
-    /// [`RecordError`] for a record that is not an offsets record.
+    /// [`RecordError`] for a record that is not an offsets-shard record (nothing changes).
     pub fn replay(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), RecordError> {
+        if key.len() >= 2 && u16::from_be_bytes([key[0], key[1]]) == GROUP_KEY_VERSION {
+            let group = decode_group_key(key)?;
+            match value {
+                Some(v) => {
+                    let g = Group::decode_record(&group, self.config.clone(), v, i64::MAX)?;
+                    self.persisted.insert(group.clone(), Bytes::copy_from_slice(v));
+                    self.groups.insert(group, g);
+                }
+                None => {
+                    self.persisted.remove(&group);
+                    self.groups.remove(&group);
+                }
+            }
+            return Ok(());
+        }
         self.offsets.replay(key, value)
     }
 
+    /// Starts a session, ending `session_timeout_ms` after `now_ms`, for every member (after
+    /// a load: the members had no chance to heartbeat to this coordinator yet).
+    pub fn start_sessions(&mut self, now_ms: i64) {
+        for g in self.groups.values_mut() {
+            for m in g.members.values_mut() {
+                m.expires_ms = now_ms.saturating_add(g.config.session_timeout_ms);
+            }
+        }
+    }
+
+    /// The record to write for `group` when its membership changed since it was last written
+    /// (or replayed); remembers it as written.
+    fn dirty(&mut self, group: &str) -> Result<Option<ShardRecord>, ShardError> {
+        let Some(g) = self.groups.get(group) else {
+            return Ok(None);
+        };
+        let value = g.encode_record()?;
+        if self.persisted.get(group) == Some(&value) {
+            return Ok(None);
+        }
+        self.persisted.insert(group.to_string(), value.clone());
+        Ok(Some((group_key(group)?, Some(value))))
+    }
+
+    fn all_dirty(&mut self) -> Vec<ShardRecord> {
+        let names: Vec<String> = self.groups.keys().cloned().collect();
+        // A group too large to encode was refused when it grew; nothing to add here.
+        names.iter().filter_map(|g| self.dirty(g).ok().flatten()).collect()
+    }
+
     /// Sets the topics and partition counts groups may be assigned (from cluster metadata).
-    pub fn set_topics(&mut self, topics: BTreeMap<TopicName, i32>) {
+    /// Returns the records of the groups this changed.
+    pub fn set_topics(&mut self, topics: BTreeMap<TopicName, i32>) -> Vec<ShardRecord> {
         for g in self.groups.values_mut() {
             g.set_topics(topics.clone());
         }
         self.topics = topics;
+        self.all_dirty()
     }
 
-    /// A member's heartbeat to `group` (created on first join).
+    /// A member's heartbeat to `group` (created on first join, with `assignor` or the shard's
+    /// default). Returns the answer and the group's record when its membership changed: the
+    /// caller writes it before answering.
     ///
     /// # Errors
     /// [`ShardError::Group`] with the membership error.
@@ -156,7 +240,8 @@ impl Shard {
         group: &str,
         hb: Heartbeat,
         now_ms: i64,
-    ) -> Result<HeartbeatAnswer, ShardError> {
+        assignor: Option<Assignor>,
+    ) -> Result<(HeartbeatAnswer, Option<ShardRecord>), ShardError> {
         if !self.groups.contains_key(group) {
             if hb.member_epoch != crate::group::JOIN_EPOCH {
                 return Err(GroupError::UnknownMember {
@@ -165,19 +250,26 @@ impl Shard {
                 }
                 .into());
             }
-            let mut g = Group::new(group, self.config.clone());
+            let mut config = self.config.clone();
+            config.assignor = assignor.unwrap_or(config.assignor);
+            let mut g = Group::new(group, config);
             g.set_topics(self.topics.clone());
             self.groups.insert(group.to_string(), g);
         }
         let g = self.groups.get_mut(group).expect("present");
-        Ok(g.heartbeat(hb, now_ms)?)
+        let result = g.heartbeat(hb, now_ms);
+        // Even a refused heartbeat may have expired members first.
+        let record = self.dirty(group)?;
+        Ok((result?, record))
     }
 
-    /// Removes members whose sessions ended, in every group.
-    pub fn expire(&mut self, now_ms: i64) {
+    /// Removes members whose sessions ended, in every group; returns the records of the
+    /// groups this changed.
+    pub fn expire(&mut self, now_ms: i64) -> Vec<ShardRecord> {
         for g in self.groups.values_mut() {
             g.expire(now_ms);
         }
+        self.all_dirty()
     }
 
     /// The records committing `offsets` for `group`: from a member (its id and epoch are
@@ -279,6 +371,10 @@ impl Shard {
             members.push(MemberDescription {
                 member_id: m.member_id.clone(),
                 member_epoch: m.member_epoch,
+                instance_id: m.instance_id.clone(),
+                rack: m.rack.clone(),
+                subscribed_topics: m.subscribed_topics.iter().map(|t| t.to_string()).collect(),
+                subscribed_regex: m.subscribed_regex.clone(),
                 assigned: owned,
             });
         }
@@ -296,6 +392,7 @@ impl Shard {
             group: group.to_string(),
             state: self.state(group),
             group_epoch: g.map_or(0, |g| g.group_epoch),
+            assignor: g.map_or(self.config.assignor, |g| g.config.assignor),
             members,
             partitions: partitions.into_values().collect(),
         })
@@ -320,7 +417,11 @@ impl Shard {
             });
         }
         self.groups.remove(group);
-        Ok(self.offsets.delete_group_records(group)?)
+        let mut records = self.offsets.delete_group_records(group)?;
+        if self.persisted.remove(group).is_some() {
+            records.push((group_key(group)?, None));
+        }
+        Ok(records)
     }
 }
 
@@ -338,6 +439,7 @@ fn lag_row(topic: &str, partition: i32) -> PartitionLag {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::assignor::TopicPartition;
 
     fn topics() -> BTreeMap<TopicName, i32> {
         BTreeMap::from([(TopicName::new("t").unwrap(), 2)])
@@ -356,8 +458,10 @@ mod tests {
                     ..Default::default()
                 },
                 0,
+                None,
             )
             .unwrap()
+            .0
     }
 
     /// Kafka's mapping: `Utils.abs(groupId.hashCode()) % shards`, including the id whose Java
@@ -429,6 +533,7 @@ mod tests {
                     ..Default::default()
                 },
                 1,
+                None,
             )
             .unwrap();
         assert_eq!(shard.list_groups(), vec![("g".to_string(), GroupState::Empty)]);
@@ -441,5 +546,82 @@ mod tests {
             shard.describe("g", |_, _| None).unwrap_err().code(),
             ErrorCode::GroupIdNotFound
         );
+    }
+
+    /// Membership changes come out as records; replaying them in order rebuilds the same
+    /// groups (members, epochs, assignments) on another coordinator, and heartbeats that change
+    /// nothing write nothing.
+    #[test]
+    fn membership_records_replay_into_the_same_groups() {
+        let mut shard = Shard::new(GroupConfig::default());
+        let mut log: Vec<ShardRecord> = shard.set_topics(topics());
+        let hb = |member_id: &str, epoch: i32, owned: Option<BTreeSet<TopicPartition>>| Heartbeat {
+            member_id: member_id.into(),
+            member_epoch: epoch,
+            subscribed_topics: (epoch == 0).then(|| BTreeSet::from([TopicName::new("t").unwrap()])),
+            instance_id: (epoch == 0 && owned.is_some()).then(|| "static-1".to_string()),
+            owned,
+            ..Default::default()
+        };
+        let (a, record) = shard
+            .heartbeat("g", hb("", 0, Some(BTreeSet::new())), 0, Some(Assignor::Range))
+            .unwrap();
+        log.extend(record);
+        let (b, record) = shard.heartbeat("g", hb("", 0, None), 1, None).unwrap();
+        log.extend(record);
+        // a gives up what it must; both converge.
+        for now in 2..6 {
+            let (ans, record) =
+                shard.heartbeat("g", hb(&a.member_id, a.member_epoch, None), now, None).unwrap();
+            log.extend(record);
+            let _ = ans;
+        }
+        let before = log.len();
+        let (again, record) =
+            shard.heartbeat("g", hb(&b.member_id, b.member_epoch, None), 7, None).unwrap();
+        let _ = again;
+        log.extend(record);
+        let (again, record) =
+            shard.heartbeat("g", hb(&b.member_id, b.member_epoch, None), 8, None).unwrap();
+        assert!(record.is_none() || log.len() == before, "{again:?}");
+        let commits = shard
+            .commit("g", Some((&b.member_id, b.member_epoch)), &[("t".into(), 1, offset(9))])
+            .unwrap();
+        for (k, v) in &commits {
+            shard.replay(k, v.as_deref()).unwrap();
+        }
+        log.extend(commits);
+
+        let mut other = Shard::new(GroupConfig::default());
+        for (k, v) in &log {
+            other.replay(k, v.as_deref()).unwrap();
+        }
+        other.start_sessions(100);
+        assert_eq!(other.groups["g"].members.len(), 2);
+        for (id, m) in &shard.groups["g"].members {
+            let r = &other.groups["g"].members[id];
+            assert_eq!(
+                (r.member_epoch, &r.assigned, &r.revoking, &r.instance_id),
+                (m.member_epoch, &m.assigned, &m.revoking, &m.instance_id)
+            );
+            assert_eq!(r.expires_ms, 100 + GroupConfig::default().session_timeout_ms);
+        }
+        assert_eq!(other.groups["g"].target, shard.groups["g"].target);
+        assert_eq!(other.groups["g"].config.assignor, Assignor::Range);
+        assert_eq!(other.fetch_offsets("g"), shard.fetch_offsets("g"));
+        // Nothing changed, so nothing to write after the replay.
+        assert!(other.set_topics(topics()).is_empty());
+        // Every member gone and the group deleted: its record is tombstoned too.
+        let gone = other.expire(i64::MAX);
+        assert_eq!(gone.len(), 1);
+        let deleted = other.delete_group("g").unwrap();
+        assert!(
+            deleted.iter().any(|(k, v)| k[..2] == GROUP_KEY_VERSION.to_be_bytes() && v.is_none())
+        );
+        let mut third = Shard::new(GroupConfig::default());
+        for (k, v) in log.iter().chain(&gone).chain(&deleted) {
+            third.replay(k, v.as_deref()).unwrap();
+        }
+        assert!(third.list_groups().is_empty());
     }
 }
