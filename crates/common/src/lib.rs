@@ -4,6 +4,8 @@
 //! alike (`process`); with `test-util`, shared test helpers (`testing`).
 #![warn(missing_docs)]
 
+#[cfg(feature = "process")]
+pub mod controllers;
 pub mod error;
 pub mod ids;
 #[cfg(feature = "process")]
