@@ -1,0 +1,18 @@
+//! `tideline-coordinator`: one group coordinator. Parses options, starts logging, runs until
+//! SIGTERM or Ctrl-C, then leaves the cluster so its shards move at once. Errors are one line
+//! and exit status 1.
+
+use clap::Parser;
+use tideline_common::process::{init_tracing, run_main, shutdown_signal};
+use tideline_coordinator::options::Options;
+
+fn main() {
+    run_main(|| async {
+        let options = Options::parse();
+        init_tracing(&options.log_format);
+        let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), coordinator_id = %config.coordinator_id, %listen, controllers = ?config.controllers, "starting coordinator");
+        tideline_coordinator::run(config, listen, shutdown_signal()).await?;
+        anyhow::Ok(())
+    });
+}

@@ -1,0 +1,256 @@
+//! Harness for the coordinator's integration tests: an in-process controller (short leases),
+//! in-process storage brokers, and real `tideline-coordinator` processes on ephemeral loopback
+//! ports, killed when dropped (also when a test fails, printing their logs).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use tideline_broker::{Broker, BrokerConfig};
+use tideline_common::{OFFSETS_TOPIC, shard_for};
+use tideline_controller::node::{ControllerNode, NodeConfig};
+use tideline_proto::v1 as pb;
+use tideline_proto::v1::controller_service_client::ControllerServiceClient;
+use tideline_proto::v1::coordinator_service_client::CoordinatorServiceClient;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+pub use tideline_common::testing::wait_until;
+
+/// Lease of brokers and coordinators in the tests, in ms.
+pub const LEASE_MS: u64 = 1500;
+/// Session timeout of group members in the tests, in ms.
+pub const SESSION_MS: u64 = 3000;
+/// Heartbeat interval of group members in the tests, in ms.
+pub const HEARTBEAT_MS: u64 = 300;
+
+/// A `tideline-coordinator` process.
+pub struct CoordinatorProcess {
+    /// Its id.
+    pub id: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl CoordinatorProcess {
+    /// Sends `signal` ("KILL", "TERM", "STOP", "CONT").
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait; true when it exited with success.
+    pub fn terminate(&mut self) -> bool {
+        self.signal("TERM");
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for CoordinatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- coordinator {} log ---\n{}",
+                self.id,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// A controller, brokers and coordinators.
+pub struct Cluster {
+    /// The controller's address.
+    pub controller_addr: String,
+    controller: Option<ControllerNode>,
+    /// In-process brokers by id.
+    pub brokers: BTreeMap<i32, Broker>,
+    /// Coordinator processes by id.
+    pub coordinators: BTreeMap<String, CoordinatorProcess>,
+    /// Data directories and logs; dropped last.
+    pub root: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A controller whose offsets topic has `shards` partitions, and brokers 1..=`brokers`,
+    /// each registered.
+    pub async fn start(brokers: i32, shards: i32) -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut config =
+            NodeConfig::new(1, root.path().join("controller"), BTreeMap::from([(1, addr.clone())]));
+        config.broker_lease_ms = LEASE_MS;
+        config.offsets_topic_partitions = shards;
+        let controller = ControllerNode::start(config, listener).await.unwrap();
+        let mut cluster = Cluster {
+            controller_addr: addr,
+            controller: Some(controller),
+            brokers: BTreeMap::new(),
+            coordinators: BTreeMap::new(),
+            root,
+        };
+        for id in 1..=brokers {
+            let mut config = BrokerConfig::new(
+                id,
+                cluster.root.path().join(format!("broker-{id}")),
+                vec![cluster.controller_addr.clone()],
+            );
+            config.replica_lag_time_max = Duration::from_millis(1500);
+            config.produce_timeout = Duration::from_secs(10);
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            cluster.brokers.insert(id, Broker::start(config, listener).await.unwrap());
+        }
+        let want = brokers as usize;
+        wait_until(Duration::from_secs(20), "brokers registered", || {
+            let mut c = cluster.controller();
+            async move {
+                let m = c.get_metadata(pb::GetMetadataRequest::default()).await.ok()?.into_inner();
+                (m.brokers.iter().filter(|b| !b.fenced).count() == want).then_some(())
+            }
+        })
+        .await;
+        cluster
+    }
+
+    /// A client of the controller.
+    pub fn controller(&self) -> ControllerServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.controller_addr))
+            .unwrap()
+            .connect_lazy();
+        ControllerServiceClient::new(channel)
+    }
+
+    /// Starts coordinator process `id` (it registers on its own).
+    pub fn start_coordinator(&mut self, id: &str) {
+        let log = self.root.path().join(format!("coordinator-{id}.log"));
+        let out = File::options().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tideline-coordinator"))
+            .args(["--coordinator-id", id, "--controllers", &self.controller_addr])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--group-session-timeout-ms", &SESSION_MS.to_string()])
+            .args(["--group-heartbeat-interval-ms", &HEARTBEAT_MS.to_string()])
+            .args(["--housekeeping-interval-ms", "200"])
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        self.coordinators
+            .insert(id.to_string(), CoordinatorProcess { id: id.to_string(), child, log });
+    }
+
+    /// The metadata now.
+    pub async fn metadata(&self) -> pb::GetMetadataResponse {
+        self.controller()
+            .get_metadata(pb::GetMetadataRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// The owner (id, address) of `group`'s shard per the controller, if any.
+    pub async fn owner_of(&self, group: &str) -> Option<(String, String)> {
+        let m = self
+            .controller()
+            .get_metadata(pb::GetMetadataRequest::default())
+            .await
+            .ok()?
+            .into_inner();
+        if m.shards.is_empty() {
+            return None;
+        }
+        let shard = &m.shards[shard_for(group, m.shards.len() as i32) as usize];
+        if shard.coordinator_id.is_empty() || shard.releasing {
+            return None;
+        }
+        let c = m.coordinators.iter().find(|c| {
+            c.endpoint.as_ref().is_some_and(|e| e.coordinator_id == shard.coordinator_id)
+        })?;
+        let e = c.endpoint.as_ref()?;
+        Some((e.coordinator_id.clone(), format!("{}:{}", e.host, e.port)))
+    }
+
+    /// Waits until every shard has a settled owner, spread over `coordinators` coordinators.
+    pub async fn wait_shards_settled(&self, coordinators: usize) {
+        wait_until(Duration::from_secs(30), "shards settled", || async {
+            let m = self
+                .controller()
+                .get_metadata(pb::GetMetadataRequest::default())
+                .await
+                .ok()?
+                .into_inner();
+            let owners: std::collections::BTreeSet<&str> =
+                m.shards.iter().map(|s| s.coordinator_id.as_str()).collect();
+            let settled = !m.shards.is_empty()
+                && m.shards.iter().all(|s| !s.coordinator_id.is_empty() && !s.releasing)
+                && owners.len() == coordinators
+                && m.coordinators.len() == coordinators;
+            settled.then_some(())
+        })
+        .await;
+    }
+
+    /// A client of the coordinator of `group`, once one serves it (answers FetchOffsets).
+    pub async fn coordinator_of(&self, group: &str) -> (String, CoordinatorServiceClient<Channel>) {
+        wait_until(Duration::from_secs(30), &format!("a coordinator serving {group}"), || async {
+            let (id, addr) = self.owner_of(group).await?;
+            let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+            let mut client = CoordinatorServiceClient::new(channel);
+            let probe = pb::FetchOffsetsRequest { group_id: group.into(), partitions: vec![] };
+            client.fetch_offsets(probe).await.ok()?;
+            Some((id, client))
+        })
+        .await
+    }
+
+    /// Creates topic `name`.
+    pub async fn create_topic(&self, name: &str, partitions: i32, rf: i32) {
+        self.controller()
+            .create_topic(pb::CreateTopicRequest {
+                name: name.into(),
+                partitions,
+                replication_factor: rf,
+                configs: Default::default(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// The offsets topic as the controller describes it.
+    pub async fn offsets_topic(&self) -> pb::TopicMetadata {
+        self.controller()
+            .describe_topic(pb::DescribeTopicRequest { name: OFFSETS_TOPIC.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .topic
+            .unwrap()
+    }
+
+    /// Stops everything.
+    pub async fn shutdown(mut self) {
+        self.coordinators.clear();
+        for (_, b) in std::mem::take(&mut self.brokers) {
+            let _ = b.shutdown().await;
+        }
+        if let Some(c) = self.controller.take() {
+            c.shutdown().await;
+        }
+    }
+}
