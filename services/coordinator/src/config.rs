@@ -24,6 +24,11 @@ pub struct CoordinatorConfig {
     pub housekeeping_interval: Duration,
     /// Bounds each write of the offsets topic and each controller call.
     pub request_timeout: Duration,
+    /// How often consumer lag (per group and partition) is measured for metrics.
+    pub lag_interval: Duration,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere. Installed by [`crate::run`]
+    /// (the recorder is process-wide).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -37,6 +42,8 @@ impl CoordinatorConfig {
             group: GroupConfig::default(),
             housekeeping_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
+            lag_interval: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 
@@ -65,8 +72,13 @@ impl CoordinatorConfig {
                 self.group.session_timeout_ms, self.group.heartbeat_interval_ms
             ));
         }
-        if self.housekeeping_interval.is_zero() || self.request_timeout.is_zero() {
-            return Err("housekeeping interval and request timeout must be positive".into());
+        if self.housekeeping_interval.is_zero()
+            || self.request_timeout.is_zero()
+            || self.lag_interval.is_zero()
+        {
+            return Err(
+                "housekeeping interval, lag interval and request timeout must be positive".into()
+            );
         }
         Ok(())
     }

@@ -26,6 +26,7 @@
 pub mod assignor;
 pub mod config;
 pub mod group;
+pub mod metrics;
 mod node;
 pub mod offsets;
 pub mod options;
@@ -221,6 +222,14 @@ pub async fn run(
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| CoordinatorError::Listen(format!("cannot listen on {listen}: {e}")))?;
+    if let Some(addr) = config.metrics_listen {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| {
+                CoordinatorError::Listen(format!("cannot serve metrics on {addr}: {e}"))
+            })?;
+    }
     let mut coordinator = Coordinator::start(config, listener).await?;
     tokio::select! {
         _ = shutdown => {}

@@ -84,6 +84,7 @@ pub(crate) struct Shared {
     /// Wakes the lease loop (a release to report).
     heartbeat_now: Notify,
     pub counters: Counters,
+    pub rebalances: crate::metrics::RebalanceTracker,
     pub health: tonic_health::server::HealthReporter,
 }
 
@@ -114,6 +115,7 @@ impl Shared {
             shard_count: AtomicI32::new(0),
             heartbeat_now: Notify::new(),
             counters: Counters::default(),
+            rebalances: Default::default(),
             health,
         }
     }
@@ -217,6 +219,7 @@ impl Shared {
             }
         }
         self.counters.records_written.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("tideline_coordinator_records_written_total").increment(n);
         let still = self.lease_valid()
             && matches!(lock(&self.shards).get(&shard.index), Some(Slot::Active(a)) if Arc::ptr_eq(a, shard));
         if !still {
@@ -251,6 +254,8 @@ impl Shared {
     fn apply_assignment(self: &Arc<Self>, shards: &[pb::ShardAssignment]) -> Vec<i32> {
         let mut released = Vec::new();
         let mut slots = lock(&self.shards);
+        metrics::gauge!("tideline_coordinator_shards_owned")
+            .set(shards.iter().filter(|s| !s.releasing).count() as f64);
         let wanted: BTreeMap<i32, &pb::ShardAssignment> =
             shards.iter().map(|s| (s.shard, s)).collect();
         slots.retain(|index, _| wanted.get(index).is_some_and(|s| !s.releasing));
@@ -297,6 +302,7 @@ async fn load(shared: Arc<Shared>, index: i32, epoch: i64) {
                     slots.insert(index, Slot::Active(Arc::clone(&active)));
                 }
                 shared.counters.shard_loads.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tideline_coordinator_shard_loads_total").increment(1);
                 tracing::info!(
                     shard = index,
                     epoch,
@@ -377,6 +383,9 @@ async fn tend(
         let mut state = shard.state.lock().await;
         let mut records = topics.map(|t| state.set_topics(t)).unwrap_or_default();
         records.extend(state.expire(now_ms()));
+        for g in state.groups() {
+            shared.rebalances.observe(g);
+        }
         if records.is_empty() {
             return;
         }
@@ -394,6 +403,7 @@ async fn tend(
 /// Every housekeeping interval: expires sessions in every loaded shard and applies the
 /// cluster's topics (new topics, new partitions). Runs until `stop`.
 pub(crate) async fn run_housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut last_lag = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(shared.config.housekeeping_interval) => {}
@@ -410,10 +420,67 @@ pub(crate) async fn run_housekeeping(shared: Arc<Shared>, mut stop: watch::Recei
                 None
             }
         };
-        for shard in active {
-            tend(&shared, &shard, topics.clone()).await;
+        for shard in &active {
+            tend(&shared, shard, topics.clone()).await;
+        }
+        if last_lag.elapsed() >= shared.config.lag_interval {
+            last_lag = Instant::now();
+            measure_lag(&shared, &active).await;
         }
     }
+}
+
+/// Sets the lag gauges of every group in `shards`: end offsets asked of the leaders once per
+/// partition, whatever the number of groups reading it.
+async fn measure_lag(shared: &Shared, shards: &[Arc<ActiveShard>]) {
+    let mut wanted = std::collections::BTreeSet::new();
+    for shard in shards {
+        let state = shard.state.lock().await;
+        for (group, _) in state.list_groups() {
+            if let Ok(d) = state.describe(&group, |_, _| None) {
+                wanted.extend(d.partitions.into_iter().map(|p| (p.topic, p.partition)));
+            }
+        }
+    }
+    let ends = end_offsets(shared, wanted.into_iter()).await;
+    for shard in shards {
+        let state = shard.state.lock().await;
+        for (group, _) in state.list_groups() {
+            let Ok(d) = state.describe(&group, |t, p| ends.get(&(t.to_string(), p)).copied())
+            else {
+                continue;
+            };
+            for p in d.partitions {
+                if let Some(lag) = p.lag {
+                    crate::metrics::set_lag(&group, &p.topic, p.partition, lag);
+                }
+            }
+        }
+    }
+}
+
+/// The high watermark of each partition, asked of its leader; partitions whose leader cannot
+/// be asked in time are left out.
+pub(crate) async fn end_offsets(
+    shared: &Shared,
+    partitions: impl Iterator<Item = (String, i32)>,
+) -> BTreeMap<(String, i32), i64> {
+    let partitions: Vec<(String, i32)> = partitions.collect();
+    let mut ends = BTreeMap::new();
+    if partitions.is_empty() {
+        return ends;
+    }
+    let Ok(mut consumer) = Consumer::new(&shared.cluster, ConsumerConfig::default()) else {
+        return ends;
+    };
+    consumer.assign(partitions.clone());
+    for (topic, partition) in partitions {
+        let lookup = consumer.seek_to_end(&topic, partition);
+        if let Ok(Ok(end)) = tokio::time::timeout(Duration::from_secs(5), lookup).await {
+            ends.insert((topic, partition), end);
+        }
+    }
+    ends
 }
 
 /// Registers, then heartbeats every third of the lease, taking and releasing shards as the

@@ -36,6 +36,12 @@ pub struct Options {
     /// How often sessions are checked and topics refreshed, in ms.
     #[arg(long, env = "TIDELINE_HOUSEKEEPING_INTERVAL_MS", default_value_t = 1_000)]
     pub housekeeping_interval_ms: u64,
+    /// How often consumer lag is measured for metrics, in ms.
+    #[arg(long, env = "TIDELINE_LAG_INTERVAL_MS", default_value_t = 10_000)]
+    pub lag_interval_ms: u64,
+    /// Address to serve Prometheus metrics on (`/metrics`); none when unset.
+    #[arg(long, env = "TIDELINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log format: text or json.
     #[arg(long, env = "TIDELINE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -74,6 +80,8 @@ impl TryFrom<Options> for (CoordinatorConfig, SocketAddr) {
                 format!("--group-assignor {:?} is not uniform or range", o.group_assignor)
             })?;
         config.housekeeping_interval = Duration::from_millis(o.housekeeping_interval_ms);
+        config.lag_interval = Duration::from_millis(o.lag_interval_ms);
+        config.metrics_listen = o.metrics_listen;
         if o.log_format != "text" && o.log_format != "json" {
             return Err(format!("--log-format {:?} is not text or json", o.log_format));
         }

@@ -3,11 +3,9 @@
 //! `COORDINATOR_LOAD_IN_PROGRESS` while it replays), changes it under the shard's lock, writes
 //! the resulting records with `acks=all`, and answers once they are acknowledged.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tideline_client::{Consumer, ConsumerConfig};
 use tideline_common::{ErrorCode, PartitionId, TopicName, status};
 use tideline_proto::v1 as pb;
 use tideline_proto::v1::coordinator_service_server::CoordinatorService;
@@ -16,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::assignor::{Assignor, TopicPartition};
 use crate::config::MAX_ID_BYTES;
 use crate::group::Heartbeat;
-use crate::node::{Shared, now_ms};
+use crate::node::{Shared, end_offsets, now_ms};
 use crate::offsets::CommittedOffset;
 use crate::shard::{GroupState, ShardError};
 
@@ -138,6 +136,9 @@ impl CoordinatorService for CoordinatorApi {
         let (answer, deliveries) = {
             let mut state = shard.state.lock().await;
             let (answer, record) = state.heartbeat(&req.group_id, hb, now_ms(), assignor);
+            if let Some(g) = state.group(&req.group_id) {
+                self.shared.rebalances.observe(g);
+            }
             let deliveries = match record {
                 Some(r) => self.shared.send(&shard, vec![r]).await?,
                 None => Vec::new(),
@@ -257,7 +258,8 @@ impl CoordinatorService for CoordinatorApi {
             let state = shard.state.lock().await;
             state.describe(&req.group_id, |_, _| None).map_err(|e| shard_status(&e))?.partitions
         };
-        let ends = self.end_offsets(rows.iter().map(|r| (r.topic.clone(), r.partition))).await;
+        let ends =
+            end_offsets(&self.shared, rows.iter().map(|r| (r.topic.clone(), r.partition))).await;
         let d = {
             let state = shard.state.lock().await;
             state
@@ -311,6 +313,7 @@ impl CoordinatorService for CoordinatorApi {
         let deliveries = {
             let mut state = shard.state.lock().await;
             let records = state.delete_group(&req.group_id).map_err(|e| shard_status(&e))?;
+            self.shared.rebalances.forget(&req.group_id);
             for (k, v) in &records {
                 state.replay(k, v.as_deref()).map_err(|e| invalid(e.to_string()))?;
             }
@@ -318,32 +321,5 @@ impl CoordinatorService for CoordinatorApi {
         };
         self.shared.settle(&shard, deliveries).await?;
         Ok(Response::new(pb::DeleteGroupResponse {}))
-    }
-}
-
-impl CoordinatorApi {
-    /// The high watermark of each partition, asked of its leader; partitions whose leader
-    /// cannot be asked are left out (their lag shows as unknown).
-    async fn end_offsets(
-        &self,
-        partitions: impl Iterator<Item = (String, i32)>,
-    ) -> BTreeMap<(String, i32), i64> {
-        let partitions: Vec<(String, i32)> = partitions.collect();
-        let mut ends = BTreeMap::new();
-        if partitions.is_empty() {
-            return ends;
-        }
-        let Ok(mut consumer) = Consumer::new(&self.shared.cluster, ConsumerConfig::default())
-        else {
-            return ends;
-        };
-        consumer.assign(partitions.clone());
-        for (topic, partition) in partitions {
-            let lookup = consumer.seek_to_end(&topic, partition);
-            if let Ok(Ok(end)) = tokio::time::timeout(Duration::from_secs(5), lookup).await {
-                ends.insert((topic, partition), end);
-            }
-        }
-        ends
     }
 }

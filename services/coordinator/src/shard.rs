@@ -219,6 +219,16 @@ impl Shard {
         names.iter().filter_map(|g| self.dirty(g).ok().flatten()).collect()
     }
 
+    /// The group `group`, if it has members or state.
+    pub fn group(&self, group: &str) -> Option<&Group> {
+        self.groups.get(group)
+    }
+
+    /// Every group with membership state.
+    pub fn groups(&self) -> impl Iterator<Item = &Group> {
+        self.groups.values()
+    }
+
     /// Sets the topics and partition counts groups may be assigned (from cluster metadata).
     /// Returns the records of the groups this changed.
     pub fn set_topics(&mut self, topics: BTreeMap<TopicName, i32>) -> Vec<ShardRecord> {

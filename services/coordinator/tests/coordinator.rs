@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Cluster, SESSION_MS};
+use common::{Cluster, SESSION_MS, wait_until};
 use tideline_common::{ErrorCode, OFFSETS_TOPIC, error_code_of};
 use tideline_proto::v1 as pb;
 use tideline_proto::v1::coordinator_service_client::CoordinatorServiceClient;
@@ -352,6 +352,69 @@ async fn bad_requests_get_precise_codes() {
     assert_eq!(
         code(c1.consumer_group_heartbeat(join(&foreign, &["t"], "")).await),
         ErrorCode::NotCoordinator
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_show_members_rebalances_and_lag() {
+    use tideline_client::{ClientConfig, Producer, ProducerConfig, ProducerRecord};
+    let mut cluster = Cluster::start(1, 1).await;
+    cluster.create_topic("t", 2, 1).await;
+    cluster.start_coordinator("c1");
+    cluster.wait_shards_settled(1).await;
+    let client =
+        tideline_client::Cluster::new(ClientConfig::new([cluster.controller_addr.clone()]))
+            .unwrap();
+    let producer = Producer::new(&client, ProducerConfig::default()).unwrap();
+    for i in 0..10 {
+        producer
+            .send_and_wait(ProducerRecord::new("t").partition(0).value(format!("v{i}")))
+            .await
+            .unwrap();
+    }
+    producer.close().await;
+    let (_, mut c) = cluster.coordinator_of("m").await;
+    let (mut a, mut b) = (Member::default(), Member::default());
+    beat(&mut c, "m", &mut a, &["t"]).await.unwrap();
+    beat(&mut c, "m", &mut b, &["t"]).await.unwrap();
+    settle(&mut c, "m", &mut [&mut a, &mut b], 2).await;
+    let owner = if a.owned.contains(&("t".to_string(), 0)) { &a } else { &b };
+    commit(&mut c, "m", owner, &[("t", 0, 4)]).await.unwrap();
+    let addr = cluster.coordinators["c1"].metrics_addr.clone();
+    let text = wait_until(Duration::from_secs(20), "metrics", || {
+        let addr = addr.clone();
+        async move {
+            let text = common::scrape(&addr).await;
+            let lag = common::series(
+                &text,
+                r#"tideline_coordinator_group_lag{group="m",topic="t",partition="0"}"#,
+            );
+            (lag == Some(6.0)).then_some(text)
+        }
+    })
+    .await;
+    assert_eq!(
+        common::series(&text, r#"tideline_coordinator_group_members{group="m"}"#),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        common::series(&text, r#"tideline_coordinator_group_rebalances_total{group="m"}"#)
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{text}"
+    );
+    assert!(
+        common::series(&text, r#"tideline_coordinator_group_rebalance_seconds_count{group="m"}"#)
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{text}"
+    );
+    assert_eq!(common::series(&text, "tideline_coordinator_shards_owned"), Some(1.0), "{text}");
+    assert!(
+        common::series(&text, "tideline_coordinator_records_written_total").unwrap_or(0.0) >= 3.0,
+        "{text}"
     );
     cluster.shutdown().await;
 }

@@ -31,6 +31,8 @@ pub const HEARTBEAT_MS: u64 = 300;
 pub struct CoordinatorProcess {
     /// Its id.
     pub id: String,
+    /// Where it serves Prometheus metrics.
+    pub metrics_addr: String,
     child: Child,
     log: PathBuf,
 }
@@ -140,7 +142,11 @@ impl Cluster {
     pub fn start_coordinator(&mut self, id: &str) {
         let log = self.root.path().join(format!("coordinator-{id}.log"));
         let out = File::options().create(true).append(true).open(&log).unwrap();
+        // A port free now (the exporter cannot report one it picked itself).
+        let metrics_addr =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
         let child = Command::new(env!("CARGO_BIN_EXE_tideline-coordinator"))
+            .args(["--metrics-listen", &metrics_addr, "--lag-interval-ms", "300"])
             .args(["--coordinator-id", id, "--controllers", &self.controller_addr])
             .args(["--listen", "127.0.0.1:0"])
             .args(["--group-session-timeout-ms", &SESSION_MS.to_string()])
@@ -151,8 +157,10 @@ impl Cluster {
             .stderr(out)
             .spawn()
             .unwrap();
-        self.coordinators
-            .insert(id.to_string(), CoordinatorProcess { id: id.to_string(), child, log });
+        self.coordinators.insert(
+            id.to_string(),
+            CoordinatorProcess { id: id.to_string(), metrics_addr, child, log },
+        );
     }
 
     /// The metadata now.
@@ -253,4 +261,26 @@ impl Cluster {
             c.shutdown().await;
         }
     }
+}
+
+/// The Prometheus text of coordinator `id` (`GET /metrics`), or empty when it cannot be read.
+pub async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut body = Vec::new();
+    let _ = s.read_to_end(&mut body).await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The value of the series named exactly `series` (name and labels) in `text`.
+pub fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
