@@ -1,5 +1,5 @@
 //! `tide produce` and `tide consume`: records from lines of text, and records printed as text or
-//! JSON lines.
+//! JSON lines, read from chosen partitions or as a member of a consumer group.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use serde_json::json;
 use tideline_client::{
-    Acks, AutoOffsetReset, Compression, Consumer, ConsumerConfig, ConsumerRecord, Producer,
-    ProducerConfig, ProducerRecord,
+    Acks, AutoOffsetReset, Cluster, Compression, Consumer, ConsumerConfig, ConsumerRecord,
+    GroupConsumer, GroupConsumerConfig, Producer, ProducerConfig, ProducerRecord, RebalanceEvent,
 };
 
 use crate::admin::connect;
@@ -60,7 +60,14 @@ pub struct ConsumeArgs {
     /// Read only this partition (default: all).
     #[arg(long)]
     pub partition: Option<i32>,
-    /// Keep waiting for new records; without it, stop at the end offsets seen at start.
+    /// Consume as a member of this consumer group: read the partitions the group assigns,
+    /// from its committed offsets (--from-beginning: the first offset where the group has
+    /// none, else the end), and commit what was printed. Assignment changes are printed to
+    /// stderr.
+    #[arg(long, conflicts_with_all = ["offset", "partition"])]
+    pub group: Option<String>,
+    /// Keep waiting for new records; without it, stop at the end offsets seen at start (with
+    /// --group: once every assigned partition reached them).
     #[arg(long)]
     pub follow: bool,
     /// Stop after this many records.
@@ -266,6 +273,10 @@ pub async fn consume(bootstrap: &[String], out: Output, args: ConsumeArgs) -> an
     let cluster = connect(bootstrap)?;
     let admin = tideline_client::Admin::new(&cluster);
     let topic = admin.describe_topic(&args.topic).await?;
+    if let Some(group) = args.group.clone() {
+        let partitions = topic.partitions.iter().map(|p| p.partition).collect();
+        return consume_group(&cluster, out, &args, &group, partitions).await;
+    }
     let partitions: Vec<i32> = match args.partition {
         Some(p) if topic.partitions.iter().any(|x| x.partition == p) => vec![p],
         Some(p) => bail!(
@@ -318,4 +329,95 @@ pub async fn consume(bootstrap: &[String], out: Output, args: ConsumeArgs) -> an
         }
     }
     Ok(())
+}
+
+/// Prints an assignment change on stderr: `assigned orders-0 orders-1`, or a JSON line.
+fn print_event(event: &RebalanceEvent, out: Output) {
+    let (kind, partitions) = match event {
+        RebalanceEvent::Assigned(p) => ("assigned", p),
+        RebalanceEvent::Revoked(p) => ("revoked", p),
+        RebalanceEvent::Lost(p) => ("lost", p),
+    };
+    if out == Output::Json {
+        let partitions: Vec<_> =
+            partitions.iter().map(|(t, p)| json!({"topic": t, "partition": p})).collect();
+        eprintln!("{}", json!({"event": kind, "partitions": partitions}));
+    } else {
+        let names: Vec<String> = partitions.iter().map(|(t, p)| format!("{t}-{p}")).collect();
+        eprintln!("{kind} {}", names.join(" "));
+    }
+}
+
+/// `tide consume --group`: a group member printing what it is assigned. Commits the positions
+/// past the printed records after every batch (so a revocation or a stop loses nothing
+/// printed and skips nothing unprinted), then leaves the group.
+async fn consume_group(
+    cluster: &Cluster,
+    out: Output,
+    args: &ConsumeArgs,
+    group: &str,
+    partitions: Vec<i32>,
+) -> anyhow::Result<()> {
+    // The end of each partition now: where a consume without --follow stops.
+    let mut ends = BTreeMap::new();
+    if !args.follow {
+        let mut lookup = Consumer::new(cluster, ConsumerConfig::default())?;
+        lookup.assign(partitions.iter().map(|p| (args.topic.clone(), *p)).collect());
+        for &p in &partitions {
+            ends.insert(p, lookup.seek_to_end(&args.topic, p).await?);
+        }
+    }
+    let reset =
+        if args.from_beginning { AutoOffsetReset::Earliest } else { AutoOffsetReset::Latest };
+    let config = GroupConsumerConfig {
+        auto_commit: false,
+        consumer: ConsumerConfig { auto_offset_reset: reset, ..ConsumerConfig::default() },
+        ..GroupConsumerConfig::new(group)
+    };
+    let mut consumer = GroupConsumer::new(cluster, config)?;
+    consumer.set_rebalance_listener(move |event: RebalanceEvent| print_event(&event, out));
+    consumer.subscribe([args.topic.clone()])?;
+    let mut printed = 0u64;
+    let done = |consumer: &GroupConsumer, printed: u64| {
+        args.max_messages.is_some_and(|m| printed >= m)
+            || (!args.follow && {
+                let assigned = consumer.assignment();
+                !assigned.is_empty()
+                    && assigned.iter().all(|(t, p)| {
+                        let end = ends.get(p).copied().unwrap_or(0);
+                        consumer.position(t, *p).is_some_and(|pos| pos >= end)
+                    })
+            })
+    };
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut result: anyhow::Result<()> = Ok(());
+    while !done(&consumer, printed) {
+        let records = tokio::select! {
+            r = consumer.poll(Duration::from_millis(500)) => r,
+            _ = &mut interrupted => break,
+        };
+        let records = match records {
+            Ok(records) => records,
+            Err(e) => {
+                result = Err(e.into());
+                break;
+            }
+        };
+        let mut next = BTreeMap::new();
+        for r in &records {
+            if args.max_messages.is_some_and(|m| printed >= m) {
+                break;
+            }
+            print_record(r, out, args);
+            printed += 1;
+            next.insert((r.topic.clone(), r.partition), r.offset + 1);
+        }
+        if let Err(e) = consumer.commit_offsets(next).await {
+            eprintln!("warning: commit failed: {e}");
+        }
+    }
+    let closed = consumer.close().await;
+    result?;
+    Ok(closed?)
 }

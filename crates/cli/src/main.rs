@@ -1,9 +1,11 @@
-//! `tide`: Tideline's command line. Topic admin, produce and consume from a terminal or a
-//! script, cluster status, and `tide dev` for a whole cluster on one machine. Tables for people,
-//! `--output json` for scripts; an error is one line on stderr and a non-zero exit status.
+//! `tide`: Tideline's command line. Topic admin, produce and consume (by partition or as a
+//! consumer group) from a terminal or a script, consumer group admin, cluster status, and
+//! `tide dev` for a whole cluster on one machine. Tables for people, `--output json` for
+//! scripts; an error is one line on stderr and a non-zero exit status.
 
 mod admin;
 mod dev;
+mod group;
 mod io;
 mod output;
 
@@ -45,6 +47,9 @@ enum Command {
     Produce(io::ProduceArgs),
     /// Consume records and print them.
     Consume(io::ConsumeArgs),
+    /// Consumer groups: list, describe, delete, reset offsets.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Cluster health: controllers, brokers, topics.
     #[command(subcommand)]
     Cluster(admin::ClusterCommand),
@@ -66,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await,
         Command::Topic(c) => admin::topic(&cli.bootstrap, cli.output, c).await,
         Command::Cluster(c) => admin::cluster(&cli.bootstrap, cli.output, c).await,
+        Command::Group(c) => group::group(&cli.bootstrap, cli.output, c).await,
         Command::Produce(args) => io::produce(&cli.bootstrap, cli.output, args).await,
         Command::Consume(args) => io::consume(&cli.bootstrap, cli.output, args).await,
         Command::Controller(options) => {

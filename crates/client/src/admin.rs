@@ -1,16 +1,24 @@
-//! [`Admin`]: topic administration and cluster inspection through the controller quorum.
+//! [`Admin`]: topic administration and cluster inspection through the controller quorum, and
+//! consumer group administration through the group coordinators.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use tideline_proto::v1 as pb;
+use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::error::ClientError;
 use crate::metadata::Metadata;
 
-/// Topic administration and cluster inspection. Writes go to the controller leader (found
-/// through `NOT_CONTROLLER` redirects, waiting out elections up to `request_timeout`); reads
-/// are answered by any controller.
+/// Pause between attempts of a group request while the group's shard moves between
+/// coordinators or loads.
+const GROUP_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Topic administration, cluster inspection and consumer group administration. Topic writes go
+/// to the controller leader (found through `NOT_CONTROLLER` redirects, waiting out elections up
+/// to `request_timeout`); reads are answered by any controller. Group requests go to the
+/// group's coordinator, found in the metadata and followed when the group's shard moves.
 #[derive(Debug, Clone)]
 pub struct Admin {
     cluster: Cluster,
@@ -173,6 +181,150 @@ impl Admin {
                 client.get_controller_status(pb::GetControllerStatusRequest {}).await
             })
             .await
+    }
+}
+
+impl Admin {
+    /// Every consumer group: each live coordinator is asked for the groups of its shards, and
+    /// the answers merged, sorted by group id (a group whose shard is moving between two
+    /// coordinators is listed once).
+    ///
+    /// # Errors
+    /// The first coordinator that fails to answer, or the metadata refresh's error.
+    pub async fn list_groups(&self) -> Result<Vec<pb::GroupListing>, ClientError> {
+        let metadata = self.cluster.refresh_metadata().await?;
+        let mut coordinators: Vec<(String, String)> = metadata
+            .coordinators()
+            .filter_map(|c| {
+                let id = c.endpoint.as_ref()?.coordinator_id.clone();
+                let address = metadata.coordinator_address(&id)?;
+                Some((id, address))
+            })
+            .collect();
+        coordinators.sort();
+        let mut groups = BTreeMap::new();
+        let limit = self.cluster.request_timeout();
+        for (id, address) in coordinators {
+            let operation = format!("list groups of coordinator {id}");
+            let mut client = self.cluster.coordinator_client(&address)?;
+            let response =
+                match tokio::time::timeout(limit, client.list_groups(pb::ListGroupsRequest {}))
+                    .await
+                {
+                    Ok(Ok(response)) => response.into_inner(),
+                    Ok(Err(status)) => {
+                        return Err(ClientError::from_status(operation, &address, &status));
+                    }
+                    Err(_) => return Err(ClientError::no_answer(operation, &address, limit)),
+                };
+            for group in response.groups {
+                groups.entry(group.group_id.clone()).or_insert(group);
+            }
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// A group's state, members with their assignments, and per partition the committed
+    /// offset, the end offset, the lag and the owner.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] with `GROUP_ID_NOT_FOUND`; [`ClientError::TimedOut`] when no
+    /// coordinator of the group answers.
+    pub async fn describe_group(
+        &self,
+        group: &str,
+    ) -> Result<pb::DescribeGroupResponse, ClientError> {
+        let request = pb::DescribeGroupRequest { group_id: group.to_string() };
+        self.call_group(&format!("describe group {group}"), group, move |mut client| {
+            let request = request.clone();
+            async move { client.describe_group(request).await }
+        })
+        .await
+    }
+
+    /// Deletes a group without members, and its committed offsets.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] with `NON_EMPTY_GROUP` while it has members,
+    /// `GROUP_ID_NOT_FOUND`; [`ClientError::TimedOut`].
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        let request = pb::DeleteGroupRequest { group_id: group.to_string() };
+        self.call_group(&format!("delete group {group}"), group, move |mut client| {
+            let request = request.clone();
+            async move { client.delete_group(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Every offset the group has committed, sorted by topic and partition.
+    ///
+    /// # Errors
+    /// [`ClientError::TimedOut`] when no coordinator of the group answers.
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+    ) -> Result<Vec<pb::CommittedOffset>, ClientError> {
+        let request = pb::FetchOffsetsRequest { group_id: group.to_string(), partitions: vec![] };
+        let response = self
+            .call_group(&format!("fetch offsets of group {group}"), group, move |mut client| {
+                let request = request.clone();
+                async move { client.fetch_offsets(request).await }
+            })
+            .await?;
+        let mut offsets = response.offsets;
+        offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(offsets)
+    }
+
+    /// Sets the group's committed offsets (the next offset to consume per topic and
+    /// partition) as an admin, e.g. to reset them. Only a group without members takes it.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] with `NON_EMPTY_GROUP` while the group has members;
+    /// [`ClientError::TimedOut`].
+    pub async fn commit_offsets_admin(
+        &self,
+        group: &str,
+        offsets: &BTreeMap<(String, i32), i64>,
+    ) -> Result<(), ClientError> {
+        let request = pb::CommitOffsetsRequest {
+            group_id: group.to_string(),
+            member_id: String::new(),
+            member_epoch: -1,
+            offsets: offsets
+                .iter()
+                .map(|((topic, partition), &offset)| pb::OffsetCommit {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                })
+                .collect(),
+        };
+        self.call_group(&format!("commit offsets of group {group}"), group, move |mut client| {
+            let request = request.clone();
+            async move { client.commit_offsets(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn call_group<T, F, Fut>(
+        &self,
+        operation: &str,
+        group: &str,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(
+            pb::coordinator_service_client::CoordinatorServiceClient<tonic::transport::Channel>,
+        ) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.cluster.request_timeout();
+        self.cluster.call_coordinator(operation, group, deadline, GROUP_RETRY_BACKOFF, call).await
     }
 }
 

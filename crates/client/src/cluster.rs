@@ -1,7 +1,8 @@
 //! [`Cluster`]: the handle every client of one cluster shares. It holds one gRPC channel per
 //! node address, finds the controller leader (following `NOT_CONTROLLER` redirects, trying the
 //! next controller on transport errors), and caches the metadata that maps partitions to
-//! leader brokers, refreshing it when a request says it is wrong or when it gets old.
+//! leader brokers and groups to coordinators, refreshing it when a request says it is wrong or
+//! when it gets old.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -13,6 +14,7 @@ use tideline_common::ErrorCode;
 use tideline_proto::v1 as pb;
 use tideline_proto::v1::broker_service_client::BrokerServiceClient;
 use tideline_proto::v1::controller_service_client::ControllerServiceClient;
+use tideline_proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, warn};
@@ -328,6 +330,130 @@ impl Cluster {
             }
             debug!(%error, attempts, "retrying");
             if error.invalidates_metadata() {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let refreshed = tokio::time::timeout(remaining, self.refresh_after(now)).await;
+                if let Ok(Err(e)) = refreshed {
+                    debug!(error = %e, "metadata refresh failed");
+                }
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            last = Some(error);
+        }
+    }
+
+    /// The id and address of `group`'s coordinator, from the cached metadata (fetched first
+    /// when there is none yet; refreshed in the background when old).
+    ///
+    /// # Errors
+    /// [`ClientError::CoordinatorNotAvailable`] (retriable) when the metadata names no live
+    /// owner of the group's shard; the first refresh's error.
+    pub(crate) async fn coordinator(&self, group: &str) -> Result<(String, String), ClientError> {
+        let (current, fetched, fresh) = {
+            let cache = lock(&self.inner.metadata);
+            let max_age = self.inner.config.metadata_max_age;
+            let fresh = Instant::now().checked_sub(max_age).is_none_or(|t| cache.valid_since(t));
+            (cache.current.clone(), cache.fetched_at.is_some(), fresh)
+        };
+        let metadata = if fetched {
+            if !fresh {
+                self.spawn_background_refresh();
+            }
+            current
+        } else {
+            self.refresh_after(Instant::now()).await?
+        };
+        metadata.coordinator_for(group).ok_or_else(|| {
+            let reason = match metadata.shard_for(group) {
+                None => "the metadata has no shards of __consumer_offsets yet (no coordinator \
+                         registered)"
+                    .to_string(),
+                Some(shard) => match metadata.shards().iter().find(|s| s.shard == shard) {
+                    Some(s) if !s.coordinator_id.is_empty() => {
+                        format!("shard {shard} is owned by {}, which is not live", s.coordinator_id)
+                    }
+                    _ => format!("shard {shard} has no coordinator"),
+                },
+            };
+            ClientError::CoordinatorNotAvailable { group: group.to_string(), reason }
+        })
+    }
+
+    /// A `CoordinatorService` client on the channel to `address`.
+    pub(crate) fn coordinator_client(
+        &self,
+        address: &str,
+    ) -> Result<CoordinatorServiceClient<Channel>, ClientError> {
+        Ok(CoordinatorServiceClient::new(self.channel(address)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// Calls the coordinator of `group` until it answers, `deadline` passes, or an error that
+    /// is not retriable comes back. After `NOT_COORDINATOR`, `COORDINATOR_LOAD_IN_PROGRESS`,
+    /// `COORDINATOR_NOT_AVAILABLE` or a transport error it refreshes the metadata (the group's
+    /// shard may have moved); after every retriable error it pauses `backoff`. Each attempt
+    /// waits at most `request_timeout`.
+    ///
+    /// A call that is not idempotent may have taken effect when its answer was lost (a join
+    /// retried then makes a second member, which the coordinator drops after its session).
+    ///
+    /// # Errors
+    /// The first error that is not retriable (e.g. `UNKNOWN_MEMBER_ID`,
+    /// `STALE_MEMBER_EPOCH`, `NON_EMPTY_GROUP`, `GROUP_ID_NOT_FOUND`), or
+    /// [`ClientError::TimedOut`] with the last one.
+    pub(crate) async fn call_coordinator<T, F, Fut>(
+        &self,
+        operation: &str,
+        group: &str,
+        deadline: Instant,
+        backoff: Duration,
+        mut call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(CoordinatorServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let mut attempts = 0;
+        let mut last = None;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::TimedOut {
+                    operation: operation.to_string(),
+                    after: now - started,
+                    attempts,
+                    last: last.map(Box::new),
+                });
+            }
+            attempts += 1;
+            let error = match self.coordinator(group).await {
+                Err(e) => e,
+                Ok((_, address)) => {
+                    let client = self.coordinator_client(&address)?;
+                    let limit = (deadline - now).min(self.request_timeout());
+                    match tokio::time::timeout(limit, call(client)).await {
+                        Ok(Ok(response)) => return Ok(response.into_inner()),
+                        Ok(Err(status)) => ClientError::from_status(operation, &address, &status),
+                        Err(_) => ClientError::no_answer(operation, &address, limit),
+                    }
+                }
+            };
+            let retry = match &error {
+                // A topic that is gone does not come back by retrying.
+                ClientError::Server { code: ErrorCode::UnknownTopicOrPartition, .. } => false,
+                // A metadata refresh that found no controller.
+                ClientError::TimedOut { .. } => true,
+                other => other.is_retriable(),
+            };
+            if !retry {
+                return Err(error);
+            }
+            debug!(%error, attempts, group, "retrying coordinator request");
+            if error.invalidates_metadata()
+                || error.code() == Some(ErrorCode::CoordinatorLoadInProgress)
+            {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let refreshed = tokio::time::timeout(remaining, self.refresh_after(now)).await;
                 if let Ok(Err(e)) = refreshed {

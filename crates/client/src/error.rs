@@ -162,6 +162,24 @@ pub enum ClientError {
     /// The producer was closed before the record was sent.
     #[error("producer is closed")]
     Closed,
+    /// The metadata names no live coordinator for the group's shard (no coordinator registered
+    /// yet, or the shard is moving). Retried after refreshing the metadata.
+    #[error("no coordinator for group {group}: {reason}")]
+    CoordinatorNotAvailable {
+        /// The group id.
+        group: String,
+        /// Why.
+        reason: String,
+    },
+    /// A group consumer is not a member of its group right now (it has not joined yet, or it
+    /// was fenced and is joining again), so it cannot commit as one.
+    #[error("not a member of group {group}: {reason}")]
+    NotMember {
+        /// The group id.
+        group: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -182,6 +200,8 @@ impl ClientError {
             ClientError::RecordTooLarge { .. } => Some(ErrorCode::MessageTooLarge),
             ClientError::OffsetOutOfRange { .. } => Some(ErrorCode::OffsetOutOfRange),
             ClientError::Corrupt { .. } => Some(ErrorCode::CorruptMessage),
+            ClientError::CoordinatorNotAvailable { .. } => Some(ErrorCode::CoordinatorNotAvailable),
+            ClientError::NotMember { .. } => Some(ErrorCode::UnknownMemberId),
             ClientError::Transport { .. }
             | ClientError::Rpc { .. }
             | ClientError::NoPosition { .. }
@@ -209,13 +229,15 @@ impl ClientError {
             ClientError::Transport { .. }
             | ClientError::UnknownTopic { .. }
             | ClientError::UnknownPartition { .. }
-            | ClientError::LeaderNotAvailable { .. } => true,
+            | ClientError::LeaderNotAvailable { .. }
+            | ClientError::CoordinatorNotAvailable { .. } => true,
             _ => false,
         }
     }
 
     /// Whether the cached metadata is likely wrong after this error (leaders moved, a broker
-    /// was fenced or is unreachable, a topic appeared or changed).
+    /// was fenced or is unreachable, a topic appeared or changed, a group's shard moved to
+    /// another coordinator).
     pub(crate) fn invalidates_metadata(&self) -> bool {
         match self {
             ClientError::Server { code, .. } => matches!(
@@ -225,11 +247,14 @@ impl ClientError {
                     | ErrorCode::UnknownTopicOrPartition
                     | ErrorCode::BrokerFenced
                     | ErrorCode::FencedLeaderEpoch
+                    | ErrorCode::NotCoordinator
+                    | ErrorCode::CoordinatorNotAvailable
             ),
             ClientError::Transport { .. }
             | ClientError::UnknownTopic { .. }
             | ClientError::UnknownPartition { .. }
-            | ClientError::LeaderNotAvailable { .. } => true,
+            | ClientError::LeaderNotAvailable { .. }
+            | ClientError::CoordinatorNotAvailable { .. } => true,
             _ => false,
         }
     }

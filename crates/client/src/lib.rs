@@ -9,7 +9,15 @@
 //!   flight per partition, and retries until `delivery_timeout`;
 //! - [`Consumer`] reads manually assigned partitions from their leaders, one fetch in flight per
 //!   partition running ahead of `poll` in the background, decoding Kafka v2 record batches on
-//!   the client.
+//!   the client;
+//! - [`GroupConsumer`] is a member of a consumer group (Kafka's `subscribe`, with the
+//!   server-side rebalance protocol of KIP-848): a background task heartbeats to the group's
+//!   coordinator, `poll` applies the assignment it answers (committing and revoking partitions
+//!   taken away, starting new ones at their committed offsets) and reads through a
+//!   [`Consumer`]; a [`RebalanceListener`] hears of each change in order;
+//! - [`Admin`] also lists, describes and deletes groups, and reads and (for a group without
+//!   members) sets their committed offsets, through the coordinator owning each group's shard
+//!   of `__consumer_offsets`.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -38,6 +46,27 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! A group member, printing its assignment changes:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tideline_client::{ClientConfig, Cluster, GroupConsumer, GroupConsumerConfig, RebalanceEvent};
+//!
+//! # async fn example() -> Result<(), tideline_client::ClientError> {
+//! let cluster = Cluster::new(ClientConfig::new(["127.0.0.1:7001"]))?;
+//! let mut consumer = GroupConsumer::new(&cluster, GroupConsumerConfig::new("billing"))?;
+//! consumer.set_rebalance_listener(|event: RebalanceEvent| println!("{event:?}"));
+//! consumer.subscribe(["orders"])?;
+//! for _ in 0..10 {
+//!     for record in consumer.poll(Duration::from_secs(1)).await? {
+//!         println!("{}-{}@{}", record.topic, record.partition, record.offset);
+//!     }
+//! }
+//! consumer.close().await?; // commits (auto-commit is on by default) and leaves
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 mod accumulator;
@@ -48,10 +77,13 @@ mod consumer;
 mod consumer_config;
 mod error;
 mod fetch;
+mod group_consumer;
+mod group_consumer_config;
 mod metadata;
 pub mod partitioner;
 mod producer;
 mod producer_config;
+mod rebalance;
 mod record;
 mod sender;
 
@@ -61,14 +93,18 @@ pub use config::ClientConfig;
 pub use consumer::Consumer;
 pub use consumer_config::{AutoOffsetReset, ConsumerConfig};
 pub use error::ClientError;
+pub use group_consumer::GroupConsumer;
+pub use group_consumer_config::GroupConsumerConfig;
 pub use metadata::Metadata;
 pub use producer::{DeliveryFuture, Producer};
 pub use producer_config::{Acks, ProducerConfig};
+pub use rebalance::{RebalanceEvent, RebalanceListener};
 pub use record::{ConsumerRecord, ProducerRecord, RecordMetadata};
 
 pub use tideline_common::ErrorCode;
 pub use tideline_log::Compression;
 pub use tideline_proto::v1::{
-    BrokerEndpoint, BrokerMetadata, ControllerMember, GetControllerStatusResponse,
-    PartitionMetadata, TopicMetadata,
+    BrokerEndpoint, BrokerMetadata, CommittedOffset, ControllerMember, CoordinatorEndpoint,
+    CoordinatorMetadata, DescribeGroupResponse, GetControllerStatusResponse, GroupListing,
+    GroupMember, PartitionLag, PartitionMetadata, ShardAssignment, TopicMetadata,
 };

@@ -1,18 +1,26 @@
-//! [`Metadata`]: one snapshot of the cluster metadata (brokers, topics, partition leaders) as
-//! a controller reported it, indexed for the lookups clients make on every request.
+//! [`Metadata`]: one snapshot of the cluster metadata (brokers, topics, partition leaders,
+//! group coordinators and the owners of the `__consumer_offsets` shards) as a controller
+//! reported it, indexed for the lookups clients make on every request.
 
 use std::collections::HashMap;
 
-use tideline_proto::v1::{BrokerMetadata, GetMetadataResponse, PartitionMetadata, TopicMetadata};
+use tideline_proto::v1::{
+    BrokerMetadata, CoordinatorMetadata, GetMetadataResponse, PartitionMetadata, ShardAssignment,
+    TopicMetadata,
+};
 
-/// A snapshot of cluster metadata from `GetMetadata`. Cheap lookups by topic, partition and
-/// broker id; never changes once built (the cache swaps in a new snapshot).
+/// A snapshot of cluster metadata from `GetMetadata`. Cheap lookups by topic, partition,
+/// broker id and group; never changes once built (the cache swaps in a new snapshot).
 #[derive(Debug, Clone, Default)]
 pub struct Metadata {
     version: u64,
     controller_leader_id: i32,
     brokers: HashMap<i32, BrokerMetadata>,
     topics: HashMap<String, TopicEntry>,
+    /// Live group coordinators by coordinator id.
+    coordinators: HashMap<String, CoordinatorMetadata>,
+    /// Owner of each shard of `__consumer_offsets`, by shard index.
+    shards: Vec<ShardAssignment>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,11 +48,20 @@ impl Metadata {
                 (t.name.clone(), TopicEntry { metadata: t, available })
             })
             .collect();
+        let coordinators = response
+            .coordinators
+            .into_iter()
+            .filter_map(|c| Some((c.endpoint.as_ref()?.coordinator_id.clone(), c)))
+            .collect();
+        let mut shards = response.shards;
+        shards.sort_by_key(|s| s.shard);
         Metadata {
             version: response.version,
             controller_leader_id: response.controller_leader_id,
             brokers,
             topics,
+            coordinators,
+            shards,
         }
     }
 
@@ -103,6 +120,46 @@ impl Metadata {
         self.partition(topic, partition).map(|p| p.leader).filter(|&l| l >= 0)
     }
 
+    /// Every live group coordinator, in no particular order.
+    pub fn coordinators(&self) -> impl Iterator<Item = &CoordinatorMetadata> {
+        self.coordinators.values()
+    }
+
+    /// The gRPC address (`host:port`) of the live coordinator with this id.
+    pub fn coordinator_address(&self, coordinator_id: &str) -> Option<String> {
+        let endpoint = self.coordinators.get(coordinator_id)?.endpoint.as_ref()?;
+        Some(host_port(&endpoint.host, endpoint.port))
+    }
+
+    /// The owners of the shards of `__consumer_offsets`, by shard index (empty until the first
+    /// coordinator registered).
+    pub fn shards(&self) -> &[ShardAssignment] {
+        &self.shards
+    }
+
+    /// The shard of `__consumer_offsets` holding `group` (Kafka's
+    /// `abs(javaHash(group)) % shards`), when there are shards.
+    pub fn shard_for(&self, group: &str) -> Option<i32> {
+        let count = i32::try_from(self.shards.len()).ok().filter(|&c| c > 0)?;
+        Some(tideline_common::shard_for(group, count))
+    }
+
+    /// The coordinator of `group`: the id and address (`host:port`) of the live coordinator
+    /// owning the group's shard. `None` when there are no shards yet, the shard has no owner,
+    /// or its owner is not live.
+    pub fn coordinator_for(&self, group: &str) -> Option<(String, String)> {
+        let shard = self.shard_for(group)?;
+        let owner = match usize::try_from(shard).ok().and_then(|i| self.shards.get(i)) {
+            Some(s) if s.shard == shard => s,
+            _ => self.shards.iter().find(|s| s.shard == shard)?,
+        };
+        if owner.coordinator_id.is_empty() {
+            return None;
+        }
+        let address = self.coordinator_address(&owner.coordinator_id)?;
+        Some((owner.coordinator_id.clone(), address))
+    }
+
     /// Partitions of the topic that have a leader (empty for an unknown topic).
     pub(crate) fn available_partitions(&self, topic: &str) -> &[i32] {
         self.topics.get(topic).map_or(&[], |t| &t.available)
@@ -121,7 +178,7 @@ pub(crate) fn host_port(host: &str, port: u32) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use tideline_proto::v1::BrokerEndpoint;
+    use tideline_proto::v1::{BrokerEndpoint, CoordinatorEndpoint};
 
     /// A response with brokers 1..=3 and topic `orders` whose partition `i` is led by
     /// `leaders[i]` (-1: no leader).
@@ -158,6 +215,28 @@ pub(crate) mod tests {
                 ..Default::default()
             }],
             controller_leader_id: 2,
+            coordinators: ["c-a", "c-b"]
+                .iter()
+                .enumerate()
+                .map(|(i, id)| CoordinatorMetadata {
+                    endpoint: Some(CoordinatorEndpoint {
+                        coordinator_id: id.to_string(),
+                        host: format!("10.0.1.{i}"),
+                        port: 7500,
+                    }),
+                    coordinator_epoch: 1,
+                })
+                .collect(),
+            // Shard 2 has no owner, shard 3's owner is gone.
+            shards: [(1, "c-b"), (0, "c-a"), (2, ""), (3, "c-gone")]
+                .iter()
+                .map(|&(shard, owner)| ShardAssignment {
+                    shard,
+                    coordinator_id: owner.to_string(),
+                    shard_epoch: 1,
+                    releasing: false,
+                })
+                .collect(),
         }
     }
 
@@ -177,5 +256,21 @@ pub(crate) mod tests {
         assert_eq!(m.broker_address(3).as_deref(), Some("10.0.0.3:7400"));
         assert_eq!(m.broker_address(9), None);
         assert_eq!(host_port("::1", 7400), "[::1]:7400");
+    }
+
+    /// A group's coordinator is the live owner of its shard, per Kafka's hash; a shard
+    /// without a live owner gives none.
+    #[test]
+    fn group_coordinators() {
+        let m = Metadata::from_response(response(&[1]));
+        assert_eq!(m.coordinators().count(), 2);
+        assert_eq!(m.shards().iter().map(|s| s.shard).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        // Java's "a".hashCode() is 97, "b" is 98, "c" is 99, "d" is 100.
+        assert_eq!(m.shard_for("a"), Some(1));
+        assert_eq!(m.coordinator_for("a"), Some(("c-b".into(), "10.0.1.1:7500".into())));
+        assert_eq!(m.coordinator_for("d"), Some(("c-a".into(), "10.0.1.0:7500".into())));
+        assert_eq!(m.coordinator_for("b"), None, "shard 2 has no owner");
+        assert_eq!(m.coordinator_for("c"), None, "shard 3's owner is not live");
+        assert_eq!(Metadata::default().coordinator_for("a"), None, "no shards yet");
     }
 }
