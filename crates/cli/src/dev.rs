@@ -1,5 +1,6 @@
-//! `tide dev`: a whole cluster on one machine. Starts controllers and brokers as separate
-//! processes (this same executable, in its hidden `controller`/`broker` roles) on 127.0.0.1,
+//! `tide dev`: a whole cluster on one machine. Starts controllers, brokers and group
+//! coordinators as separate processes (this same executable, in its hidden
+//! `controller`/`broker`/`coordinator` roles) on 127.0.0.1,
 //! with data and logs under one directory, waits until the cluster is healthy, prints how to
 //! use it, and on Ctrl-C or SIGTERM stops every process cleanly. The ports chosen are kept in
 //! `dev.json` in the data directory, so running it again resumes the same cluster.
@@ -33,6 +34,12 @@ pub struct DevArgs {
     /// First broker port (the others follow); 0 picks free ports.
     #[arg(long, default_value_t = 9092)]
     pub broker_port: u16,
+    /// Number of group coordinators.
+    #[arg(long, default_value_t = 2)]
+    pub coordinators: u32,
+    /// First coordinator port (the others follow); 0 picks free ports.
+    #[arg(long, default_value_t = 9192)]
+    pub coordinator_port: u16,
     /// Broker lease in ms (how long a silent broker keeps its partitions).
     #[arg(long, default_value_t = 6000)]
     pub broker_lease_ms: u64,
@@ -43,6 +50,9 @@ pub struct DevArgs {
 struct Layout {
     controller_ports: Vec<u16>,
     broker_ports: Vec<u16>,
+    /// Absent in layouts written before coordinators existed: then chosen at the next start.
+    #[serde(default)]
+    coordinator_ports: Vec<u16>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -65,8 +75,13 @@ impl Layout {
     fn load_or_create(args: &DevArgs) -> anyhow::Result<Layout> {
         let file = args.data_dir.join("dev.json");
         if let Ok(text) = std::fs::read_to_string(&file) {
-            let layout: Layout = serde_json::from_str(&text)
+            let mut layout: Layout = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not a dev cluster layout", file.display()))?;
+            if layout.coordinator_ports.is_empty() && args.coordinators > 0 {
+                layout.coordinator_ports = ports(args.coordinator_port, args.coordinators)?;
+                std::fs::write(&file, serde_json::to_string_pretty(&layout)?)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+            }
             return Ok(layout);
         }
         if !matches!(args.controllers, 1 | 3 | 5) {
@@ -78,6 +93,7 @@ impl Layout {
         let layout = Layout {
             controller_ports: ports(args.controller_port, args.controllers)?,
             broker_ports: ports(args.broker_port, args.brokers)?,
+            coordinator_ports: ports(args.coordinator_port, args.coordinators)?,
         };
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
@@ -128,11 +144,12 @@ fn spawn(exe: &Path, name: &str, args: &[String], log: PathBuf) -> anyhow::Resul
     Ok(Proc { name: name.to_string(), child, log })
 }
 
-/// Stops the brokers first (SIGTERM; they close their logs), then the controllers, giving each
-/// group 20 s before killing what remains. True when every process exited with success.
+/// Stops the coordinators first (their shards are released), then the brokers (SIGTERM; they
+/// close their logs), then the controllers, giving each group 20 s before killing what
+/// remains. True when every process exited with success.
 fn stop_all(procs: &mut Procs) -> bool {
     let mut clean = true;
-    for role in ["broker", "controller"] {
+    for role in ["coordinator", "broker", "controller"] {
         for p in procs.0.iter().filter(|p| p.name.starts_with(role)) {
             if let Some(pid) = rustix::process::Pid::from_raw(p.child.id() as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
@@ -164,28 +181,29 @@ fn stop_all(procs: &mut Procs) -> bool {
     clean
 }
 
-/// True when the broker at `addr` reports `tideline.v1.BrokerService` as serving (it holds a
-/// lease and is up to date with the metadata).
-async fn broker_serving(addr: &str) -> bool {
+/// True when the service at `addr` reports `service` (e.g. `tideline.v1.BrokerService`) as
+/// serving: a broker holds a lease and is up to date with the metadata, a coordinator is
+/// registered.
+async fn serving(addr: &str, service: &str) -> bool {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
         return false;
     };
     let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(1)).connect().await else {
         return false;
     };
-    let request =
-        tonic_health::pb::HealthCheckRequest { service: "tideline.v1.BrokerService".into() };
+    let request = tonic_health::pb::HealthCheckRequest { service: service.into() };
     matches!(
         tonic_health::pb::health_client::HealthClient::new(channel).check(request).await,
         Ok(r) if r.get_ref().status() == tonic_health::pb::health_check_response::ServingStatus::Serving
     )
 }
 
-/// Waits until a controller leads and every broker serves (its own health says so: a stale
-/// registration from before a restart does not count).
+/// Waits until a controller leads, every partition is fully in sync, and every broker and
+/// coordinator serves (its own health says so: a stale registration from before a restart does
+/// not count).
 async fn wait_healthy(layout: &Layout, procs: &mut Procs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let want = layout.broker_ports.len();
+    let want = layout.broker_ports.len() + layout.coordinator_ports.len();
     loop {
         for p in &mut procs.0 {
             if let Some(status) = p.child.try_wait()? {
@@ -203,14 +221,26 @@ async fn wait_healthy(layout: &Layout, procs: &mut Procs) -> anyhow::Result<()> 
             let Ok(m) = c.get_metadata(pb::GetMetadataRequest { topics: vec![] }).await else {
                 continue;
             };
-            if m.into_inner().controller_leader_id < 0 {
+            let m = m.into_inner();
+            // Led, and every partition (the offsets topic's too) fully in sync.
+            let in_sync = m
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .all(|p| p.leader >= 0 && p.isr.len() == p.replicas.len());
+            if m.controller_leader_id < 0 || !in_sync {
                 continue;
             }
-            let mut serving = 0;
+            let mut up = 0;
             for port in &layout.broker_ports {
-                serving += usize::from(broker_serving(&format!("127.0.0.1:{port}")).await);
+                let addr = format!("127.0.0.1:{port}");
+                up += usize::from(serving(&addr, "tideline.v1.BrokerService").await);
             }
-            if serving == want {
+            for port in &layout.coordinator_ports {
+                let addr = format!("127.0.0.1:{port}");
+                up += usize::from(serving(&addr, "tideline.v1.CoordinatorService").await);
+            }
+            if up == want {
                 return Ok(());
             }
         }
@@ -293,6 +323,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             logs.join(format!("broker-{id}.log")),
         )?);
     }
+    for (i, port) in layout.coordinator_ports.iter().enumerate() {
+        let id = i + 1;
+        procs.0.push(spawn(
+            &exe,
+            &format!("coordinator {id}"),
+            &[
+                "coordinator".into(),
+                "--coordinator-id".into(),
+                format!("coordinator-{id}"),
+                "--controllers".into(),
+                controllers.clone(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+            ],
+            logs.join(format!("coordinator-{id}.log")),
+        )?);
+    }
     let ready = tokio::select! {
         r = wait_healthy(&layout, &mut procs) => r,
         _ = interrupted() => {
@@ -347,6 +394,9 @@ fn print_ready(args: &DevArgs, layout: &Layout, tide: &Path) {
     for (i, p) in layout.broker_ports.iter().enumerate() {
         println!("  broker {}      127.0.0.1:{p}", i + 1);
     }
+    for (i, p) in layout.coordinator_ports.iter().enumerate() {
+        println!("  coordinator {} 127.0.0.1:{p}", i + 1);
+    }
     println!("  logs          {}", args.data_dir.join("logs").display());
     println!();
     println!("In another terminal:");
@@ -354,6 +404,8 @@ fn print_ready(args: &DevArgs, layout: &Layout, tide: &Path) {
     println!("  {tide} topic create greetings --partitions 3 --replication-factor 1");
     println!("  printf 'alice:hello\\nbob:hi\\n' | {tide} produce greetings --key-separator :");
     println!("  {tide} consume greetings --from-beginning --max-messages 2");
+    println!("  {tide} consume greetings --group readers --from-beginning --max-messages 2");
+    println!("  {tide} group describe readers");
     println!();
     println!("Press Ctrl-C to stop.");
 }

@@ -59,6 +59,10 @@ enum Command {
     /// Run a broker (what `tide dev` starts; same options as `tideline-broker`).
     #[command(hide = true)]
     Broker(tideline_broker::options::Options),
+    /// Run a group coordinator (what `tide dev` starts; same options as
+    /// `tideline-coordinator`).
+    #[command(hide = true)]
+    Coordinator(tideline_coordinator::options::Options),
 }
 
 fn main() {
@@ -84,6 +88,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(&options.log_format);
             let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
             tideline_broker::run(config, listen, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Coordinator(options) => {
+            init_tracing(&options.log_format);
+            let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
+            tideline_coordinator::run(config, listen, shutdown_signal()).await?;
             Ok(())
         }
     }

@@ -25,6 +25,8 @@ impl Dev {
                 "0",
                 "--broker-port",
                 "0",
+                "--coordinator-port",
+                "0",
                 "--broker-lease-ms",
                 "3000",
             ])
@@ -113,8 +115,9 @@ impl Drop for Dev {
     }
 }
 
-fn pids_under(data: &Path) -> Vec<String> {
-    // Processes whose command line names this test's data directory.
+fn pids_under(data: &Path, bootstrap: &str) -> Vec<String> {
+    // Processes whose command line names this test's data directory or its controllers (the
+    // coordinators keep no data).
     let needle = data.display().to_string();
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -123,7 +126,8 @@ fn pids_under(data: &Path) -> Vec<String> {
             continue;
         }
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(&needle) {
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) || cmdline.contains(bootstrap) {
             pids.push(name);
         }
     }
@@ -149,7 +153,8 @@ fn tide_dev_round_trip_clean_stop_and_resume() {
         None,
     );
     let listed = dev.ok(&["topic", "list"], None);
-    assert_eq!(listed.trim(), "greetings");
+    // Like kafka-topics --list, the internal offsets topic is listed too.
+    assert_eq!(listed.trim(), "__consumer_offsets\ngreetings");
     let produced = dev.tide(
         &["produce", "greetings", "--key-separator", ":", "--header", "source=test"],
         Some("alice:hello\nbob:hi\ncarol:hey there\n"),
@@ -190,8 +195,26 @@ fn tide_dev_round_trip_clean_stop_and_resume() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.starts_with("error:"), "{err}");
 
+    // A consumer group reads everything once, commits, and describes itself.
+    let grouped = dev.ok(
+        &["consume", "greetings", "--group", "readers", "--from-beginning", "--max-messages", "3"],
+        None,
+    );
+    assert_eq!(grouped.lines().count(), 3, "{grouped}");
+    let described = dev.ok(&["group", "describe", "readers", "--output", "json"], None);
+    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    let committed: i64 = described["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["committed_offset"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(committed, 3, "{described}");
+    assert!(dev.ok(&["group", "list"], None).contains("readers"));
+
+    let bootstrap = dev.bootstrap.clone();
     assert!(dev.stop(), "tide dev exits with success after stopping every process");
-    assert!(pids_under(&data).is_empty(), "no process of the cluster is left running");
+    assert!(pids_under(&data, &bootstrap).is_empty(), "no process of the cluster is left running");
 
     // Running it again resumes the same data.
     let dev = Dev::start(&data);
@@ -199,5 +222,8 @@ fn tide_dev_round_trip_clean_stop_and_resume() {
     let mut lines: Vec<&str> = consumed.lines().collect();
     lines.sort();
     assert_eq!(lines, vec!["alice\thello", "bob\thi", "carol\they there"]);
+    // The group's offsets survived the restart: it has nothing left to read.
+    let grouped = dev.ok(&["consume", "greetings", "--group", "readers"], None);
+    assert_eq!(grouped.trim(), "", "the group resumes from its committed offsets");
     assert!(dev.stop());
 }

@@ -471,6 +471,12 @@ pub async fn run_isr_maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<
             // old and the new members.
             {
                 let mut st = r.state.write().unwrap_or_else(|e| e.into_inner());
+                // The snapshot `r` was taken before metadata that changed the partition: the
+                // decision was made on an old ISR (and the metadata already cleared what was
+                // pending). Decide again next round, on the new state.
+                if st.partition_epoch != r.partition_epoch || st.leader_epoch != r.leader_epoch {
+                    continue;
+                }
                 st.pending_isr = Some(isr.clone());
                 st.pending_since = Some(Instant::now());
             }
@@ -512,7 +518,18 @@ pub async fn run_isr_maintenance(shared: Arc<Shared>, mut stop: watch::Receiver<
                 st.pending_since = None;
             }
             match answer {
-                Ok(_) => {
+                Ok(answer) => {
+                    // The partition as the controller has it now: when the metadata already
+                    // brought that epoch (a retried change that was made before), nothing else
+                    // will clear what is pending.
+                    let mut st = r.state.write().unwrap_or_else(|e| e.into_inner());
+                    if answer.partition.is_some_and(|p| {
+                        p.partition_epoch == st.partition_epoch && p.leader_epoch == st.leader_epoch
+                    }) {
+                        st.pending_isr = None;
+                        st.pending_since = None;
+                    }
+                    drop(st);
                     let counter = if isr.len() < r.isr.len() {
                         &shared.counters.isr_shrinks
                     } else {
