@@ -74,9 +74,36 @@ pub enum Validation {
     /// Framing, size and CRC only: for replicated batches and recovery, whose records a leader
     /// already checked.
     Crc,
-    /// Everything: every record decoded, counts, offset deltas and max timestamp consistent;
-    /// no transactional or control batches. For batches from producers.
+    /// Every record decoded, as a batch already in a log may be after compaction: offset deltas
+    /// strictly increasing and at most `lastOffsetDelta` (gaps allowed), any record count from
+    /// 0 (an emptied batch kept for its offsets) to `lastOffsetDelta + 1`, record timestamps at
+    /// most `maxTimestamp` (create time); control and transactional batches accepted. For
+    /// stored, replicated and cleaned batches.
+    Records,
+    /// Everything: every record decoded, counts, offset deltas (exactly 0, 1, .., n-1) and max
+    /// timestamp consistent; no transactional or control batches. For batches from producers.
     Full,
+}
+
+/// How the offset deltas of a batch's records must run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deltas {
+    /// 0, 1, 2, ..: a batch as a producer builds it.
+    Contiguous,
+    /// Strictly increasing, each at most `last` (the batch's `lastOffsetDelta`): a batch whose
+    /// superseded records were removed by compaction.
+    Increasing { last: i32 },
+}
+
+/// What a walk over a records section found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Walk {
+    /// Records in the section.
+    seen: i32,
+    /// Largest record timestamp, `i64::MIN` when there is no record.
+    max_timestamp: i64,
+    /// Position of the first record with a null key.
+    first_null_key: Option<i32>,
 }
 
 /// A borrowed view of one record batch whose framing (length and magic) has been checked.
@@ -294,78 +321,138 @@ impl<'a> RecordBatch<'a> {
     }
 
     /// Validates the batch: size against `max_batch_bytes`, CRC, and with
-    /// [`Validation::Full`] every record.
+    /// [`Validation::Records`] or [`Validation::Full`] every record.
     ///
     /// # Errors
     /// The [`BatchError`] for the first check that fails.
     pub fn validate(&self, max_batch_bytes: usize, level: Validation) -> Result<(), BatchError> {
+        self.check(max_batch_bytes, level, false)
+    }
+
+    /// [`Validation::Full`] for a batch bound for a compacted topic: also refuses a record
+    /// without a key (a compacted log keeps the latest record per key, so a keyless record has
+    /// no meaning there; Kafka refuses it too).
+    ///
+    /// # Errors
+    /// As [`RecordBatch::validate`], and [`BatchError::MissingKey`] for the first keyless
+    /// record.
+    pub fn validate_keyed(&self, max_batch_bytes: usize) -> Result<(), BatchError> {
+        self.check(max_batch_bytes, Validation::Full, true)
+    }
+
+    fn check(
+        &self,
+        max_batch_bytes: usize,
+        level: Validation,
+        require_keys: bool,
+    ) -> Result<(), BatchError> {
         if self.size() > max_batch_bytes {
             return Err(BatchError::TooLarge { size: self.size(), max: max_batch_bytes });
         }
         self.verify_crc()?;
-        if level == Validation::Crc {
-            return Ok(());
-        }
-        if self.is_control() {
-            return Err(BatchError::Unsupported { what: "control batch from a producer" });
-        }
-        if self.is_transactional() {
-            return Err(BatchError::Unsupported { what: "transactional batch" });
-        }
         let count = self.records_count();
-        if count <= 0 {
-            return Err(BatchError::InvalidRecordCount { count });
-        }
-        if self.last_offset_delta() != count - 1 {
-            return Err(BatchError::OffsetDeltaMismatch {
-                what: "lastOffsetDelta".to_string(),
-                expected: i64::from(count - 1),
-                actual: i64::from(self.last_offset_delta()),
-            });
-        }
+        let deltas = match level {
+            Validation::Crc => return Ok(()),
+            Validation::Full => {
+                if self.is_control() {
+                    return Err(BatchError::Unsupported { what: "control batch from a producer" });
+                }
+                if self.is_transactional() {
+                    return Err(BatchError::Unsupported { what: "transactional batch" });
+                }
+                if count <= 0 {
+                    return Err(BatchError::InvalidRecordCount { count });
+                }
+                if self.last_offset_delta() != count - 1 {
+                    return Err(BatchError::OffsetDeltaMismatch {
+                        what: "lastOffsetDelta".to_string(),
+                        expected: i64::from(count - 1),
+                        actual: i64::from(self.last_offset_delta()),
+                    });
+                }
+                Deltas::Contiguous
+            }
+            Validation::Records => {
+                self.check_offset_range()?;
+                if count < 0 || i64::from(count) > i64::from(self.last_offset_delta()) + 1 {
+                    return Err(BatchError::InvalidRecordCount { count });
+                }
+                Deltas::Increasing { last: self.last_offset_delta() }
+            }
+        };
         let records = self.records()?;
         // The lean walk accepts exactly what the decoder accepts; when it refuses, the decoder
         // runs to name the precise error.
-        let (seen, max_timestamp) = match check_records(&records.data, count, self.base_timestamp())
-        {
-            Some(result) => result,
-            None => self.explain_records(&records, count)?,
+        let walk = match check_records(&records.data, count, self.base_timestamp(), deltas) {
+            Some(walk) => walk,
+            None => self.explain_records(&records, count, deltas)?,
         };
-        if seen != count {
-            return Err(BatchError::RecordCountMismatch { header: count, actual: seen });
+        if walk.seen != count {
+            return Err(BatchError::RecordCountMismatch { header: count, actual: walk.seen });
         }
-        if self.timestamp_type() == TimestampType::CreateTime
-            && max_timestamp != self.max_timestamp()
-        {
-            return Err(BatchError::MaxTimestampMismatch {
-                header: self.max_timestamp(),
-                actual: max_timestamp,
-            });
+        if self.timestamp_type() == TimestampType::CreateTime {
+            let consistent = match deltas {
+                Deltas::Contiguous => walk.max_timestamp == self.max_timestamp(),
+                // Compaction keeps the batch's maxTimestamp when it removes records.
+                Deltas::Increasing { .. } => walk.max_timestamp <= self.max_timestamp(),
+            };
+            if !consistent {
+                return Err(BatchError::MaxTimestampMismatch {
+                    header: self.max_timestamp(),
+                    actual: walk.max_timestamp,
+                });
+            }
+        }
+        if require_keys && let Some(index) = walk.first_null_key {
+            return Err(BatchError::MissingKey { index });
         }
         Ok(())
     }
 
     /// Decodes the records one by one to find and describe what the lean walk refused; returns
-    /// the count and max timestamp when every record is fine.
-    fn explain_records(&self, records: &Records<'_>, count: i32) -> Result<(i32, i64), BatchError> {
-        let mut seen: i32 = 0;
-        let mut max_timestamp = i64::MIN;
+    /// the walk's result when every record is fine.
+    fn explain_records(
+        &self,
+        records: &Records<'_>,
+        count: i32,
+        deltas: Deltas,
+    ) -> Result<Walk, BatchError> {
+        let mut walk = Walk { seen: 0, max_timestamp: i64::MIN, first_null_key: None };
+        let mut previous: i64 = -1;
         for record in records.iter() {
             let record = record?;
+            let seen = walk.seen;
             if seen == count {
                 return Err(BatchError::RecordCountMismatch { header: count, actual: seen + 1 });
             }
-            if record.offset_delta != seen {
-                return Err(BatchError::OffsetDeltaMismatch {
-                    what: format!("record {seen} offsetDelta"),
-                    expected: i64::from(seen),
-                    actual: i64::from(record.offset_delta),
-                });
+            let delta = i64::from(record.offset_delta);
+            match deltas {
+                Deltas::Contiguous if delta != i64::from(seen) => {
+                    return Err(BatchError::OffsetDeltaMismatch {
+                        what: format!("record {seen} offsetDelta"),
+                        expected: i64::from(seen),
+                        actual: delta,
+                    });
+                }
+                Deltas::Increasing { last } if delta <= previous || delta > i64::from(last) => {
+                    return Err(BatchError::OffsetDeltaMismatch {
+                        what: format!(
+                            "record {seen} offsetDelta (must exceed the previous {previous} and be at most lastOffsetDelta {last})"
+                        ),
+                        expected: previous + 1,
+                        actual: delta,
+                    });
+                }
+                _ => {}
             }
-            max_timestamp = max_timestamp.max(record.timestamp);
-            seen += 1;
+            previous = delta;
+            if record.key.is_none() && walk.first_null_key.is_none() {
+                walk.first_null_key = Some(seen);
+            }
+            walk.max_timestamp = walk.max_timestamp.max(record.timestamp);
+            walk.seen += 1;
         }
-        Ok((seen, max_timestamp))
+        Ok(walk)
     }
 
     /// The records section, decompressed when needed (to at most
@@ -453,10 +540,11 @@ pub struct RecordIter<'a> {
     base_timestamp: i64,
 }
 
-impl<'a> Iterator for RecordIter<'a> {
-    type Item = Result<Record<'a>, BatchError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> RecordIter<'a> {
+    /// The next record with its encoded bytes (length prefix included), which stay valid in a
+    /// batch with the same base offset and base timestamp: the cleaner copies kept records
+    /// this way, without re-encoding them.
+    pub(crate) fn next_with_bytes(&mut self) -> Option<Result<(Record<'a>, &'a [u8]), BatchError>> {
         if self.rest.is_empty() {
             return None;
         }
@@ -464,14 +552,23 @@ impl<'a> Iterator for RecordIter<'a> {
         self.index += 1;
         match decode_record(self.rest, self.base_offset, self.base_timestamp) {
             Ok((record, used)) => {
-                self.rest = &self.rest[used..];
-                Some(Ok(record))
+                let (bytes, rest) = self.rest.split_at(used);
+                self.rest = rest;
+                Some(Ok((record, bytes)))
             }
             Err(reason) => {
                 self.rest = &[];
                 Some(Err(BatchError::MalformedRecord { index, reason }))
             }
         }
+    }
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<Record<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_with_bytes().map(|r| r.map(|(record, _)| record))
     }
 }
 
@@ -570,14 +667,15 @@ fn decode_record<'a>(
 
 /// The validation walk over a records section: checks every record's framing exactly as
 /// [`decode_record`] does (lengths, varints, UTF-8 header keys, no bytes left over) and that
-/// offset deltas run 0, 1, 2, ..., without building records. Returns the number of records and
-/// the largest timestamp, or `None` at the first problem (or at record `count`, one too many).
-fn check_records(data: &[u8], count: i32, base_timestamp: i64) -> Option<(i32, i64)> {
+/// offset deltas run as `deltas` says, without building records. Returns the number of records,
+/// the largest timestamp and the first keyless record, or `None` at the first problem (or at
+/// record `count`, one too many).
+fn check_records(data: &[u8], count: i32, base_timestamp: i64, deltas: Deltas) -> Option<Walk> {
     let mut pos = 0usize;
-    let mut seen: i32 = 0;
-    let mut max_timestamp = i64::MIN;
+    let mut walk = Walk { seen: 0, max_timestamp: i64::MIN, first_null_key: None };
+    let mut previous: i32 = -1;
     while pos < data.len() {
-        if seen == count {
+        if walk.seen == count {
             return None;
         }
         let length = usize::try_from(varint_at(data, &mut pos)?).ok()?;
@@ -585,10 +683,18 @@ fn check_records(data: &[u8], count: i32, base_timestamp: i64) -> Option<(i32, i
         let body = &data[..end];
         pos += 1; // attributes
         let timestamp_delta = varlong_at(body, &mut pos)?;
-        if varint_at(body, &mut pos)? != seen {
+        let delta = varint_at(body, &mut pos)?;
+        let delta_ok = match deltas {
+            Deltas::Contiguous => delta == walk.seen,
+            Deltas::Increasing { last } => delta > previous && delta <= last,
+        };
+        if !delta_ok {
             return None;
         }
-        skip_nullable(body, &mut pos)?; // key
+        previous = delta;
+        if skip_nullable(body, &mut pos)? && walk.first_null_key.is_none() {
+            walk.first_null_key = Some(walk.seen);
+        }
         skip_nullable(body, &mut pos)?; // value
         let headers = varint_at(body, &mut pos)?;
         for _ in 0..usize::try_from(headers).ok()? {
@@ -601,10 +707,10 @@ fn check_records(data: &[u8], count: i32, base_timestamp: i64) -> Option<(i32, i
         if pos != end {
             return None;
         }
-        max_timestamp = max_timestamp.max(base_timestamp.wrapping_add(timestamp_delta));
-        seen += 1;
+        walk.max_timestamp = walk.max_timestamp.max(base_timestamp.wrapping_add(timestamp_delta));
+        walk.seen += 1;
     }
-    Some((seen, max_timestamp))
+    Some(walk)
 }
 
 /// Reads a zig-zag varint at `*pos` of `buf` (one-byte values on a fast path).
@@ -633,15 +739,15 @@ fn varlong_at(buf: &[u8], pos: &mut usize) -> Option<i64> {
     Some(v)
 }
 
-/// Skips a varint length (-1 for null) and that many bytes.
+/// Skips a varint length (-1 for null) and that many bytes; true when the field was null.
 #[inline]
-fn skip_nullable(buf: &[u8], pos: &mut usize) -> Option<()> {
+fn skip_nullable(buf: &[u8], pos: &mut usize) -> Option<bool> {
     match varint_at(buf, pos)? {
-        -1 => Some(()),
+        -1 => Some(true),
         len if len < 0 => None,
         len => {
             *pos = pos.checked_add(len as usize).filter(|&e| e <= buf.len())?;
-            Some(())
+            Some(false)
         }
     }
 }
@@ -684,6 +790,50 @@ impl<'a> Iterator for BatchIter<'a> {
     }
 }
 
+/// A copy of `batch` holding only `records`: the encoded bytes of some of its records, in
+/// order, as [`RecordIter::next_with_bytes`] returned them (their offset and timestamp deltas
+/// stay valid, as the base offset and base timestamp are kept). The records section is
+/// compressed again with the batch's codec; every header field but `batchLength`,
+/// `recordsCount` and the CRC is kept, `lastOffsetDelta` and `maxTimestamp` included, so the
+/// batch still covers the same offsets and keeps its age.
+///
+/// # Errors
+/// [`BatchError::UnsupportedCompression`] for a codec this log does not write.
+pub(crate) fn rebuild(batch: &RecordBatch<'_>, records: &[&[u8]]) -> Result<Vec<u8>, BatchError> {
+    let codec = batch.compression()?;
+    let plain: Vec<u8> = records.concat();
+    let section = match codec {
+        Compression::None => plain,
+        codec => codec.compress(&plain),
+    };
+    let count = i32::try_from(records.len()).unwrap_or(i32::MAX);
+    let mut out = Vec::with_capacity(BATCH_HEADER_LEN + section.len());
+    out.extend_from_slice(&batch.as_bytes()[..BATCH_HEADER_LEN]);
+    out.extend_from_slice(&section);
+    finish_header(&mut out, batch.attributes(), count);
+    Ok(out)
+}
+
+/// A batch with no records that keeps `batch`'s offsets (`baseOffset`, `lastOffsetDelta`),
+/// leader epoch, timestamps and producer fields, uncompressed. Kafka keeps such batches where a
+/// batch's records all went but its offsets or producer sequence must stay visible.
+pub(crate) fn emptied(batch: &RecordBatch<'_>) -> Vec<u8> {
+    let mut out = batch.as_bytes()[..BATCH_HEADER_LEN].to_vec();
+    finish_header(&mut out, batch.attributes() & !COMPRESSION_MASK, 0);
+    out
+}
+
+/// Sets `batchLength` from the buffer's length, `attributes`, `recordsCount` and the CRC of a
+/// batch laid out in `buf`.
+fn finish_header(buf: &mut [u8], attributes: i16, count: i32) {
+    let length = i32::try_from(buf.len() - LOG_OVERHEAD).unwrap_or(i32::MAX);
+    buf[LENGTH_POS..LENGTH_POS + 4].copy_from_slice(&length.to_be_bytes());
+    buf[ATTRIBUTES_POS..ATTRIBUTES_POS + 2].copy_from_slice(&attributes.to_be_bytes());
+    buf[RECORDS_COUNT_POS..RECORDS_COUNT_POS + 4].copy_from_slice(&count.to_be_bytes());
+    let crc = crc32c(&buf[ATTRIBUTES_POS..]);
+    buf[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Writes `base_offset` and `leader_epoch` into the header of the batch at the front of `buf`.
 /// Both fields are outside the CRC, so the batch stays valid.
 ///
@@ -712,20 +862,29 @@ mod tests {
     use crate::builder::{RecordBatchBuilder, RecordHeader};
     use proptest::prelude::*;
 
-    /// What the full decoder says about a records section: count and max timestamp, or refusal.
-    fn decoded(data: &[u8], count: i32, base_timestamp: i64) -> Option<(i32, i64)> {
+    /// What the full decoder says about a records section: count, max timestamp and first
+    /// keyless record, or refusal.
+    fn decoded(data: &[u8], count: i32, base_timestamp: i64, deltas: Deltas) -> Option<Walk> {
         let records = Records { data: Cow::Borrowed(data), count, base_offset: 0, base_timestamp };
-        let mut seen = 0;
-        let mut max = i64::MIN;
+        let mut walk = Walk { seen: 0, max_timestamp: i64::MIN, first_null_key: None };
+        let mut previous = -1;
         for r in records.iter() {
             let r = r.ok()?;
-            if seen == count || r.offset_delta != seen {
+            let delta_ok = match deltas {
+                Deltas::Contiguous => r.offset_delta == walk.seen,
+                Deltas::Increasing { last } => r.offset_delta > previous && r.offset_delta <= last,
+            };
+            if walk.seen == count || !delta_ok {
                 return None;
             }
-            max = max.max(r.timestamp);
-            seen += 1;
+            previous = r.offset_delta;
+            if r.key.is_none() && walk.first_null_key.is_none() {
+                walk.first_null_key = Some(walk.seen);
+            }
+            walk.max_timestamp = walk.max_timestamp.max(r.timestamp);
+            walk.seen += 1;
         }
-        Some((seen, max))
+        Some(walk)
     }
 
     proptest! {
@@ -744,16 +903,18 @@ mod tests {
         fn lean_walk_agrees_with_the_decoder(
             records in proptest::collection::vec(
                 (any::<i16>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
-                 proptest::option::of("[a-zé]{0,3}")),
+                 proptest::option::of("[a-zé]{0,3}"), any::<bool>()),
                 1..20),
             edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
             count_delta in -1i32..=1,
+            increasing in proptest::option::of(0i32..40),
         ) {
             let mut b = RecordBatchBuilder::new(Compression::None);
-            for (ts, value, header) in &records {
+            for (ts, value, header, keyed) in &records {
                 let headers: Vec<RecordHeader> =
                     header.iter().map(|k| RecordHeader { key: k.clone(), value: None }).collect();
-                b.append(i64::from(*ts), None, value.as_deref(), &headers);
+                let key = keyed.then_some(&b"k"[..]);
+                b.append(i64::from(*ts), key, value.as_deref(), &headers);
             }
             let built = b.build();
             let mut data = built[BATCH_HEADER_LEN..].to_vec();
@@ -763,7 +924,11 @@ mod tests {
             }
             let count = records.len() as i32 + count_delta;
             let base = i64::from(records[0].0);
-            prop_assert_eq!(check_records(&data, count, base), decoded(&data, count, base));
+            let deltas = increasing.map_or(Deltas::Contiguous, |last| Deltas::Increasing { last });
+            prop_assert_eq!(
+                check_records(&data, count, base, deltas),
+                decoded(&data, count, base, deltas)
+            );
         }
     }
 }

@@ -17,6 +17,56 @@ pub enum FlushPolicy {
     IntervalMs(u64),
 }
 
+/// `cleanup.policy`: what happens to old records. `delete` removes whole old segments by
+/// `retention.ms` and `retention.bytes`; `compact` keeps the latest record of every key (see
+/// [`crate::Log::clean`]); both may be on (`compact,delete`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CleanupPolicy {
+    /// Retention by time and size deletes old segments.
+    pub delete: bool,
+    /// The log cleaner compacts the log; producers must key every record.
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    /// `delete`, the default.
+    pub const DELETE: CleanupPolicy = CleanupPolicy { delete: true, compact: false };
+    /// `compact`: no retention by time or size.
+    pub const COMPACT: CleanupPolicy = CleanupPolicy { delete: false, compact: true };
+    /// `compact,delete`: compacted, and old segments deleted by retention as well.
+    pub const COMPACT_DELETE: CleanupPolicy = CleanupPolicy { delete: true, compact: true };
+
+    /// Parses Kafka's comma-separated list: `delete`, `compact`, `compact,delete` (in any order,
+    /// spaces allowed around the commas).
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut policy = CleanupPolicy { delete: false, compact: false };
+        for part in value.split(',').map(str::trim) {
+            match part {
+                "delete" => policy.delete = true,
+                "compact" => policy.compact = true,
+                _ => return None,
+            }
+        }
+        Some(policy)
+    }
+
+    /// The policy as Kafka writes it: `delete`, `compact`, `compact,delete`, or empty.
+    pub fn name(self) -> &'static str {
+        match (self.compact, self.delete) {
+            (false, true) => "delete",
+            (true, false) => "compact",
+            (true, true) => "compact,delete",
+            (false, false) => "",
+        }
+    }
+}
+
+impl Default for CleanupPolicy {
+    fn default() -> Self {
+        CleanupPolicy::DELETE
+    }
+}
+
 /// Settings of one partition log. `Default` gives Kafka's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
@@ -35,6 +85,16 @@ pub struct LogConfig {
     pub retention_bytes: Option<u64>,
     /// When to fsync.
     pub flush: FlushPolicy,
+    /// `cleanup.policy`: retention by time and size only with `delete`; the cleaner only with
+    /// `compact`, which also makes appends refuse records without a key.
+    pub cleanup_policy: CleanupPolicy,
+    /// `delete.retention.ms`: how long the cleaner keeps a tombstone (a record with a null
+    /// value), counted from its batch's max timestamp, so that consumers reading the log have
+    /// time to see the delete.
+    pub delete_retention_ms: u64,
+    /// `min.compaction.lag.ms`: the cleaner leaves alone segments holding a record younger
+    /// than this.
+    pub min_compaction_lag_ms: u64,
 }
 
 /// Largest `segment.bytes`: positions in the offset index are 32-bit.
@@ -52,6 +112,9 @@ impl Default for LogConfig {
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
             flush: FlushPolicy::PageCache,
+            cleanup_policy: CleanupPolicy::DELETE,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_compaction_lag_ms: 0,
         }
     }
 }
@@ -79,6 +142,14 @@ impl LogConfig {
                 i32::MAX
             ));
         }
+        for (name, value) in [
+            ("delete.retention.ms", self.delete_retention_ms),
+            ("min.compaction.lag.ms", self.min_compaction_lag_ms),
+        ] {
+            if i64::try_from(value).is_err() {
+                return bad(format!("{name} {value} must be at most {}", i64::MAX));
+            }
+        }
         if self.flush == FlushPolicy::IntervalMs(0) {
             return bad(
                 "flush interval must be positive (use every-append to sync each write)".into()
@@ -101,10 +172,31 @@ mod tests {
             (LogConfig { segment_ms: Some(0), ..Default::default() }, "segment.ms"),
             (LogConfig { max_batch_bytes: 3, ..Default::default() }, "max.message.bytes"),
             (LogConfig { flush: FlushPolicy::IntervalMs(0), ..Default::default() }, "flush"),
+            (
+                LogConfig { delete_retention_ms: u64::MAX, ..Default::default() },
+                "delete.retention.ms",
+            ),
+            (
+                LogConfig { min_compaction_lag_ms: 1 << 63, ..Default::default() },
+                "min.compaction.lag.ms",
+            ),
         ];
         for (config, name) in cases {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(name), "{err} should name {name}");
+        }
+    }
+
+    #[test]
+    fn cleanup_policies_parse_in_any_order() {
+        assert_eq!(CleanupPolicy::parse("delete"), Some(CleanupPolicy::DELETE));
+        assert_eq!(CleanupPolicy::parse("compact"), Some(CleanupPolicy::COMPACT));
+        assert_eq!(CleanupPolicy::parse("compact,delete"), Some(CleanupPolicy::COMPACT_DELETE));
+        assert_eq!(CleanupPolicy::parse("delete, compact"), Some(CleanupPolicy::COMPACT_DELETE));
+        assert_eq!(CleanupPolicy::parse("forever"), None);
+        for policy in [CleanupPolicy::DELETE, CleanupPolicy::COMPACT, CleanupPolicy::COMPACT_DELETE]
+        {
+            assert_eq!(CleanupPolicy::parse(policy.name()), Some(policy));
         }
     }
 }

@@ -109,6 +109,15 @@ pub enum BatchError {
         /// What went wrong.
         reason: String,
     },
+    /// A record has no key, and the log is compacted (`cleanup.policy=compact`): compaction
+    /// keeps the latest record per key, so every record must have one.
+    #[error(
+        "record {index} has no key: a compacted topic (cleanup.policy=compact) needs a key on every record"
+    )]
+    MissingKey {
+        /// Position of the first keyless record in the batch, from 0.
+        index: i32,
+    },
     /// A batch feature this log does not accept from producers (transactions, control batches).
     #[error("unsupported batch feature: {what}")]
     Unsupported {

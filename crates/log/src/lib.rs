@@ -2,7 +2,7 @@
 //!
 //! Each partition replica is a directory of segment files holding Kafka RecordBatch v2 batches
 //! back to back, with sparse offset and time indexes, a leader-epoch checkpoint, crash
-//! recovery, truncation and retention. This crate has no network code: the storage broker
+//! recovery, truncation, retention and compaction ([`Log::clean`]). This crate has no network code: the storage broker
 //! wires it to gRPC and to `sendfile(2)` through [`FileRegion`].
 //!
 //! ```
@@ -26,6 +26,7 @@
 
 pub mod batch;
 mod builder;
+mod cleaner;
 mod clock;
 mod compression;
 mod config;
@@ -39,9 +40,13 @@ pub mod varint;
 
 pub use batch::{Header, Record, RecordBatch, Records, TimestampType, Validation};
 pub use builder::{RecordBatchBuilder, RecordHeader};
+pub use cleaner::{
+    CLEANER_CHECKPOINT_FILE, CleanOptions, CleanOutcome, CleanStep, CleanableStats,
+    DEFAULT_OFFSET_MAP_BYTES, Throttle,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compression::Compression;
-pub use config::{FlushPolicy, LogConfig};
+pub use config::{CleanupPolicy, FlushPolicy, LogConfig};
 pub use epoch::{EpochEntry, LeaderEpochCache};
 pub use error::{BatchError, LogError};
 pub use log::{

@@ -5,7 +5,10 @@
 //! writer at a time. Batch bytes are written to the file *before* they are published in
 //! `state` (segment sizes, indexes, log end offset) under its write lock; readers take the read
 //! lock, see only published sizes, and so never observe a partially written batch. Bytes below
-//! a published size never change except through truncation, which holds the write lock.
+//! a published size never change except through truncation, which holds the write lock. The
+//! cleaner (see `cleaner.rs`) writes compacted copies of closed segments without any lock and
+//! takes the writer mutex only to swap them in: a segment is replaced whole by a new file, and
+//! readers holding the old one keep reading it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,6 +22,10 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::batch::{BatchIter, LEADER_EPOCH_POS, RecordBatch, TimestampType, Validation, batches};
+use crate::cleaner::{
+    self, CLEANER_CHECKPOINT_FILE, CleanOptions, CleanOutcome, CleanStep, CleanableStats,
+    GroupStats, Interrupt, SegmentView, Throttle,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{FlushPolicy, LogConfig};
 use crate::epoch::{EpochEntry, LeaderEpochCache, sync_dir};
@@ -192,6 +199,9 @@ struct State {
     log_start_offset: i64,
     log_end_offset: i64,
     epochs: LeaderEpochCache,
+    /// Bumped by every truncation: a clean planned before one must not swap anything in, as
+    /// the records its offset map relies on may be gone (or rewritten).
+    truncations: u64,
 }
 
 impl State {
@@ -223,6 +233,11 @@ pub struct Log {
     /// (a failed write or fsync): the log then refuses every change, as Kafka takes the log
     /// directory offline.
     offline: Arc<OnceLock<String>>,
+    /// The cleaner checkpoint: below it the log holds each key at most once. Raised after a
+    /// cleaned segment is swapped in, lowered by truncation (both under the writer mutex).
+    cleaned_to: RecoveryPoint,
+    /// Held for a whole [`Log::clean`]: one clean of a log at a time.
+    cleaning: Mutex<()>,
     writer: Mutex<Writer>,
     state: RwLock<State>,
 }
@@ -267,6 +282,9 @@ impl Log {
             sync_dir(&dir)?;
         }
         let now = clock.now_ms();
+        // A clean interrupted by a crash: its uncommitted files go, a committed swap is
+        // completed, before the segments are listed.
+        cleaner::recover(&dir, config.index_interval_bytes)?;
         let recovery_point = RecoveryPoint::load(&dir)?;
         let scan_from = if clean { None } else { Some(recovery_point.get()) };
         let mut segments = recover_segments(&dir, &config, scan_from)?;
@@ -283,6 +301,8 @@ impl Log {
         let log_end_offset = active.next_offset;
         // Offsets past what recovery kept are not on disk, whatever the file said.
         recovery_point.lower(log_end_offset)?;
+        let cleaned_to = RecoveryPoint::load_file(&dir, CLEANER_CHECKPOINT_FILE)?;
+        cleaned_to.lower(log_end_offset)?;
         let mut epochs = LeaderEpochCache::load(&dir)?;
         epochs.truncate_from_end(log_end_offset)?;
         epochs.truncate_from_start(log_start_offset)?;
@@ -301,6 +321,8 @@ impl Log {
             recovery_point: Arc::new(recovery_point),
             flushed,
             offline: Arc::new(OnceLock::new()),
+            cleaned_to,
+            cleaning: Mutex::new(()),
             writer: Mutex::new(Writer { last_flush_ms: now, sync_chain: None, closed: false }),
             state: RwLock::new(State {
                 config,
@@ -308,6 +330,7 @@ impl Log {
                 log_start_offset,
                 log_end_offset,
                 epochs,
+                truncations: 0,
             }),
         })
     }
@@ -377,17 +400,28 @@ impl Log {
     }
 
     /// Appends batches sent by a producer to the leader: `batches` holds one or more v2 batches
-    /// back to back. Every batch is fully validated first; then offsets are assigned from the
+    /// back to back. Every batch is fully validated first (offset deltas must run 0..n-1; on a
+    /// compacted log every record must have a key); then offsets are assigned from the
     /// log end offset and `leader_epoch` is stamped, by rewriting the two header fields that lie
     /// outside the CRC, and all batches are written with one vectored write. All or nothing.
     ///
     /// # Errors
-    /// [`LogError::InvalidBatch`] for the first bad batch (nothing written),
+    /// [`LogError::InvalidBatch`] for the first bad batch (nothing written; a keyless record
+    /// on a compacted log is [`BatchError::MissingKey`]),
     /// [`LogError::EpochRegression`] when `leader_epoch` is older than the log's latest epoch
     /// (a deposed leader), [`LogError::Io`] when the write fails.
     pub fn append(&self, batches: &[u8], leader_epoch: i32) -> Result<AppendInfo, LogError> {
-        let max_batch_bytes = self.read_state().config.max_batch_bytes;
-        let pending = parse_all(batches, |b| b.validate(max_batch_bytes, Validation::Full))?;
+        let (max_batch_bytes, compacted) = {
+            let config = self.read_state().config;
+            (config.max_batch_bytes, config.cleanup_policy.compact)
+        };
+        let pending = parse_all(batches, |b| {
+            if compacted {
+                b.validate_keyed(max_batch_bytes)
+            } else {
+                b.validate(max_batch_bytes, Validation::Full)
+            }
+        })?;
         let mut w = self.lock_writer()?;
         if let Some(latest) = self.read_state().epochs.latest()
             && leader_epoch < latest.epoch
@@ -434,7 +468,9 @@ impl Log {
 
     /// Appends batches fetched from the leader, as they are: offsets and leader epochs are
     /// kept. Checks framing, size and CRC of each batch, that offsets only grow from the log
-    /// end offset, and that epochs never go back.
+    /// end offset, and that epochs never go back. Gaps are accepted, inside a batch and between
+    /// batches (the leader compacted its log): a first batch may start past the log end, and
+    /// the log end becomes the last batch's last offset + 1.
     ///
     /// # Errors
     /// [`LogError::InvalidBatch`], [`LogError::NonContiguousAppend`] when the first batch starts
@@ -853,9 +889,11 @@ impl Log {
                 return Ok(offset);
             }
             let seg = st.segments.range(..=offset).next_back().expect("offset >= log start").1;
-            // The batch containing `offset` goes whole.
+            // The batch containing `offset` goes whole. In a compacted log it may start past
+            // `offset` (the records between were removed): the log then ends where the batch
+            // before it ended, found once the holder is cut.
             let (cut, end) = match seg.find_batch(offset, seg.lookup_position(offset))? {
-                Some(h) => (h.position, h.base_offset),
+                Some(h) => (h.position, h.base_offset.min(offset)),
                 None => (seg.size, seg.next_offset),
             };
             (seg.base_offset, cut, end, st.log_end_offset)
@@ -867,6 +905,7 @@ impl Log {
         self.recovery_point.lower(end)?;
         {
             let mut st = self.write_state();
+            st.truncations += 1;
             let doomed: Vec<i64> = st.segments.range(holder + 1..).map(|(&b, _)| b).rev().collect();
             for base in doomed {
                 st.segments.remove(&base);
@@ -881,9 +920,14 @@ impl Log {
         if seg.is_empty() {
             seg.roll_base_ms = None;
         }
+        // At most `end`: below it when the batch before the cut ends in a compacted gap.
+        let end = seg.next_offset;
         st.log_end_offset = end;
         st.epochs.truncate_from_end(end)?;
         drop(st);
+        // (A crash before these lines is fine: open lowers both to the log end it finds.)
+        self.recovery_point.lower(end)?;
+        self.cleaned_to.lower(end)?;
         self.flushed.fetch_min(end, Ordering::AcqRel);
         warn!(dir = %self.dir.display(), requested = offset, from = before, to = end, "truncated log");
         Ok(end)
@@ -903,6 +947,7 @@ impl Log {
     fn reset_to(&self, w: &mut Writer, offset: i64) -> Result<(), LogError> {
         self.join_syncs(w)?;
         let mut st = self.write_state();
+        st.truncations += 1;
         // Newest first: a crash part way leaves an older prefix of the log, never a hole.
         let old: Vec<i64> = st.segments.keys().rev().copied().collect();
         for base in old {
@@ -915,6 +960,7 @@ impl Log {
         st.log_end_offset = offset;
         st.epochs.clear()?;
         self.recovery_point.set(offset)?;
+        self.cleaned_to.set(offset)?;
         self.flushed.store(offset, Ordering::Release);
         warn!(dir = %self.dir.display(), offset, "emptied log");
         Ok(())
@@ -922,7 +968,9 @@ impl Log {
 
     /// Deletes the oldest closed segments that are past `retention.ms` (their newest record is
     /// older) or that the log can lose while staying at least `retention.bytes` large, and
-    /// moves the log start offset up. Never deletes the active segment.
+    /// moves the log start offset up. Never deletes the active segment. Does nothing unless
+    /// `cleanup.policy` includes `delete` (a `compact` log keeps every key's latest record
+    /// forever).
     ///
     /// # Errors
     /// [`LogError::Io`] when a file cannot be deleted.
@@ -935,7 +983,7 @@ impl Log {
             st.segments.values().map(|s| s.size).sum::<u64>().saturating_sub(limit)
         });
         let mut outcome = RetentionOutcome::default();
-        let closed = st.segments.len() - 1;
+        let closed = if config.cleanup_policy.delete { st.segments.len() - 1 } else { 0 };
         for seg in st.segments.values().take(closed) {
             let expired = config.retention_ms.is_some_and(|ms| {
                 !seg.is_empty() && now.saturating_sub(seg.max_timestamp) > ms as i64
@@ -969,6 +1017,273 @@ impl Log {
         }
         outcome.log_start_offset = start;
         Ok(outcome)
+    }
+
+    /// The part of the log a [`Log::clean`] with `options` would consider (closed segments
+    /// below the upper bound and older than `min.compaction.lag.ms`) and how much of it is
+    /// dirty (at or past the cleaner checkpoint). A broker compares
+    /// [`CleanableStats::dirty_ratio`] with `min.cleanable.dirty.ratio`.
+    pub fn cleanable(&self, options: &CleanOptions) -> CleanableStats {
+        let st = self.read_state();
+        self.cleanable_segments(&st, options).1
+    }
+
+    /// The cleanable segments, oldest first, and their statistics.
+    fn cleanable_segments(
+        &self,
+        st: &State,
+        options: &CleanOptions,
+    ) -> (Vec<SegmentView>, CleanableStats) {
+        let lag = i64::try_from(st.config.min_compaction_lag_ms).unwrap_or(i64::MAX);
+        let closed = st.segments.len() - 1;
+        let mut views = Vec::new();
+        for seg in st.segments.values().take(closed) {
+            let too_young = lag > 0 && seg.max_timestamp > options.now_ms.saturating_sub(lag);
+            let uncommitted = options.upper_bound.is_some_and(|bound| seg.next_offset > bound);
+            if too_young || uncommitted {
+                break;
+            }
+            views.push(SegmentView {
+                base_offset: seg.base_offset,
+                file: Arc::clone(&seg.file),
+                size: seg.size,
+                next_offset: seg.next_offset,
+            });
+        }
+        let uncleanable = views.last().map_or(st.log_start_offset, |v| v.next_offset);
+        let first_dirty = self.cleaned_to.get().clamp(st.log_start_offset, uncleanable);
+        let (mut clean_bytes, mut dirty_bytes) = (0, 0);
+        for v in &views {
+            if v.next_offset <= first_dirty {
+                clean_bytes += v.size;
+            } else {
+                dirty_bytes += v.size;
+            }
+        }
+        let stats = CleanableStats {
+            first_dirty_offset: first_dirty,
+            first_uncleanable_offset: uncleanable,
+            clean_bytes,
+            dirty_bytes,
+        };
+        (views, stats)
+    }
+
+    /// Compacts the log (`cleanup.policy=compact`, as Kafka's log cleaner does): over the
+    /// closed segments below [`CleanOptions::upper_bound`] and older than
+    /// `min.compaction.lag.ms` (never the active segment), keeps only the latest record of each
+    /// key, and drops tombstones (null values) whose batch max timestamp is at least
+    /// `delete.retention.ms` before [`CleanOptions::now_ms`]. Records keep their offsets, so a
+    /// compacted log has gaps; the log start and end offsets do not change. Records without a
+    /// key (which a compacted log refuses from producers) are kept.
+    ///
+    /// The reading and rewriting run without the log's locks, at the pace `throttle` allows;
+    /// appends and reads go on meanwhile. Each cleaned segment (several small ones are merged,
+    /// up to `segment.bytes`) is swapped in under the writer mutex, crash-safely: it is written
+    /// under a temporary name, synced, renamed as the swap's commit point, and the old
+    /// segments deleted; [`Log::open`] completes or discards an interrupted swap. If the
+    /// segments changed meanwhile (retention or truncation), or the throttle is cancelled, the
+    /// clean stops there and says so in [`CleanOutcome::abandoned`].
+    ///
+    /// # Errors
+    /// [`LogError::Closed`] when the log is (or was meanwhile) closed or deleted,
+    /// [`LogError::Offline`], [`LogError::Corrupt`] when a segment holds damaged batches (the
+    /// clean stops; nothing is changed), [`LogError::Io`].
+    pub fn clean(
+        &self,
+        options: &CleanOptions,
+        throttle: &Throttle,
+    ) -> Result<CleanOutcome, LogError> {
+        let _cleaning = match self.cleaning.try_lock() {
+            Ok(guard) => guard,
+            // A clean that panicked left nothing half done in memory: the state is only
+            // changed by a completed swap.
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Ok(CleanOutcome {
+                    cleaned_to: self.cleaned_to.get(),
+                    abandoned: Some("another clean of this log is running".into()),
+                    ..CleanOutcome::default()
+                });
+            }
+        };
+        drop(self.lock_writer()?);
+        let (views, stats, config, generation) = {
+            let st = self.read_state();
+            let (views, stats) = self.cleanable_segments(&st, options);
+            (views, stats, st.config, st.truncations)
+        };
+        let mut outcome =
+            CleanOutcome { cleaned_to: stats.first_dirty_offset, ..CleanOutcome::default() };
+        if !config.cleanup_policy.compact {
+            outcome.abandoned = Some("cleanup.policy does not include compact".into());
+            return Ok(outcome);
+        }
+        if stats.dirty_bytes == 0 {
+            return Ok(outcome);
+        }
+        let map = match cleaner::build_offset_map(
+            &views,
+            stats.first_dirty_offset,
+            options.offset_map_bytes,
+            throttle,
+        ) {
+            Ok(map) => map,
+            Err(Interrupt::Cancelled) => {
+                outcome.abandoned = Some("cancelled".into());
+                return Ok(outcome);
+            }
+            Err(Interrupt::Failed(e)) => {
+                return self.clean_failed(e, &views, generation, outcome);
+            }
+        };
+        let mapped = views.partition_point(|v| v.next_offset <= map.end);
+        for group in cleaner::groups(&views, map.end, config.segment_bytes) {
+            let base = group[0].base_offset;
+            // The group and every later mapped segment: the map's newer records live there.
+            let start = views.partition_point(|v| v.base_offset < base);
+            let mut counts = GroupStats::default();
+            let cleaned = cleaner::clean_group(
+                &self.dir,
+                group,
+                &map,
+                &config,
+                options.now_ms,
+                throttle,
+                &mut counts,
+            );
+            let segment = match cleaned {
+                Ok(segment) => segment,
+                Err(interrupt) => {
+                    cleaner::discard(&self.dir, base);
+                    return match interrupt {
+                        Interrupt::Cancelled => {
+                            outcome.abandoned = Some("cancelled".into());
+                            Ok(outcome)
+                        }
+                        Interrupt::Failed(e) => {
+                            self.clean_failed(e, &views[start..mapped], generation, outcome)
+                        }
+                    };
+                }
+            };
+            let bytes_after = segment.size;
+            if !self.swap_in(&views[start..mapped], group.len(), segment, generation, options)? {
+                outcome.abandoned =
+                    Some(format!("segments from {base} changed while they were cleaned"));
+                return Ok(outcome);
+            }
+            outcome.segments_replaced += group.len();
+            outcome.segments_written += 1;
+            outcome.bytes_before += group.iter().map(|s| s.size).sum::<u64>();
+            outcome.bytes_after += bytes_after;
+            outcome.records_removed += counts.records_removed;
+            outcome.tombstones_removed += counts.tombstones_removed;
+            outcome.cleaned_to = self.cleaned_to.get();
+        }
+        info!(
+            dir = %self.dir.display(),
+            segments = outcome.segments_replaced,
+            bytes_before = outcome.bytes_before,
+            bytes_after = outcome.bytes_after,
+            records_removed = outcome.records_removed,
+            tombstones_removed = outcome.tombstones_removed,
+            cleaned_to = outcome.cleaned_to,
+            "cleaned log"
+        );
+        Ok(outcome)
+    }
+
+    /// An error met while reading or writing for a clean, as the caller should see it:
+    /// [`LogError::Closed`] when the log was closed or deleted meanwhile (its files may be
+    /// gone), an abandoned clean when the segments it read were truncated or removed meanwhile
+    /// (a read past a cut file fails), else the error.
+    fn clean_failed(
+        &self,
+        e: LogError,
+        views: &[SegmentView],
+        generation: u64,
+        mut outcome: CleanOutcome,
+    ) -> Result<CleanOutcome, LogError> {
+        if let Err(closed @ LogError::Closed(_)) = self.lock_writer() {
+            return Err(closed);
+        }
+        let st = self.read_state();
+        if st.truncations != generation || !segments_unchanged(&st, views) {
+            outcome.abandoned = Some(format!("segments changed while they were cleaned ({e})"));
+            return Ok(outcome);
+        }
+        Err(e)
+    }
+
+    /// Swaps the cleaned `segment` in for the first `group_len` segments of `mapped` under the
+    /// writer mutex, if no truncation happened since the clean was planned (`generation`) and
+    /// every segment of `mapped` (the group and the later segments whose records the offset
+    /// map holds) is still in the log, unchanged and closed. Returns false (and discards the
+    /// cleaned files) when not.
+    fn swap_in(
+        &self,
+        mapped: &[SegmentView],
+        group_len: usize,
+        segment: Segment,
+        generation: u64,
+        options: &CleanOptions,
+    ) -> Result<bool, LogError> {
+        let base = segment.base_offset;
+        let end = segment.next_offset;
+        let step = |at: CleanStep| {
+            if options.crash_after == Some(at) {
+                return Err(self.go_offline(LogError::Offline {
+                    path: self.dir.clone(),
+                    reason: format!("simulated crash after clean step {at:?}"),
+                }));
+            }
+            Ok(())
+        };
+        step(CleanStep::Written)?;
+        let _w = match self.lock_writer() {
+            Ok(w) => w,
+            Err(e) => {
+                cleaner::discard(&self.dir, base);
+                return Err(e);
+            }
+        };
+        let group = &mapped[..group_len.min(mapped.len())];
+        let unchanged = {
+            let st = self.read_state();
+            st.truncations == generation
+                && segments_unchanged(&st, mapped)
+                && group.first().is_some_and(|v| v.base_offset == base)
+                && group.last().is_some_and(|v| v.next_offset == end)
+        };
+        if !unchanged {
+            cleaner::discard(&self.dir, base);
+            return Ok(false);
+        }
+        let (committed, result) = cleaner::commit_swap(&self.dir, base);
+        if let Err(e) = result {
+            if committed {
+                // The swap may be on disk: the next open completes it.
+                return Err(self.go_offline(e));
+            }
+            cleaner::discard(&self.dir, base);
+            return Err(e);
+        }
+        step(CleanStep::Committed)?;
+        let old: Vec<i64> = group.iter().map(|v| v.base_offset).collect();
+        cleaner::finish_swap(&self.dir, base, &old, &step).map_err(|e| match e {
+            e @ LogError::Offline { .. } => e,
+            e => self.go_offline(e),
+        })?;
+        {
+            let mut st = self.write_state();
+            for b in &old {
+                st.segments.remove(b);
+            }
+            st.segments.insert(base, segment);
+        }
+        self.cleaned_to.advance(end)?;
+        Ok(true)
     }
 
     /// Fsyncs the active segment (after waiting for background syncs) before returning.
@@ -1050,7 +1365,18 @@ impl Log {
         let mut w = self.lock_writer()?;
         let _ = self.join_syncs(&mut w); // the files are going away either way
         w.closed = true;
-        fs::remove_dir_all(&self.dir).map_err(io_err("remove", &self.dir))
+        // A clean running meanwhile may create a file while the directory is being emptied
+        // (it stops at its next step, seeing the log closed): try again.
+        let mut attempts = 0;
+        loop {
+            match fs::remove_dir_all(&self.dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && attempts < 5 => {
+                    attempts += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                other => return other.map_err(io_err("remove", &self.dir)),
+            }
+        }
     }
 
     fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>, LogError> {
@@ -1088,6 +1414,16 @@ impl Drop for Log {
             let _ = handle.join();
         }
     }
+}
+
+/// Whether every segment in `views` is still in the log as the cleaner saw it (same file, same
+/// size and offsets) and closed (a later segment exists).
+fn segments_unchanged(st: &State, views: &[SegmentView]) -> bool {
+    views.iter().all(|v| {
+        st.segments.get(&v.base_offset).is_some_and(|s| {
+            Arc::ptr_eq(&s.file, &v.file) && s.size == v.size && s.next_offset == v.next_offset
+        })
+    }) && views.last().is_none_or(|v| st.segments.range(v.next_offset..).next().is_some())
 }
 
 /// Deletes the segments based at `bases`, newest first, and syncs the directory.

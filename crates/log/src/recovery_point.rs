@@ -1,4 +1,5 @@
 //! [`RecoveryPoint`]: the persisted offset below which every segment is known to be on disk.
+//! The same file format also holds the cleaner's checkpoint (see `cleaner.rs`).
 //!
 //! Rolled segments are synced in the background (as Kafka does), so the writer never stalls on
 //! a segment-sized fsync; when a sync completes the recovery point moves up. After an unclean
@@ -27,7 +28,13 @@ impl RecoveryPoint {
     /// Loads the recovery point of the log in `dir`; 0 (scan everything) when absent or
     /// unreadable as a number.
     pub fn load(dir: &Path) -> Result<Self, LogError> {
-        let path = dir.join(RECOVERY_POINT_FILE);
+        Self::load_file(dir, RECOVERY_POINT_FILE)
+    }
+
+    /// Loads an offset checkpoint kept in the same format under another name (the cleaner's
+    /// `cleaner-checkpoint`); 0 when absent or unreadable as a number.
+    pub fn load_file(dir: &Path, name: &str) -> Result<Self, LogError> {
+        let path = dir.join(name);
         let offset = match fs::read_to_string(&path) {
             Ok(text) => text.trim().parse().unwrap_or(0),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,

@@ -59,7 +59,7 @@ pub(crate) struct BatchHeader {
 
 impl BatchHeader {
     /// Reads the header fields of a batch whose first bytes are `buf`.
-    fn parse(buf: &[u8], position: u64) -> Result<Self, String> {
+    pub(crate) fn parse(buf: &[u8], position: u64) -> Result<Self, String> {
         if buf.len() < BATCH_HEADER_LEN {
             return Err(format!("{} bytes left, less than a batch header", buf.len()));
         }
@@ -148,6 +148,12 @@ impl Segment {
         Ok((Self::empty(base_offset, SegmentFile { file, path }), len))
     }
 
+    /// An empty segment over an open `file` whose final name is `path` (the cleaner writes a
+    /// segment under a temporary name and renames it later; the open handle follows).
+    pub(crate) fn from_file(base_offset: i64, file: File, path: PathBuf) -> Self {
+        Self::empty(base_offset, SegmentFile { file, path })
+    }
+
     fn empty(base_offset: i64, file: SegmentFile) -> Self {
         Segment {
             base_offset,
@@ -205,13 +211,21 @@ impl Segment {
 
     /// Writes both index files (without syncing them; see [`Segment::sync`]).
     pub fn write_indexes(&self, dir: &Path) -> Result<(), LogError> {
+        self.write_indexes_as(dir, "").map(|_| ())
+    }
+
+    /// Writes both index files under their names followed by `stage` (e.g. `.cleaned`), without
+    /// syncing them, and returns their paths.
+    pub fn write_indexes_as(&self, dir: &Path, stage: &str) -> Result<[PathBuf; 2], LogError> {
         let pairs =
             [(INDEX_SUFFIX, self.index.encode()), (TIME_INDEX_SUFFIX, self.time_index.encode())];
-        for (suffix, bytes) in pairs {
-            let path = dir.join(segment_file_name(self.base_offset, suffix));
-            fs::write(&path, &bytes).map_err(io_err("write", &path))?;
+        let paths = pairs.each_ref().map(|(suffix, _)| {
+            dir.join(format!("{}{stage}", segment_file_name(self.base_offset, suffix)))
+        });
+        for ((_, bytes), path) in pairs.iter().zip(&paths) {
+            fs::write(path, bytes).map_err(io_err("write", path))?;
         }
-        Ok(())
+        Ok(paths)
     }
 
     /// Fsyncs the data file and both index files of the segment based at `base_offset`.

@@ -146,6 +146,7 @@ fn config() -> LogConfig {
         retention_ms: None,
         retention_bytes: None,
         flush: FlushPolicy::PageCache,
+        ..LogConfig::default()
     }
 }
 

@@ -10,6 +10,33 @@ use tideline_log::LogConfig;
 /// Largest gRPC message the broker accepts or sends (a produce request or fetch response).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Settings of the log cleaner, which compacts the logs of `cleanup.policy=compact` topics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogCleanerConfig {
+    /// How often the cleaner looks for logs to clean (Kafka's `log.cleaner.backoff.ms`).
+    pub interval: Duration,
+    /// Disk bytes per second the cleaner may read and write, over all logs
+    /// (`log.cleaner.io.max.bytes.per.second`).
+    pub io_max_bytes_per_second: u64,
+    /// `min.cleanable.dirty.ratio` for topics that set none: a log is cleaned once this share
+    /// of its cleanable bytes is dirty (`log.cleaner.min.cleanable.ratio`).
+    pub min_cleanable_ratio: f64,
+    /// Memory for the key -> offset map of one clean (`log.cleaner.dedupe.buffer.size`).
+    pub dedupe_buffer_bytes: usize,
+}
+
+impl Default for LogCleanerConfig {
+    /// Kafka's defaults, with 64 MiB/s of I/O.
+    fn default() -> Self {
+        LogCleanerConfig {
+            interval: Duration::from_secs(15),
+            io_max_bytes_per_second: 64 << 20,
+            min_cleanable_ratio: 0.5,
+            dedupe_buffer_bytes: tideline_log::DEFAULT_OFFSET_MAP_BYTES,
+        }
+    }
+}
+
 /// Settings of one broker.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -35,11 +62,13 @@ pub struct BrokerConfig {
     /// How long an acks=all produce waits for the in-sync replicas when the request sets no
     /// timeout.
     pub produce_timeout: Duration,
+    /// The log cleaner (compaction).
+    pub log_cleaner: LogCleanerConfig,
 }
 
 impl BrokerConfig {
-    /// A config with the default log settings, a 30 s retention check and fetch waits capped at
-    /// 30 s.
+    /// A config with the default log settings, a 30 s retention check, fetch waits capped at
+    /// 30 s and the default log cleaner.
     pub fn new(broker_id: i32, data_dir: impl Into<PathBuf>, controllers: Vec<String>) -> Self {
         BrokerConfig {
             broker_id,
@@ -52,6 +81,7 @@ impl BrokerConfig {
             max_fetch_wait: Duration::from_secs(30),
             replica_lag_time_max: Duration::from_secs(30),
             produce_timeout: Duration::from_secs(30),
+            log_cleaner: LogCleanerConfig::default(),
         }
     }
 
@@ -85,6 +115,25 @@ impl BrokerConfig {
         }
         if self.retention_check_interval.is_zero() {
             return Err("retention check interval must be positive".into());
+        }
+        let cleaner = &self.log_cleaner;
+        if cleaner.interval.is_zero() {
+            return Err("log cleaner interval must be positive".into());
+        }
+        if cleaner.io_max_bytes_per_second == 0 {
+            return Err("log cleaner io max bytes per second must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&cleaner.min_cleanable_ratio) {
+            return Err(format!(
+                "log cleaner min cleanable ratio {} must be between 0 and 1",
+                cleaner.min_cleanable_ratio
+            ));
+        }
+        if cleaner.dedupe_buffer_bytes < (1 << 20) {
+            return Err(format!(
+                "log cleaner dedupe buffer size {} must be at least 1 MiB",
+                cleaner.dedupe_buffer_bytes
+            ));
         }
         self.log_defaults.validate().map_err(|e| e.to_string())?;
         if self.log_defaults.max_batch_bytes > MAX_MESSAGE_BYTES - 1024 {

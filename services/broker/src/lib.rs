@@ -2,6 +2,7 @@
 //! lease from the controller quorum, follows its metadata, and serves produce, fetch and offset
 //! lookups over gRPC.
 //!
+//! - [`cleaner`]: the log cleaner, compacting `cleanup.policy=compact` logs.
 //! - [`config`]: the broker's settings.
 //! - [`log_config`]: topic configs to a partition log's `LogConfig`.
 //! - [`membership`]: registration, heartbeats (the lease) and the metadata watch.
@@ -12,6 +13,7 @@
 //! - [`service`]: the `BrokerService` gRPC API.
 #![warn(missing_docs)]
 
+pub mod cleaner;
 pub mod config;
 pub mod log_config;
 pub mod membership;
@@ -32,8 +34,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::BrokerConfig;
 use config::MAX_MESSAGE_BYTES;
+pub use config::{BrokerConfig, LogCleanerConfig};
 use membership::{Lease, MetadataImage, Shared};
 use replicas::ReplicaManager;
 use service::BrokerApi;
@@ -126,6 +128,7 @@ impl Broker {
             tokio::spawn(membership::run_lease(Arc::clone(&shared), stopped.clone())),
             tokio::spawn(membership::run_watch(Arc::clone(&shared), stopped.clone())),
             tokio::spawn(replication::run_isr_maintenance(Arc::clone(&shared), stopped.clone())),
+            tokio::spawn(cleaner::run_cleaner(Arc::clone(&shared), stopped.clone())),
             tokio::spawn(housekeeping(Arc::clone(&shared), stopped)),
         ];
         tracing::info!(broker_id = shared.config.broker_id, %local_addr, data_dir = %shared.config.data_dir.display(), "broker started");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tideline_log::FlushPolicy;
 
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, LogCleanerConfig};
 
 /// Runs one Tideline storage broker.
 #[derive(Debug, Clone, clap::Parser)]
@@ -57,6 +57,29 @@ pub struct Options {
     /// How often retention runs, in ms.
     #[arg(long, env = "TIDELINE_RETENTION_CHECK_INTERVAL_MS", default_value_t = 30_000)]
     pub retention_check_interval_ms: u64,
+    /// How often the log cleaner looks for compacted logs to clean, in ms (Kafka's
+    /// log.cleaner.backoff.ms).
+    #[arg(long, env = "TIDELINE_LOG_CLEANER_INTERVAL_MS", default_value_t = 15_000)]
+    pub log_cleaner_interval_ms: u64,
+    /// Disk bytes per second the log cleaner may read and write, over all logs (Kafka's
+    /// log.cleaner.io.max.bytes.per.second).
+    #[arg(long, env = "TIDELINE_LOG_CLEANER_IO_MAX_BYTES_PER_SECOND", default_value_t = 64 << 20)]
+    pub log_cleaner_io_max_bytes_per_second: u64,
+    /// Default share of dirty bytes at which a compacted log is cleaned, 0 to 1 (topic config
+    /// min.cleanable.dirty.ratio).
+    #[arg(long, env = "TIDELINE_LOG_CLEANER_MIN_CLEANABLE_RATIO", default_value_t = 0.5)]
+    pub log_cleaner_min_cleanable_ratio: f64,
+    /// Default time a compacted log keeps tombstones, in ms (topic config delete.retention.ms).
+    #[arg(long, env = "TIDELINE_LOG_CLEANER_DELETE_RETENTION_MS", default_value_t = 24 * 3600 * 1000)]
+    pub log_cleaner_delete_retention_ms: u64,
+    /// Default minimum age of a record before it may be compacted, in ms (topic config
+    /// min.compaction.lag.ms).
+    #[arg(long, env = "TIDELINE_LOG_CLEANER_MIN_COMPACTION_LAG_MS", default_value_t = 0)]
+    pub log_cleaner_min_compaction_lag_ms: u64,
+    /// Memory for the log cleaner's key -> offset map, in bytes (Kafka's
+    /// log.cleaner.dedupe.buffer.size).
+    #[arg(long, env = "TIDELINE_LOG_CLEANER_DEDUPE_BUFFER_SIZE", default_value_t = 128 << 20)]
+    pub log_cleaner_dedupe_buffer_size: usize,
     /// Log format: text or json.
     #[arg(long, env = "TIDELINE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -90,7 +113,15 @@ impl TryFrom<Options> for (BrokerConfig, SocketAddr) {
         if let Some(ms) = o.log_flush_interval_ms {
             c.log_defaults.flush = FlushPolicy::IntervalMs(ms);
         }
+        c.log_defaults.delete_retention_ms = o.log_cleaner_delete_retention_ms;
+        c.log_defaults.min_compaction_lag_ms = o.log_cleaner_min_compaction_lag_ms;
         c.retention_check_interval = Duration::from_millis(o.retention_check_interval_ms);
+        c.log_cleaner = LogCleanerConfig {
+            interval: Duration::from_millis(o.log_cleaner_interval_ms),
+            io_max_bytes_per_second: o.log_cleaner_io_max_bytes_per_second,
+            min_cleanable_ratio: o.log_cleaner_min_cleanable_ratio,
+            dedupe_buffer_bytes: o.log_cleaner_dedupe_buffer_size,
+        };
         c.replica_lag_time_max = Duration::from_millis(o.replica_lag_time_max_ms);
         c.produce_timeout = Duration::from_millis(o.produce_timeout_ms);
         c.validate()?;
@@ -120,11 +151,18 @@ mod tests {
             "127.0.0.1:0",
             "--log-retention-ms",
             "-1",
+            "--log-cleaner-interval-ms",
+            "200",
+            "--log-cleaner-delete-retention-ms",
+            "0",
         ])
         .unwrap();
         assert_eq!((c.broker_id, c.controllers.len(), listen.port()), (3, 2, 0));
         assert_eq!(c.advertised_host, "127.0.0.1");
         assert_eq!(c.log_defaults.retention_ms, None);
+        assert_eq!(c.log_cleaner.interval, Duration::from_millis(200));
+        assert_eq!(c.log_cleaner.io_max_bytes_per_second, 64 << 20);
+        assert_eq!(c.log_defaults.delete_retention_ms, 0);
         for (args, message) in [
             (&["--broker-id", "-1", "--controllers", "a:1"][..], "negative"),
             (&["--broker-id", "1", "--controllers", "a"][..], "HOST:PORT"),
@@ -139,6 +177,21 @@ mod tests {
             (
                 &["--broker-id", "1", "--controllers", "a:1", "--message-max-bytes", "999999999"][..],
                 "request limit",
+            ),
+            (
+                &[
+                    "--broker-id",
+                    "1",
+                    "--controllers",
+                    "a:1",
+                    "--log-cleaner-min-cleanable-ratio",
+                    "1.5",
+                ][..],
+                "cleanable ratio",
+            ),
+            (
+                &["--broker-id", "1", "--controllers", "a:1", "--log-cleaner-interval-ms", "0"][..],
+                "cleaner interval",
             ),
         ] {
             let err = parse(args).unwrap_err();

@@ -46,7 +46,10 @@ fn log_status(topic: &str, partition: i32, e: &LogError) -> Status {
         LogError::InvalidBatch { source, .. } => match source {
             BatchError::TooLarge { .. } => ErrorCode::MessageTooLarge,
             BatchError::UnsupportedCompression { .. } => ErrorCode::UnsupportedCompression,
-            BatchError::Unsupported { .. } => ErrorCode::InvalidRequest,
+            // A keyless record on a compacted topic, or a transactional batch.
+            BatchError::Unsupported { .. } | BatchError::MissingKey { .. } => {
+                ErrorCode::InvalidRequest
+            }
             _ => ErrorCode::CorruptMessage,
         },
         LogError::OffsetOutOfRange { log_start, log_end, .. } => {

@@ -38,6 +38,12 @@ const KNOWN: &[(&str, Check)] = &[
         "delete" | "compact" | "compact,delete" | "delete,compact" => Ok(()),
         _ => Err(format!("{v:?} is not delete, compact or compact,delete")),
     }),
+    ("delete.retention.ms", |v, _| int_in(v, 0, i64::MAX)),
+    ("min.compaction.lag.ms", |v, _| int_in(v, 0, i64::MAX)),
+    ("min.cleanable.dirty.ratio", |v, _| match v.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(()),
+        _ => Err(format!("{v:?} is not a number between 0 and 1")),
+    }),
     ("compression.type", |v, _| match v {
         "producer" | "uncompressed" | "gzip" | "lz4" | "zstd" => Ok(()),
         _ => Err(format!("{v:?} is not producer, uncompressed, gzip, lz4 or zstd")),
@@ -74,6 +80,9 @@ mod tests {
             ("segment.bytes", "1048576"),
             ("min.insync.replicas", "2"),
             ("cleanup.policy", "compact"),
+            ("delete.retention.ms", "1000"),
+            ("min.compaction.lag.ms", "0"),
+            ("min.cleanable.dirty.ratio", "0.25"),
             (UNCLEAN_LEADER_ELECTION_ENABLE, "true"),
         ]
         .into_iter()
@@ -88,6 +97,8 @@ mod tests {
             ("max.message.bytes", "-5", 1),
             ("min.insync.replicas", "3", 2),
             ("cleanup.policy", "forever", 1),
+            ("delete.retention.ms", "-1", 1),
+            ("min.cleanable.dirty.ratio", "1.5", 1),
             (UNCLEAN_LEADER_ELECTION_ENABLE, "yes", 1),
             ("no.such.key", "1", 1),
         ] {

@@ -77,6 +77,8 @@ pub struct Cluster {
     pub brokers: BTreeMap<i32, BrokerProcess>,
     /// Each broker's last registered address.
     addrs: std::sync::Mutex<BTreeMap<i32, String>>,
+    /// Extra command-line arguments for every broker started.
+    broker_args: Vec<String>,
     /// Holds every data directory and broker log. Declared last, so it is dropped last: the
     /// brokers are killed first and show their logs when a test fails.
     pub root: tempfile::TempDir,
@@ -91,6 +93,16 @@ impl Cluster {
     /// A quorum of `controllers` controllers (node ids 1..=controllers, each with its own data
     /// directory) and brokers `ids` that know every controller, each registered.
     pub async fn start_quorum(controllers: usize, ids: &[i32]) -> Cluster {
+        Cluster::start_with_broker_args(controllers, ids, &[]).await
+    }
+
+    /// A quorum of `controllers` controllers and brokers `ids`, every broker started with
+    /// `broker_args` besides the harness's own arguments (which they must not repeat).
+    pub async fn start_with_broker_args(
+        controllers: usize,
+        ids: &[i32],
+        broker_args: &[&str],
+    ) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         // Every listener is bound before any node starts: each node's peer list holds them all.
         let mut listeners = Vec::new();
@@ -115,6 +127,7 @@ impl Cluster {
             controllers: nodes,
             brokers: BTreeMap::new(),
             addrs: Default::default(),
+            broker_args: broker_args.iter().map(|a| a.to_string()).collect(),
         };
         for &id in ids {
             cluster.start_broker(id).await;
@@ -138,6 +151,7 @@ impl Cluster {
             .args(["--replica-lag-time-max-ms", "1500", "--produce-timeout-ms", "10000"])
             .arg("--data-dir")
             .arg(self.data_dir(id))
+            .args(&self.broker_args)
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
