@@ -72,7 +72,9 @@ pub struct GroupConsumer {
     /// Offsets this member committed or started from, by partition: auto-commit skips
     /// partitions whose position has not moved since.
     committed: HashMap<Tp, i64>,
-    listener: Option<Box<dyn RebalanceListener>>,
+    /// In a mutex only so the consumer is `Sync` and its futures `Send` (it is never
+    /// contended: only `&mut self` methods call it).
+    listener: Option<std::sync::Mutex<Box<dyn RebalanceListener>>>,
     shared: Arc<Shared>,
     heartbeat: Option<JoinHandle<()>>,
     last_auto_commit: Instant,
@@ -213,7 +215,7 @@ impl GroupConsumer {
     /// Sets the listener that hears of assigned, revoked and lost partitions (replacing any
     /// earlier one). A closure taking a [`RebalanceEvent`] will do.
     pub fn set_rebalance_listener(&mut self, listener: impl RebalanceListener + 'static) {
-        self.listener = Some(Box::new(listener));
+        self.listener = Some(std::sync::Mutex::new(Box::new(listener)));
     }
 
     /// Subscribes to these topics, replacing any earlier subscription (the coordinator then
@@ -625,6 +627,7 @@ impl GroupConsumer {
     fn emit(&mut self, event: RebalanceEvent) {
         info!(group = %self.config.group_id, ?event, "partitions changed");
         let Some(listener) = self.listener.as_mut() else { return };
+        let listener = listener.get_mut().unwrap_or_else(|e| e.into_inner());
         match &event {
             RebalanceEvent::Assigned(p) => listener.on_assigned(p),
             RebalanceEvent::Revoked(p) => listener.on_revoked(p),
@@ -731,6 +734,15 @@ mod tests {
 
     fn tps(v: &[(&str, i32)]) -> BTreeSet<Tp> {
         v.iter().map(|(t, p)| (t.to_string(), *p)).collect()
+    }
+
+    /// A consumer can live in a spawned task on a multi-threaded runtime: its futures are
+    /// `Send` (checked at compile time; a non-`Sync` listener once made them not).
+    #[allow(dead_code)]
+    fn futures_are_send(c: &mut GroupConsumer) {
+        fn send<T: Send>(_: &T) {}
+        send(&c.poll(Duration::ZERO));
+        send(&c.commit());
     }
 
     /// A join carries the whole subscription; later heartbeats carry it only when it changed
