@@ -1,5 +1,6 @@
-//! What the `tide` benchmarks share: a cluster of real `tide controller`/`tide broker`
-//! processes on loopback, the raw disk write limit, the machine's description.
+//! What the `tide` benchmarks share: a cluster of real `tide controller`/`tide broker` (and
+//! `tide coordinator`) processes on loopback, the raw disk write limit, the machine's
+//! description.
 #![allow(dead_code)]
 
 use std::fs::{self, File};
@@ -70,6 +71,77 @@ pub async fn start_cluster(root: &Path, brokers: i32) -> (Procs, Cluster) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     (procs, cluster)
+}
+
+/// Starts `count` group coordinators (`tide coordinator`, ids `c1`, `c2`, ...) registered
+/// with `cluster`'s controller, each with these extra flags and its log (stdout and stderr) in
+/// `root/coordinator-<id>.log`, and waits until they own every shard of `__consumer_offsets`
+/// (created by the controller when the first one registers) and each shard is loaded.
+pub async fn start_coordinators(
+    procs: &mut Procs,
+    root: &Path,
+    cluster: &Cluster,
+    count: usize,
+    flags: &[String],
+) {
+    let controller = cluster.config().bootstrap.join(",");
+    let tide = env!("CARGO_BIN_EXE_tide");
+    for i in 1..=count {
+        let id = format!("c{i}");
+        let log = File::create(root.join(format!("coordinator-{id}.log"))).unwrap();
+        procs.0.push(
+            Command::new(tide)
+                .args(["coordinator", "--coordinator-id", &id, "--controllers", &controller])
+                .args(["--listen", "127.0.0.1:0"])
+                .args(flags)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let admin = Admin::new(cluster);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(m) = admin.metadata(&[]).await {
+            let shards = m.shards();
+            let owners: std::collections::BTreeSet<&str> =
+                shards.iter().map(|s| s.coordinator_id.as_str()).collect();
+            if !shards.is_empty()
+                && shards.iter().all(|s| !s.coordinator_id.is_empty() && !s.releasing)
+                && m.coordinators().count() == count
+                && owners.len() == count.min(shards.len())
+            {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the coordinators did not take every shard");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every shard answers once loaded (the client retries COORDINATOR_LOAD_IN_PROGRESS).
+    let metadata = cluster.refresh_metadata().await.unwrap();
+    let shards = metadata.shards().len();
+    let mut probed = std::collections::BTreeSet::new();
+    for n in 0.. {
+        let group = format!("probe-{n}");
+        if probed.insert(metadata.shard_for(&group).unwrap()) {
+            admin.fetch_offsets(&group).await.unwrap();
+        }
+        if probed.len() == shards {
+            break;
+        }
+    }
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds, from
+/// `/proc/<pid>/stat` (in USER_HZ ticks, 100 per second on Linux); 0 when unreadable.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 =
+        rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
+    ticks as f64 / 100.0
 }
 
 /// Runs `sync`.
