@@ -40,6 +40,9 @@ pub struct NodeConfig {
     /// Partitions (shards) of `__consumer_offsets`, created at the first coordinator's
     /// registration.
     pub offsets_topic_partitions: i32,
+    /// `segment.bytes` of `__consumer_offsets` (Kafka's `offsets.topic.segment.bytes`): small
+    /// segments are compacted sooner, so a coordinator taking a shard over replays less.
+    pub offsets_topic_segment_bytes: u64,
 }
 
 impl NodeConfig {
@@ -53,6 +56,7 @@ impl NodeConfig {
             election_timeout_ms: (800, 1600),
             broker_lease_ms: 6000,
             offsets_topic_partitions: 16,
+            offsets_topic_segment_bytes: 100 << 20,
         }
     }
 }
@@ -144,7 +148,10 @@ impl ControllerNode {
             state.clone(),
             config.peers.clone(),
             Duration::from_millis(config.broker_lease_ms),
-            config.offsets_topic_partitions,
+            crate::service::OffsetsTopic {
+                partitions: config.offsets_topic_partitions,
+                segment_bytes: config.offsets_topic_segment_bytes,
+            },
             api_stopped,
         );
         let (health, health_service) = tonic_health::server::health_reporter();

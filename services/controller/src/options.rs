@@ -30,6 +30,9 @@ pub struct Options {
     /// group coordinator registers; fixed afterwards.
     #[arg(long, env = "TIDELINE_OFFSETS_TOPIC_PARTITIONS", default_value_t = 16)]
     pub offsets_topic_partitions: i32,
+    /// `segment.bytes` of `__consumer_offsets`: smaller segments are compacted sooner.
+    #[arg(long, env = "TIDELINE_OFFSETS_TOPIC_SEGMENT_BYTES", default_value_t = 100 << 20)]
+    pub offsets_topic_segment_bytes: u64,
     /// Raft heartbeat interval in ms; the election timeout is 4-8 times it.
     #[arg(long, env = "TIDELINE_RAFT_HEARTBEAT_MS", default_value_t = 200)]
     pub raft_heartbeat_ms: u64,
@@ -78,6 +81,13 @@ impl TryFrom<Options> for (NodeConfig, SocketAddr) {
                 o.offsets_topic_partitions
             ));
         }
+        if !(1024..=i32::MAX as u64).contains(&o.offsets_topic_segment_bytes) {
+            return Err(format!(
+                "--offsets-topic-segment-bytes {} is not between 1024 and {}",
+                o.offsets_topic_segment_bytes,
+                i32::MAX
+            ));
+        }
         if o.raft_heartbeat_ms == 0 {
             return Err("--raft-heartbeat-ms must be positive".into());
         }
@@ -88,6 +98,7 @@ impl TryFrom<Options> for (NodeConfig, SocketAddr) {
         config.broker_lease_ms = o.broker_lease_ms;
         config.heartbeat_interval_ms = o.raft_heartbeat_ms;
         config.offsets_topic_partitions = o.offsets_topic_partitions;
+        config.offsets_topic_segment_bytes = o.offsets_topic_segment_bytes;
         config.election_timeout_ms = (o.raft_heartbeat_ms * 4, o.raft_heartbeat_ms * 8);
         Ok((config, listen))
     }

@@ -33,6 +33,15 @@ use crate::types::TypeConfig;
 /// Most partitions one request may create.
 pub const MAX_PARTITIONS: i32 = 10_000;
 
+/// How the controller creates `__consumer_offsets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetsTopic {
+    /// Partitions (shards).
+    pub partitions: i32,
+    /// `segment.bytes`.
+    pub segment_bytes: u64,
+}
+
 /// A broker's lease as the leader tracks it.
 #[derive(Debug, Clone, Copy)]
 struct Lease {
@@ -56,8 +65,8 @@ struct Inner {
     leases: Mutex<HashMap<i32, Lease>>,
     /// Leases of live coordinators (epoch, expiry), as for brokers.
     coordinator_leases: Mutex<HashMap<String, (i64, Instant)>>,
-    /// Shards of `__consumer_offsets`.
-    offsets_partitions: i32,
+    /// How `__consumer_offsets` is created.
+    offsets: OffsetsTopic,
     /// Turns true when the node shuts down: ends watch streams and the lease checker.
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -238,7 +247,7 @@ impl ControllerApi {
         state: StateMachineStore,
         peers: BTreeMap<u64, String>,
         lease: Duration,
-        offsets_partitions: i32,
+        offsets: OffsetsTopic,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         ControllerApi {
@@ -250,7 +259,7 @@ impl ControllerApi {
                 lease,
                 leases: Mutex::new(HashMap::new()),
                 coordinator_leases: Mutex::new(HashMap::new()),
-                offsets_partitions,
+                offsets,
                 shutdown,
             }),
         }
@@ -338,7 +347,7 @@ impl ControllerApi {
         let replication_factor = live.len().min(3) as i32;
         let assignments = place(
             &live,
-            self.inner.offsets_partitions,
+            self.inner.offsets.partitions,
             replication_factor,
             0,
             rotation(OFFSETS_TOPIC),
@@ -346,7 +355,7 @@ impl ControllerApi {
         .map_err(|e| placement_status(&e))?;
         let configs = BTreeMap::from([
             ("cleanup.policy".to_string(), "compact".to_string()),
-            ("segment.bytes".to_string(), (100u64 << 20).to_string()),
+            ("segment.bytes".to_string(), self.inner.offsets.segment_bytes.to_string()),
             ("min.insync.replicas".to_string(), replication_factor.min(2).to_string()),
         ]);
         let created = self
@@ -361,7 +370,7 @@ impl ControllerApi {
         match created {
             Ok(_) => {
                 tracing::info!(
-                    partitions = self.inner.offsets_partitions,
+                    partitions = self.inner.offsets.partitions,
                     replication_factor,
                     "created {OFFSETS_TOPIC}"
                 );

@@ -92,13 +92,19 @@ impl Cluster {
     /// A controller whose offsets topic has `shards` partitions, and brokers 1..=`brokers`,
     /// each registered.
     pub async fn start(brokers: i32, shards: i32) -> Cluster {
+        Cluster::start_with(brokers, |c| c.offsets_topic_partitions = shards).await
+    }
+
+    /// A controller configured by `configure` (after the test defaults), and in-process
+    /// brokers 1..=`brokers`, each registered.
+    pub async fn start_with(brokers: i32, configure: impl FnOnce(&mut NodeConfig)) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let mut config =
             NodeConfig::new(1, root.path().join("controller"), BTreeMap::from([(1, addr.clone())]));
         config.broker_lease_ms = LEASE_MS;
-        config.offsets_topic_partitions = shards;
+        configure(&mut config);
         let controller = ControllerNode::start(config, listener).await.unwrap();
         let mut cluster = Cluster {
             controller_addr: addr,
@@ -136,6 +142,12 @@ impl Cluster {
             .unwrap()
             .connect_lazy();
         ControllerServiceClient::new(channel)
+    }
+
+    /// The log of coordinator `id`.
+    pub fn coordinator_log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.root.path().join(format!("coordinator-{id}.log")))
+            .unwrap_or_default()
     }
 
     /// Starts coordinator process `id` (it registers on its own).
