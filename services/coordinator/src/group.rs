@@ -27,6 +27,10 @@ use tideline_common::{PartitionId, TopicName};
 /// Version of the group record's value encoding.
 const GROUP_RECORD_VERSION: u16 = 1;
 
+/// Heartbeat interval, in ms, of a member waiting for partitions that other members are still
+/// releasing.
+pub const WAITING_HEARTBEAT_MS: i64 = 200;
+
 /// Member epoch a member joins with.
 pub const JOIN_EPOCH: i32 = 0;
 /// Member epoch a member leaves with.
@@ -324,10 +328,14 @@ impl Group {
         self.update_target();
         self.reconcile(&member_id);
         let m = &self.members[&member_id];
+        // A member still waiting for partitions others are releasing comes back soon rather
+        // than a whole interval later: growth then takes the revocations' time, not a round.
+        let waiting = self.target.get(&member_id).is_some_and(|t| !t.is_subset(&m.assigned));
+        let interval = self.config.heartbeat_interval_ms;
         Ok(HeartbeatAnswer {
             member_id,
             member_epoch: m.member_epoch,
-            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            heartbeat_interval_ms: if waiting { interval.min(WAITING_HEARTBEAT_MS) } else { interval },
             assignment: m.assigned.clone(),
         })
     }
@@ -739,14 +747,18 @@ mod tests {
         let a = join(&mut g, 0);
         assert_eq!(a.assignment.len(), 4);
         assert_eq!(a.member_epoch, g.group_epoch);
+        let interval = g.config.heartbeat_interval_ms;
+        assert_eq!(a.heartbeat_interval_ms, interval);
         let b = join(&mut g, 1);
         assert!(b.assignment.is_empty(), "a still owns everything: b waits");
+        assert_eq!(b.heartbeat_interval_ms, WAITING_HEARTBEAT_MS, "b waits, so it comes back soon");
         no_partition_has_two_owners(&g);
         let a = beat(&mut g, &a, 2);
         assert_eq!(a.assignment.len(), 2, "a is told to give up two");
         let a = beat(&mut g, &a, 3); // a reports it released them
         let b = beat(&mut g, &b, 4);
         assert_eq!(b.assignment.len(), 2);
+        assert_eq!(b.heartbeat_interval_ms, interval, "b has its share: back to the interval");
         no_partition_has_two_owners(&g);
         let _ = beat(&mut g, &a, 5);
         assert!(g.is_stable());
