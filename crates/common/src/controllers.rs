@@ -108,4 +108,3 @@ pub fn incarnation_id() -> Vec<u8> {
     }
     out
 }
-

@@ -335,7 +335,11 @@ impl Group {
         Ok(HeartbeatAnswer {
             member_id,
             member_epoch: m.member_epoch,
-            heartbeat_interval_ms: if waiting { interval.min(WAITING_HEARTBEAT_MS) } else { interval },
+            heartbeat_interval_ms: if waiting {
+                interval.min(WAITING_HEARTBEAT_MS)
+            } else {
+                interval
+            },
             assignment: m.assigned.clone(),
         })
     }
