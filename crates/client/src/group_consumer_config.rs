@@ -25,6 +25,13 @@ pub struct GroupConsumerConfig {
     pub auto_commit: bool,
     /// How often `poll` commits with `auto_commit` (`auto.commit.interval.ms`). Default 5 s.
     pub auto_commit_interval: Duration,
+    /// How long the member keeps its partitions while no heartbeat succeeds (the coordinator
+    /// unreachable, or refusing): by then the coordinator has removed it and given them to
+    /// others, so it drops them as lost ([`on_lost`](crate::RebalanceListener::on_lost),
+    /// nothing committed) and joins again once the coordinator answers. Should match the
+    /// coordinator's group session timeout: a longer one lets the member read partitions that
+    /// have new owners already, a shorter one drops them early. Default 45 s.
+    pub session_timeout: Duration,
     /// Where partitions without a committed offset start (`auto_offset_reset`), and the fetch
     /// settings, as for a [`Consumer`](crate::Consumer).
     pub consumer: ConsumerConfig,
@@ -40,6 +47,7 @@ impl GroupConsumerConfig {
             server_assignor: None,
             auto_commit: true,
             auto_commit_interval: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(45),
             consumer: ConsumerConfig::default(),
         }
     }
@@ -59,6 +67,9 @@ impl GroupConsumerConfig {
         if self.auto_commit && self.auto_commit_interval.is_zero() {
             return invalid("auto_commit_interval must be positive");
         }
+        if self.session_timeout.is_zero() {
+            return invalid("session_timeout must be positive");
+        }
         self.consumer.validate()
     }
 }
@@ -67,13 +78,17 @@ impl GroupConsumerConfig {
 mod tests {
     use super::*;
 
-    /// Defaults are Kafka's (auto-commit every 5 s); empty ids are refused.
+    /// Defaults are Kafka's (auto-commit every 5 s, a 45 s session); empty ids and a zero
+    /// session timeout are refused.
     #[test]
     fn defaults_and_validation() {
         let config = GroupConsumerConfig::new("g");
         assert!(config.auto_commit);
         assert_eq!(config.auto_commit_interval, Duration::from_secs(5));
+        assert_eq!(config.session_timeout, Duration::from_secs(45));
         config.validate().unwrap();
+        let no_session = GroupConsumerConfig { session_timeout: Duration::ZERO, ..config.clone() };
+        assert!(no_session.validate().is_err());
         assert!(GroupConsumerConfig::new("").validate().is_err());
         let config = GroupConsumerConfig { instance_id: Some(String::new()), ..config };
         assert!(config.validate().is_err());

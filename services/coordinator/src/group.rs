@@ -182,8 +182,12 @@ pub struct Group {
     pub target: BTreeMap<String, BTreeSet<TopicPartition>>,
     /// Members by id.
     pub members: BTreeMap<String, Member>,
-    /// The topics the group may use, with their partition counts.
+    /// The topics the group's members subscribe to (by name or pattern), with their partition
+    /// counts: what assignments are computed from (and what its record keeps).
     pub topics: BTreeMap<TopicName, i32>,
+    /// Every topic of the cluster, once known (from metadata; not recorded): subscriptions by
+    /// pattern are matched against it.
+    all_topics: Option<BTreeMap<TopicName, i32>>,
     /// Member ids handed out so far (member ids are `<group>-<n>`).
     next_member: u64,
 }
@@ -199,6 +203,7 @@ impl Group {
             target: BTreeMap::new(),
             members: BTreeMap::new(),
             topics: BTreeMap::new(),
+            all_topics: None,
             next_member: 0,
         }
     }
@@ -218,13 +223,33 @@ impl Group {
             })
     }
 
-    /// Sets the topics (and partition counts) the group's members may be assigned; a change
-    /// bumps the group epoch.
-    pub fn set_topics(&mut self, topics: BTreeMap<TopicName, i32>) {
-        if self.topics != topics {
-            self.topics = topics;
-            self.group_epoch += 1;
+    /// Sets the cluster's topics and partition counts. The group keeps those its members
+    /// subscribe to; a change among them (a subscribed topic created, deleted or grown) bumps
+    /// the group epoch. Returns whether it did.
+    pub fn set_topics(&mut self, topics: BTreeMap<TopicName, i32>) -> bool {
+        self.all_topics = Some(topics);
+        self.refresh_topics()
+    }
+
+    /// Recomputes the subscribed topics from the cluster's (once known); bumps the group epoch
+    /// when they changed.
+    fn refresh_topics(&mut self) -> bool {
+        let Some(all) = &self.all_topics else { return false };
+        let mut wanted: BTreeSet<TopicName> = BTreeSet::new();
+        for m in self.members.values() {
+            wanted.extend(m.subscribed_topics.iter().cloned());
+            if let Some(re) = m.subscribed_regex.as_deref().and_then(|p| whole_match(p).ok()) {
+                wanted.extend(all.keys().filter(|t| re.is_match(t.as_str())).cloned());
+            }
         }
+        let relevant: BTreeMap<TopicName, i32> =
+            all.iter().filter(|(t, _)| wanted.contains(*t)).map(|(t, n)| (t.clone(), *n)).collect();
+        if relevant == self.topics {
+            return false;
+        }
+        self.topics = relevant;
+        self.group_epoch += 1;
+        true
     }
 
     /// Removes members whose session ended by `now_ms`, freeing their partitions. Returns the
@@ -246,17 +271,31 @@ impl Group {
         if self.members.remove(member_id).is_some() {
             self.target.remove(member_id);
             self.group_epoch += 1;
+            self.refresh_topics();
         }
     }
 
-    /// Checks that an offset commit from `member_id` at `member_epoch` may be accepted: the
-    /// member exists and the epoch is its current or previous one.
+    /// Checks that an offset commit from `member_id` at `member_epoch` for `partitions` may be
+    /// accepted: the member exists and the epoch is its current one, or its previous one (a
+    /// commit sent before its last heartbeat's answer arrived) for partitions it still owns or
+    /// is giving up, so a delayed commit cannot move back a partition that has moved on.
     ///
     /// # Errors
     /// [`GroupError::UnknownMember`] or [`GroupError::StaleMemberEpoch`].
-    pub fn check_commit(&self, member_id: &str, member_epoch: i32) -> Result<(), GroupError> {
+    pub fn check_commit<'a>(
+        &self,
+        member_id: &str,
+        member_epoch: i32,
+        mut partitions: impl Iterator<Item = (&'a str, i32)>,
+    ) -> Result<(), GroupError> {
         let m = self.member(member_id)?;
-        if member_epoch != m.member_epoch && member_epoch != m.previous_epoch {
+        if member_epoch == m.member_epoch {
+            return Ok(());
+        }
+        let held = |(t, p): (&str, i32)| {
+            m.assigned.iter().chain(&m.revoking).any(|(tt, pp)| tt.as_str() == t && pp.0 == p)
+        };
+        if member_epoch != m.previous_epoch || !partitions.all(held) {
             return Err(self.stale(m, member_epoch));
         }
         Ok(())
@@ -304,7 +343,7 @@ impl Group {
         };
         let session = self.config.session_timeout_ms;
         let m = self.members.get_mut(&member_id).expect("joined or checked");
-        m.expires_ms = now_ms + session;
+        m.expires_ms = now_ms.saturating_add(session);
         if let Some(topics) = &hb.subscribed_topics
             && *topics != m.subscribed_topics
         {
@@ -321,6 +360,8 @@ impl Group {
         if hb.rack.is_some() && hb.rack != m.rack {
             m.rack = hb.rack.clone();
         }
+        self.refresh_topics();
+        let m = self.members.get_mut(&member_id).expect("joined or checked");
         if let Some(owned) = &hb.owned {
             // Revocations the member confirms by no longer owning them.
             m.revoking.retain(|tp| owned.contains(tp));
@@ -352,16 +393,21 @@ impl Group {
             });
         }
         let topics = hb.subscribed_topics.clone().unwrap_or_default();
+        // A member joining with an id it already has (its earlier join's answer was lost, or it
+        // was fenced) starts over: what it held is freed first (it owns nothing now).
+        if !hb.member_id.is_empty() {
+            self.remove(&hb.member_id);
+        }
+        let id = if hb.member_id.is_empty() { self.new_member_id() } else { hb.member_id.clone() };
         // A static member coming back replaces its old incarnation and keeps its partitions.
         if let Some(instance) = &hb.instance_id
             && let Some(old) =
                 self.members.values().find(|m| m.instance_id.as_ref() == Some(instance)).cloned()
         {
-            let id = self.new_member_id();
             let mut m = old.clone();
             m.member_id = id.clone();
             m.away = false;
-            m.expires_ms = now_ms + self.config.session_timeout_ms;
+            m.expires_ms = now_ms.saturating_add(self.config.session_timeout_ms);
             self.members.remove(&old.member_id);
             if let Some(t) = self.target.remove(&old.member_id) {
                 self.target.insert(id.clone(), t);
@@ -369,7 +415,6 @@ impl Group {
             self.members.insert(id.clone(), m);
             return Ok(id);
         }
-        let id = self.new_member_id();
         self.members.insert(
             id.clone(),
             Member {
@@ -382,14 +427,17 @@ impl Group {
                 previous_epoch: 0,
                 assigned: BTreeSet::new(),
                 revoking: BTreeSet::new(),
-                expires_ms: now_ms + self.config.session_timeout_ms,
+                expires_ms: now_ms.saturating_add(self.config.session_timeout_ms),
                 away: false,
             },
         );
         self.group_epoch += 1;
+        self.refresh_topics();
         Ok(id)
     }
 
+    /// A member id for a join that brought none (the service gives random ones; this keeps the
+    /// state machine deterministic for tests).
     fn new_member_id(&mut self) -> String {
         self.next_member += 1;
         format!("{}-{}", self.group_id, self.next_member)
@@ -402,7 +450,7 @@ impl Group {
             let session = self.config.session_timeout_ms;
             let m = self.members.get_mut(&hb.member_id).expect("checked");
             m.away = true;
-            m.expires_ms = now_ms + session;
+            m.expires_ms = now_ms.saturating_add(session);
         } else {
             self.remove(&hb.member_id);
             self.update_target();
@@ -419,7 +467,13 @@ impl Group {
     fn effective_subscription(&self, m: &Member) -> BTreeSet<TopicName> {
         let mut topics = m.subscribed_topics.clone();
         if let Some(re) = m.subscribed_regex.as_deref().and_then(|p| whole_match(p).ok()) {
-            topics.extend(self.topics.keys().filter(|t| re.is_match(t.as_str())).cloned());
+            let known = self.all_topics.as_ref().unwrap_or(&self.topics);
+            topics.extend(
+                known
+                    .keys()
+                    .filter(|t| re.is_match(t.as_str()) && self.topics.contains_key(*t))
+                    .cloned(),
+            );
         }
         topics
     }
@@ -491,7 +545,6 @@ impl Group {
     }
 }
 
-/// `pattern` compiled to match whole topic names.
 impl Group {
     /// The group's membership as the value of its record in the offsets shard: everything but
     /// session deadlines (a coordinator replaying it gives every member a fresh session).
@@ -626,6 +679,7 @@ impl Group {
             target,
             members,
             topics,
+            all_topics: None,
             next_member,
         })
     }
@@ -694,6 +748,7 @@ fn get_partitions(buf: &mut &[u8]) -> Result<BTreeSet<TopicPartition>, RecordErr
     Ok(out)
 }
 
+/// `pattern` compiled to match whole topic names.
 fn whole_match(pattern: &str) -> Result<regex::Regex, regex::Error> {
     regex::Regex::new(&format!("^(?:{pattern})$"))
 }
@@ -783,15 +838,15 @@ mod tests {
         };
         assert!(a3.member_epoch >= 2, "two joins moved the epoch twice: {a3:?}");
         assert!(matches!(g.heartbeat(old, 3), Err(GroupError::StaleMemberEpoch { .. })));
-        assert!(g.check_commit(&a.member_id, a3.member_epoch).is_ok());
+        assert!(g.check_commit(&a.member_id, a3.member_epoch, std::iter::empty()).is_ok());
         assert!(matches!(
-            g.check_commit(&a.member_id, a3.member_epoch + 5),
+            g.check_commit(&a.member_id, a3.member_epoch + 5, std::iter::empty()),
             Err(GroupError::StaleMemberEpoch { .. })
         ));
         // Nothing heard from either for a session: both are removed.
         let gone = g.expire(2 + g.config.session_timeout_ms + 1);
         assert_eq!(gone.len(), 2);
-        let gone = g.check_commit(&a.member_id, a3.member_epoch).unwrap_err();
+        let gone = g.check_commit(&a.member_id, a3.member_epoch, std::iter::empty()).unwrap_err();
         assert!(matches!(gone, GroupError::UnknownMember { .. }));
         assert_eq!(gone.code(), tideline_common::ErrorCode::UnknownMemberId);
     }

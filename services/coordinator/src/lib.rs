@@ -124,6 +124,8 @@ impl Coordinator {
                 acks: Acks::All,
                 enable_idempotence: true,
                 linger: Duration::ZERO,
+                // Group records repeat topic names and member ids: they compress well.
+                compression: tideline_client::Compression::Lz4,
                 delivery_timeout: config.request_timeout,
                 ..ProducerConfig::default()
             },

@@ -38,6 +38,11 @@ impl CoordinatorApi {
     }
 }
 
+/// Most topics a member may subscribe to by name.
+const MAX_TOPICS: usize = 10_000;
+/// Most partitions a heartbeat may report owned, or a commit carry.
+const MAX_PARTITIONS: usize = 100_000;
+
 fn invalid(message: impl Into<String>) -> Status {
     status(ErrorCode::InvalidRequest, message)
 }
@@ -54,6 +59,11 @@ fn check_id(what: &str, value: &str, required: bool) -> Result<(), Status> {
         return Err(invalid(format!("{what} is {} bytes, at most {MAX_ID_BYTES}", value.len())));
     }
     Ok(())
+}
+
+/// 32 hex digits, new at every call.
+fn random_member_id() -> String {
+    tideline_common::controllers::incarnation_id().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn topic_name(name: &str) -> Result<TopicName, Status> {
@@ -110,6 +120,13 @@ impl CoordinatorService for CoordinatorApi {
                 })?)
             }
         };
+        if req.subscribed_topics.as_ref().is_some_and(|l| l.topics.len() > MAX_TOPICS)
+            || req.owned_partitions.as_ref().is_some_and(|l| l.partitions.len() > MAX_PARTITIONS)
+        {
+            return Err(invalid(format!(
+                "a heartbeat carries at most {MAX_TOPICS} topics and {MAX_PARTITIONS} partitions"
+            )));
+        }
         let subscribed_topics = req
             .subscribed_topics
             .map(|l| l.topics.iter().map(|t| topic_name(t)).collect::<Result<BTreeSet<_>, _>>())
@@ -123,8 +140,17 @@ impl CoordinatorService for CoordinatorApi {
                 p.len()
             )));
         }
+        // A join without an id gets a random one (ids are never reused, even by a group
+        // created again); members that bring their own keep it, so a retried join is the same
+        // member, not a second one.
+        let member_id = if req.member_epoch == crate::group::JOIN_EPOCH && req.member_id.is_empty()
+        {
+            random_member_id()
+        } else {
+            req.member_id
+        };
         let hb = Heartbeat {
-            member_id: req.member_id,
+            member_id,
             member_epoch: req.member_epoch,
             instance_id: req.instance_id.filter(|s| !s.is_empty()),
             rack: req.rack.filter(|s| !s.is_empty()),
@@ -133,19 +159,20 @@ impl CoordinatorService for CoordinatorApi {
             owned,
         };
         let shard = self.shared.shard_of(&req.group_id)?;
-        let (answer, deliveries) = {
+        let (answer, barrier) = {
             let mut state = shard.state.lock().await;
             let (answer, record) = state.heartbeat(&req.group_id, hb, now_ms(), assignor);
             if let Some(g) = state.group(&req.group_id) {
                 self.shared.rebalances.observe(g);
             }
-            let deliveries = match record {
+            let barrier = match record {
                 Some(r) => self.shared.send(&shard, vec![r]).await?,
-                None => Vec::new(),
+                // Nothing new, but the answer may rest on writes still in flight.
+                None => shard.barrier(),
             };
-            (answer, deliveries)
+            (answer, barrier)
         };
-        self.shared.settle(&shard, deliveries).await?;
+        self.shared.settle(&shard, barrier).await?;
         let answer = answer.map_err(|e| shard_status(&e))?;
         Ok(Response::new(pb::ConsumerGroupHeartbeatResponse {
             member_id: answer.member_id,
@@ -163,6 +190,12 @@ impl CoordinatorService for CoordinatorApi {
         let req = request.into_inner();
         check_id("group id", &req.group_id, true)?;
         check_id("member id", &req.member_id, false)?;
+        if req.offsets.len() > MAX_PARTITIONS {
+            return Err(invalid(format!(
+                "a commit carries at most {MAX_PARTITIONS} offsets, not {}",
+                req.offsets.len()
+            )));
+        }
         let now = now_ms();
         let mut offsets = Vec::with_capacity(req.offsets.len());
         for o in req.offsets {
@@ -188,8 +221,14 @@ impl CoordinatorService for CoordinatorApi {
         let member =
             (!req.member_id.is_empty()).then_some((req.member_id.as_str(), req.member_epoch));
         let shard = self.shared.shard_of(&req.group_id)?;
-        let deliveries = {
+        let barrier = {
             let mut state = shard.state.lock().await;
+            if !state.topics_known() {
+                return Err(status(
+                    ErrorCode::CoordinatorLoadInProgress,
+                    "the coordinator does not know the cluster's topics yet; retry shortly",
+                ));
+            }
             let records =
                 state.commit(&req.group_id, member, &offsets).map_err(|e| shard_status(&e))?;
             for (k, v) in &records {
@@ -197,7 +236,7 @@ impl CoordinatorService for CoordinatorApi {
             }
             self.shared.send(&shard, records).await?
         };
-        self.shared.settle(&shard, deliveries).await?;
+        self.shared.settle(&shard, barrier).await?;
         Ok(Response::new(pb::CommitOffsetsResponse {}))
     }
 
@@ -210,7 +249,12 @@ impl CoordinatorService for CoordinatorApi {
         let wanted: BTreeSet<(String, i32)> =
             req.partitions.into_iter().map(|tp| (tp.topic, tp.partition)).collect();
         let shard = self.shared.shard_of(&req.group_id)?;
-        let offsets = shard.state.lock().await.fetch_offsets(&req.group_id);
+        let (offsets, barrier) = {
+            let state = shard.state.lock().await;
+            (state.fetch_offsets(&req.group_id), shard.barrier())
+        };
+        // Only offsets whose commits are durable.
+        self.shared.settle(&shard, barrier).await?;
         Ok(Response::new(pb::FetchOffsetsResponse {
             offsets: offsets
                 .into_iter()
@@ -310,7 +354,7 @@ impl CoordinatorService for CoordinatorApi {
         let req = request.into_inner();
         check_id("group id", &req.group_id, true)?;
         let shard = self.shared.shard_of(&req.group_id)?;
-        let deliveries = {
+        let barrier = {
             let mut state = shard.state.lock().await;
             let records = state.delete_group(&req.group_id).map_err(|e| shard_status(&e))?;
             self.shared.rebalances.forget(&req.group_id);
@@ -319,7 +363,7 @@ impl CoordinatorService for CoordinatorApi {
             }
             self.shared.send(&shard, records).await?
         };
-        self.shared.settle(&shard, deliveries).await?;
+        self.shared.settle(&shard, barrier).await?;
         Ok(Response::new(pb::DeleteGroupResponse {}))
     }
 }

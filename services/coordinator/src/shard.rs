@@ -23,6 +23,33 @@ pub use tideline_common::shard_for;
 /// Key version of a group's membership record (offset commits use version 1).
 const GROUP_KEY_VERSION: u16 = 2;
 
+/// Key version of a takeover marker.
+const MARKER_KEY_VERSION: u16 = 3;
+
+/// Header every record a coordinator writes carries: the shard epoch it owned the shard at
+/// (`i64`, big-endian).
+pub const SHARD_EPOCH_HEADER: &str = "tideline.shard.epoch";
+
+/// The key of the takeover marker a coordinator writes when it loaded a shard at `epoch`:
+/// `u16 version (3) | i64 epoch`. Replaying the shard, records written at an older epoch that
+/// come after a newer marker are ignored: they come from a coordinator that had lost the shard
+/// (its writes landed after the new owner took over). Each epoch has its own key, so compaction
+/// keeps every marker.
+pub fn marker_key(epoch: i64) -> Bytes {
+    let mut out = bytes::BytesMut::with_capacity(10);
+    bytes::BufMut::put_u16(&mut out, MARKER_KEY_VERSION);
+    bytes::BufMut::put_i64(&mut out, epoch);
+    out.freeze()
+}
+
+/// The epoch of a takeover marker's key, `None` for any other record.
+pub fn marker_epoch(key: &[u8]) -> Option<i64> {
+    if key.len() != 10 || u16::from_be_bytes([key[0], key[1]]) != MARKER_KEY_VERSION {
+        return None;
+    }
+    Some(i64::from_be_bytes(key[2..10].try_into().ok()?))
+}
+
 /// The key of `group`'s membership record: `u16 version (2) | u16 len, group`.
 fn group_key(group: &str) -> Result<Bytes, RecordError> {
     let mut out = bytes::BytesMut::with_capacity(4 + group.len());
@@ -57,7 +84,17 @@ pub enum ShardError {
         /// How many members it has.
         members: usize,
     },
-    /// A commit names a partition that does not exist or a negative offset.
+    /// A commit names a partition that does not exist (or the topics are not known yet).
+    #[error("commit for group {group:?} names unknown partition {topic}-{partition}")]
+    UnknownPartition {
+        /// The group.
+        group: String,
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+    },
+    /// A commit has a negative offset.
     #[error("invalid commit for group {group:?}: {reason}")]
     InvalidCommit {
         /// The group.
@@ -77,6 +114,7 @@ impl ShardError {
             ShardError::Group(e) => e.code(),
             ShardError::UnknownGroup(_) => ErrorCode::GroupIdNotFound,
             ShardError::NonEmptyGroup { .. } => ErrorCode::NonEmptyGroup,
+            ShardError::UnknownPartition { .. } => ErrorCode::UnknownTopicOrPartition,
             ShardError::InvalidCommit { .. } | ShardError::Record(_) => ErrorCode::InvalidRequest,
         }
     }
@@ -156,6 +194,8 @@ pub struct Shard {
     offsets: OffsetStore,
     /// The last record written or replayed per group, so only changes are written.
     persisted: BTreeMap<String, Bytes>,
+    /// Set once the cluster's topics were given.
+    topics_known: bool,
 }
 
 impl Shard {
@@ -213,10 +253,24 @@ impl Shard {
         Ok(Some((group_key(group)?, Some(value))))
     }
 
-    fn all_dirty(&mut self) -> Vec<ShardRecord> {
-        let names: Vec<String> = self.groups.keys().cloned().collect();
+    /// The records of `groups` that changed (a group that became empty without offsets is
+    /// removed, with a tombstone when it had been written).
+    fn records_of(&mut self, groups: Vec<String>) -> Vec<ShardRecord> {
         // A group too large to encode was refused when it grew; nothing to add here.
-        names.iter().filter_map(|g| self.dirty(g).ok().flatten()).collect()
+        groups.iter().filter_map(|g| self.gc(g).or_else(|| self.dirty(g).ok().flatten())).collect()
+    }
+
+    /// Removes `group` when it has no member and no committed offset; returns its tombstone
+    /// when it had been written.
+    fn gc(&mut self, group: &str) -> Option<ShardRecord> {
+        let empty = self.groups.get(group).is_some_and(Group::is_empty)
+            && self.offsets.of_group(group).next().is_none();
+        if !empty {
+            return None;
+        }
+        self.groups.remove(group);
+        self.persisted.remove(group)?;
+        group_key(group).ok().map(|k| (k, None))
     }
 
     /// The group `group`, if it has members or state.
@@ -229,14 +283,23 @@ impl Shard {
         self.groups.values()
     }
 
+    /// Whether the cluster's topics were given (groups can be assigned and commits checked).
+    pub fn topics_known(&self) -> bool {
+        self.topics_known
+    }
+
     /// Sets the topics and partition counts groups may be assigned (from cluster metadata).
     /// Returns the records of the groups this changed.
     pub fn set_topics(&mut self, topics: BTreeMap<TopicName, i32>) -> Vec<ShardRecord> {
+        let mut changed = Vec::new();
         for g in self.groups.values_mut() {
-            g.set_topics(topics.clone());
+            if g.set_topics(topics.clone()) {
+                changed.push(g.group_id.clone());
+            }
         }
         self.topics = topics;
-        self.all_dirty()
+        self.topics_known = true;
+        self.records_of(changed)
     }
 
     /// A member's heartbeat to `group` (created on first join, with `assignor` or the shard's
@@ -253,7 +316,8 @@ impl Shard {
         now_ms: i64,
         assignor: Option<Assignor>,
     ) -> (Result<HeartbeatAnswer, ShardError>, Option<ShardRecord>) {
-        if !self.groups.contains_key(group) {
+        let created = !self.groups.contains_key(group);
+        if created {
             if hb.member_epoch != crate::group::JOIN_EPOCH {
                 let e =
                     GroupError::UnknownMember { group: group.to_string(), member_id: hb.member_id };
@@ -267,6 +331,14 @@ impl Shard {
         }
         let g = self.groups.get_mut(group).expect("present");
         let result = g.heartbeat(hb, now_ms).map_err(ShardError::from);
+        if created && result.is_err() {
+            // A refused first join leaves nothing behind.
+            self.groups.remove(group);
+            return (result, None);
+        }
+        if let Some(tombstone) = self.gc(group) {
+            return (result, Some(tombstone));
+        }
         match self.dirty(group) {
             Ok(record) => (result, record),
             Err(e) => (Err(e), None),
@@ -276,10 +348,13 @@ impl Shard {
     /// Removes members whose sessions ended, in every group; returns the records of the
     /// groups this changed.
     pub fn expire(&mut self, now_ms: i64) -> Vec<ShardRecord> {
+        let mut changed = Vec::new();
         for g in self.groups.values_mut() {
-            g.expire(now_ms);
+            if !g.expire(now_ms).is_empty() {
+                changed.push(g.group_id.clone());
+            }
         }
-        self.all_dirty()
+        self.records_of(changed)
     }
 
     /// The records committing `offsets` for `group`: from a member (its id and epoch are
@@ -296,7 +371,9 @@ impl Shard {
         offsets: &[(String, i32, CommittedOffset)],
     ) -> Result<Vec<ShardRecord>, ShardError> {
         match (member, self.groups.get(group)) {
-            (Some((id, epoch)), Some(g)) => g.check_commit(id, epoch)?,
+            (Some((id, epoch)), Some(g)) => {
+                g.check_commit(id, epoch, offsets.iter().map(|(t, p, _)| (t.as_str(), *p)))?
+            }
             (Some((id, _)), None) => {
                 return Err(GroupError::UnknownMember {
                     group: group.to_string(),
@@ -319,10 +396,17 @@ impl Shard {
                     .ok()
                     .and_then(|t| self.topics.get(&t))
                     .is_some_and(|count| (0..*count).contains(partition));
-                if !known || o.offset < 0 {
+                if !known {
+                    return Err(ShardError::UnknownPartition {
+                        group: group.to_string(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    });
+                }
+                if o.offset < 0 {
                     return Err(ShardError::InvalidCommit {
                         group: group.to_string(),
-                        reason: format!("{topic}-{partition} at offset {}", o.offset),
+                        reason: format!("{topic}-{partition} at negative offset {}", o.offset),
                     });
                 }
                 let key = OffsetKey {
@@ -507,7 +591,10 @@ mod tests {
         assert_eq!(unknown.unwrap_err().code(), ErrorCode::UnknownMemberId);
         let bad =
             shard.commit("g", Some((&a.member_id, a.member_epoch)), &[("t".into(), 9, offset(6))]);
-        assert_eq!(bad.unwrap_err().code(), ErrorCode::InvalidRequest);
+        assert_eq!(bad.unwrap_err().code(), ErrorCode::UnknownTopicOrPartition);
+        let negative =
+            shard.commit("g", Some((&a.member_id, a.member_epoch)), &[("t".into(), 0, offset(-2))]);
+        assert_eq!(negative.unwrap_err().code(), ErrorCode::InvalidRequest);
         // An admin may set offsets only of an empty group; a group with members cannot be
         // deleted.
         let admin = shard.commit("g", None, &[("t".into(), 0, offset(0))]);
@@ -635,5 +722,63 @@ mod tests {
             third.replay(k, v.as_deref()).unwrap();
         }
         assert!(third.list_groups().is_empty());
+    }
+
+    /// What a review found: a topic nobody subscribes to does not touch groups; a join with an
+    /// id already present starts that member over; an old epoch commits only partitions the
+    /// member still holds; a refused first join and an emptied group leave nothing behind.
+    #[test]
+    fn groups_keep_only_what_they_need() {
+        let mut shard = Shard::new(GroupConfig::default());
+        let t = |n: &str, p: i32| (TopicName::new(n).unwrap(), p);
+        let _ = shard.set_topics(BTreeMap::from([t("t", 2), t("other", 3)]));
+        let join = |id: &str| Heartbeat {
+            member_id: id.into(),
+            subscribed_topics: Some(BTreeSet::from([TopicName::new("t").unwrap()])),
+            ..Default::default()
+        };
+        let (a, _) = shard.heartbeat("g", join("client-a"), 0, None);
+        let a = a.unwrap();
+        assert_eq!(a.member_id, "client-a");
+        let epoch = shard.group("g").unwrap().group_epoch;
+        assert_eq!(shard.group("g").unwrap().topics.len(), 1, "only the subscribed topic");
+        // Another topic grows: the group does not move, nothing is written.
+        let records = shard.set_topics(BTreeMap::from([t("t", 2), t("other", 9)]));
+        assert!(records.is_empty());
+        assert_eq!(shard.group("g").unwrap().group_epoch, epoch);
+        // Its own topic grows: it does.
+        assert_eq!(shard.set_topics(BTreeMap::from([t("t", 4), t("other", 9)])).len(), 1);
+        // The same client joins again (its answer was lost): still one member.
+        let (again, _) = shard.heartbeat("g", join("client-a"), 1, None);
+        assert_eq!(again.unwrap().member_id, "client-a");
+        assert_eq!(shard.group("g").unwrap().members.len(), 1);
+        // A commit at a previous epoch for a partition the member does not hold is stale.
+        let g = shard.group("g").unwrap();
+        let m = &g.members["client-a"];
+        let (current, previous) = (m.member_epoch, m.previous_epoch);
+        let held: Vec<i32> = m.assigned.iter().map(|(_, p)| p.0).collect();
+        let not_held = (0..4).find(|p| !held.contains(p));
+        if let Some(p) = not_held {
+            let r = shard.commit("g", Some(("client-a", previous)), &[("t".into(), p, offset(1))]);
+            assert_eq!(r.unwrap_err().code(), ErrorCode::StaleMemberEpoch);
+        }
+        assert!(
+            shard.commit("g", Some(("client-a", current)), &[("t".into(), 0, offset(1))]).is_ok()
+        );
+        // A refused first join (bad pattern) creates no group.
+        let bad = Heartbeat { subscribed_regex: Some("(".into()), ..Default::default() };
+        let (r, record) = shard.heartbeat("h", bad, 0, None);
+        assert!(r.is_err() && record.is_none() && shard.group("h").is_none());
+        // The only member leaves a group without offsets: the group goes, with a tombstone.
+        let leave = Heartbeat {
+            member_id: "client-a".into(),
+            member_epoch: crate::group::LEAVE_EPOCH,
+            ..Default::default()
+        };
+        let (r, record) = shard.heartbeat("g", leave, 2, None);
+        r.unwrap();
+        let (key, value) = record.expect("a tombstone");
+        assert!(value.is_none() && key[..2] == GROUP_KEY_VERSION.to_be_bytes());
+        assert!(shard.group("g").is_none() && shard.list_groups().is_empty());
     }
 }

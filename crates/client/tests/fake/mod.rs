@@ -58,7 +58,16 @@ pub struct State {
     pub heartbeat_interval_ms: i32,
     /// Answers for the next coordinator requests, before the normal one.
     pub coordinator_failures: VecDeque<Status>,
-    /// Members joined so far, for member ids `member-1`, `member-2`, ...
+    /// While set, the coordinators refuse every request with this code (down, or not
+    /// reachable).
+    pub coordinator_down: Option<ErrorCode>,
+    /// Answers for the next offset commits, before the normal one (nothing committed).
+    pub commit_failures: VecDeque<Status>,
+    /// Answers for the next heartbeats after they were applied: the answer lost on its way
+    /// back (e.g. `NOT_COORDINATOR` after the join was written).
+    pub heartbeat_answers_lost: VecDeque<Status>,
+    /// Joins so far (a join repeated with the same member id counts again); a join without a
+    /// member id gets `member-<this count>`.
     pub members_joined: u32,
     /// What the coordinators were asked and took (refusals too), and what tests log in
     /// between (rebalance events), in order.
@@ -460,11 +469,19 @@ pub enum Call {
         member_epoch: i32,
         subscribed_topics: Option<Vec<String>>,
         owned: Option<Vec<Tp>>,
-        /// The error code of a refusal.
+        /// The error code of a refusal, or of a lost answer (`heartbeat_answers_lost`: the
+        /// heartbeat was applied all the same).
         refused: Option<ErrorCode>,
     },
-    /// An offset commit the coordinator took (refusals are not logged).
+    /// An offset commit the coordinator took.
     Commit { coordinator: String, member_id: String, offsets: Vec<(Tp, i64)> },
+    /// An offset commit the coordinator refused, with the error code.
+    CommitRefused {
+        coordinator: String,
+        member_id: String,
+        offsets: Vec<(Tp, i64)>,
+        code: ErrorCode,
+    },
     /// Logged by a test: a rebalance event, as the consumer's listener heard it.
     Event(tideline_client::RebalanceEvent),
 }
@@ -506,6 +523,9 @@ impl FakeCoordinator {
                 ErrorCode::NotCoordinator,
                 format!("coordinator {} does not own shard 0", self.id),
             ));
+        }
+        if let Some(code) = state.coordinator_down {
+            return Err(status(code, format!("coordinator {} is down", self.id)));
         }
         if let Some(failure) = state.coordinator_failures.pop_front() {
             return Err(failure);
@@ -555,7 +575,12 @@ impl CoordinatorService for FakeCoordinator {
                 return Err(refusal);
             }
         };
-        let answer = heartbeat(&mut state, req);
+        let mut answer = heartbeat(&mut state, req);
+        if answer.is_ok()
+            && let Some(lost) = state.heartbeat_answers_lost.pop_front()
+        {
+            answer = Err(lost);
+        }
         if let (Call::Heartbeat { refused, .. }, Err(e)) = (&mut log, &answer) {
             *refused = tideline_common::error_code_of(e);
         }
@@ -568,35 +593,27 @@ impl CoordinatorService for FakeCoordinator {
         request: Request<pb::CommitOffsetsRequest>,
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
         let req = request.into_inner();
-        let mut state = self.owning()?;
-        let group = state.groups.entry(req.group_id.clone()).or_default();
-        if req.member_id.is_empty() {
-            if !group.members.is_empty() {
-                return Err(status(
-                    ErrorCode::NonEmptyGroup,
-                    format!("group {} has {} members", req.group_id, group.members.len()),
-                ));
-            }
-        } else {
-            let Some(m) = group.members.get(&req.member_id) else {
-                return Err(status(
-                    ErrorCode::UnknownMemberId,
-                    format!("no member {} in group {}", req.member_id, req.group_id),
-                ));
-            };
-            if req.member_epoch != m.epoch && req.member_epoch != m.previous_epoch {
-                return Err(status(
-                    ErrorCode::StaleMemberEpoch,
-                    format!("epoch {} is not {}", req.member_epoch, m.epoch),
-                ));
-            }
-        }
         let offsets: Vec<(Tp, i64)> =
             req.offsets.iter().map(|o| ((o.topic.clone(), o.partition), o.offset)).collect();
-        group.committed.extend(offsets.iter().cloned());
-        let call = Call::Commit { coordinator: self.id.clone(), member_id: req.member_id, offsets };
-        state.calls.push(call);
-        Ok(Response::new(pb::CommitOffsetsResponse {}))
+        let (coordinator, member_id) = (self.id.clone(), req.member_id.clone());
+        let answer = self.owning().and_then(|mut state| {
+            if let Some(failure) = state.commit_failures.pop_front() {
+                return Err(failure);
+            }
+            commit(&mut state, req)
+        });
+        let mut state = self.fake.state();
+        match answer {
+            Ok(()) => {
+                state.calls.push(Call::Commit { coordinator, member_id, offsets });
+                Ok(Response::new(pb::CommitOffsetsResponse {}))
+            }
+            Err(refusal) => {
+                let code = tideline_common::error_code_of(&refusal).expect("a tideline code");
+                state.calls.push(Call::CommitRefused { coordinator, member_id, offsets, code });
+                Err(refusal)
+            }
+        }
     }
 
     async fn fetch_offsets(
@@ -724,9 +741,40 @@ impl CoordinatorService for FakeCoordinator {
     }
 }
 
-/// The fake's membership rules: join at epoch 0 (a new member id), leave at -1 or -2, else
-/// the member must exist at its current (or previous) epoch. The answer is what the test
-/// assigned to the member id; the epoch moves when that changes.
+/// The fake's commit rules: an admin commit (no member id) only to a group without members,
+/// else by a member at its current (or previous) epoch.
+fn commit(state: &mut State, req: pb::CommitOffsetsRequest) -> Result<(), Status> {
+    let group = state.groups.entry(req.group_id.clone()).or_default();
+    if req.member_id.is_empty() {
+        if !group.members.is_empty() {
+            return Err(status(
+                ErrorCode::NonEmptyGroup,
+                format!("group {} has {} members", req.group_id, group.members.len()),
+            ));
+        }
+    } else {
+        let Some(m) = group.members.get(&req.member_id) else {
+            return Err(status(
+                ErrorCode::UnknownMemberId,
+                format!("no member {} in group {}", req.member_id, req.group_id),
+            ));
+        };
+        if req.member_epoch != m.epoch && req.member_epoch != m.previous_epoch {
+            return Err(status(
+                ErrorCode::StaleMemberEpoch,
+                format!("epoch {} is not {}", req.member_epoch, m.epoch),
+            ));
+        }
+    }
+    group.committed.extend(req.offsets.iter().map(|o| ((o.topic.clone(), o.partition), o.offset)));
+    Ok(())
+}
+
+/// The fake's membership rules: join at epoch 0 with the member id the client generated (a
+/// join with an id the group has replaces that member: the same member starting over; a join
+/// without one gets `member-<n>`), leave at -1 or -2, else the member must exist at its
+/// current (or previous) epoch. The answer is what the test assigned to the member id; the
+/// epoch moves when that changes.
 fn heartbeat(
     state: &mut State,
     req: pb::ConsumerGroupHeartbeatRequest,
@@ -735,7 +783,11 @@ fn heartbeat(
     let member_id = match req.member_epoch {
         0 => {
             state.members_joined += 1;
-            let id = format!("member-{}", state.members_joined);
+            let id = if req.member_id.is_empty() {
+                format!("member-{}", state.members_joined)
+            } else {
+                req.member_id.clone()
+            };
             let member = FakeMember {
                 epoch: 1,
                 previous_epoch: 1,
