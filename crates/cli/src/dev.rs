@@ -299,6 +299,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 data.display().to_string(),
                 "--broker-lease-ms".into(),
                 args.broker_lease_ms.to_string(),
+                "--offsets-topic-replication-factor".into(),
+                layout.broker_ports.len().clamp(1, 3).to_string(),
             ],
             logs.join(format!("controller-{id}.log")),
         )?);

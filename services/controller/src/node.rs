@@ -43,6 +43,9 @@ pub struct NodeConfig {
     /// `segment.bytes` of `__consumer_offsets` (Kafka's `offsets.topic.segment.bytes`): small
     /// segments are compacted sooner, so a coordinator taking a shard over replays less.
     pub offsets_topic_segment_bytes: u64,
+    /// Replication factor of `__consumer_offsets` (Kafka's `offsets.topic.replication.factor`):
+    /// it is created once that many brokers are live.
+    pub offsets_topic_replication_factor: i32,
 }
 
 impl NodeConfig {
@@ -57,6 +60,7 @@ impl NodeConfig {
             broker_lease_ms: 6000,
             offsets_topic_partitions: 16,
             offsets_topic_segment_bytes: 100 << 20,
+            offsets_topic_replication_factor: 3,
         }
     }
 }
@@ -151,6 +155,7 @@ impl ControllerNode {
             crate::service::OffsetsTopic {
                 partitions: config.offsets_topic_partitions,
                 segment_bytes: config.offsets_topic_segment_bytes,
+                replication_factor: config.offsets_topic_replication_factor,
             },
             api_stopped,
         );

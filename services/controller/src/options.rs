@@ -33,6 +33,10 @@ pub struct Options {
     /// `segment.bytes` of `__consumer_offsets`: smaller segments are compacted sooner.
     #[arg(long, env = "TIDELINE_OFFSETS_TOPIC_SEGMENT_BYTES", default_value_t = 100 << 20)]
     pub offsets_topic_segment_bytes: u64,
+    /// Replication factor of `__consumer_offsets`; it is created once that many brokers are
+    /// live (set 1 for a single-broker cluster).
+    #[arg(long, env = "TIDELINE_OFFSETS_TOPIC_REPLICATION_FACTOR", default_value_t = 3)]
+    pub offsets_topic_replication_factor: i32,
     /// Raft heartbeat interval in ms; the election timeout is 4-8 times it.
     #[arg(long, env = "TIDELINE_RAFT_HEARTBEAT_MS", default_value_t = 200)]
     pub raft_heartbeat_ms: u64,
@@ -88,6 +92,12 @@ impl TryFrom<Options> for (NodeConfig, SocketAddr) {
                 i32::MAX
             ));
         }
+        if !(1..=10).contains(&o.offsets_topic_replication_factor) {
+            return Err(format!(
+                "--offsets-topic-replication-factor {} is not between 1 and 10",
+                o.offsets_topic_replication_factor
+            ));
+        }
         if o.raft_heartbeat_ms == 0 {
             return Err("--raft-heartbeat-ms must be positive".into());
         }
@@ -99,6 +109,7 @@ impl TryFrom<Options> for (NodeConfig, SocketAddr) {
         config.heartbeat_interval_ms = o.raft_heartbeat_ms;
         config.offsets_topic_partitions = o.offsets_topic_partitions;
         config.offsets_topic_segment_bytes = o.offsets_topic_segment_bytes;
+        config.offsets_topic_replication_factor = o.offsets_topic_replication_factor;
         config.election_timeout_ms = (o.raft_heartbeat_ms * 4, o.raft_heartbeat_ms * 8);
         Ok((config, listen))
     }

@@ -40,6 +40,9 @@ pub struct OffsetsTopic {
     pub partitions: i32,
     /// `segment.bytes`.
     pub segment_bytes: u64,
+    /// Replication factor (Kafka's `offsets.topic.replication.factor`): the topic is created
+    /// once that many brokers are live.
+    pub replication_factor: i32,
 }
 
 /// A broker's lease as the leader tracks it.
@@ -338,13 +341,17 @@ impl ControllerApi {
             return Ok(());
         }
         let live = Self::live_brokers(&m);
-        if live.is_empty() {
+        let replication_factor = self.inner.offsets.replication_factor;
+        if live.len() < replication_factor as usize {
             return Err(status(
                 ErrorCode::CoordinatorNotAvailable,
-                format!("no live broker to hold {OFFSETS_TOPIC} yet; retry"),
+                format!(
+                    "{OFFSETS_TOPIC} needs {replication_factor} live brokers \
+                     (--offsets-topic-replication-factor), {} are live; retry",
+                    live.len()
+                ),
             ));
         }
-        let replication_factor = live.len().min(3) as i32;
         let assignments = place(
             &live,
             self.inner.offsets.partitions,
@@ -356,6 +363,8 @@ impl ControllerApi {
         let configs = BTreeMap::from([
             ("cleanup.policy".to_string(), "compact".to_string()),
             ("segment.bytes".to_string(), self.inner.offsets.segment_bytes.to_string()),
+            // Group records of large groups exceed the default 1 MiB.
+            ("max.message.bytes".to_string(), (8u64 << 20).to_string()),
             ("min.insync.replicas".to_string(), replication_factor.min(2).to_string()),
         ]);
         let created = self
@@ -389,15 +398,20 @@ impl ControllerApi {
     pub async fn run_lease_checker(self) {
         let mut stop = self.inner.shutdown.clone();
         let period = self.inner.lease / 4;
+        let mut led_term = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = stop.changed() => return,
             }
-            if self.inner.raft.current_leader().await != Some(self.inner.node_id) {
-                // Leases start afresh when this node becomes the leader.
+            let term = self.inner.raft.metrics().borrow().current_term;
+            let leading = self.inner.raft.current_leader().await == Some(self.inner.node_id);
+            if !leading || led_term != Some(term) {
+                // Leases start afresh when this node becomes the leader (also when it lost and
+                // regained the lead between two checks: the leases it kept may be stale).
                 self.inner.leases.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 self.inner.coordinator_leases.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                led_term = leading.then_some(term);
                 continue;
             }
             let m = self.inner.state.metadata().await;
@@ -860,6 +874,28 @@ impl ControllerService for ControllerApi {
             ));
         }
         self.ensure_offsets_topic().await?;
+        // The same process registering again after its lease lapsed (it was refused a
+        // heartbeat) must not get its old epoch, and lease, back: its shards may be on their
+        // way elsewhere. Remove the old registration first.
+        let m = self.inner.state.metadata().await;
+        if let Some(c) = m.coordinators.get(&endpoint.coordinator_id) {
+            let lapsed = self
+                .inner
+                .coordinator_leases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&endpoint.coordinator_id)
+                .is_some_and(|(epoch, expires)| {
+                    *epoch == c.coordinator_epoch && Instant::now() > *expires
+                });
+            if lapsed {
+                self.write(MetadataCommand::RemoveCoordinator {
+                    coordinator_id: c.coordinator_id.clone(),
+                    coordinator_epoch: c.coordinator_epoch,
+                })
+                .await?;
+            }
+        }
         let answer = self
             .write(MetadataCommand::RegisterCoordinator {
                 coordinator_id: endpoint.coordinator_id.clone(),

@@ -154,6 +154,7 @@ async fn a_million_commits_compact_to_one_record_per_key_and_survive_a_kill_duri
     let mut cluster = Cluster::start_with(0, |c| {
         c.offsets_topic_partitions = 1;
         c.offsets_topic_segment_bytes = 1 << 20;
+        c.offsets_topic_replication_factor = 1;
     })
     .await;
     let data = cluster.root.path().join("broker-1");

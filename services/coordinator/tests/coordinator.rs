@@ -429,3 +429,70 @@ async fn metrics_show_members_rebalances_and_lag() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_offsets_topic_waits_for_enough_brokers() {
+    let mut cluster = Cluster::start_with(1, |c| {
+        c.offsets_topic_partitions = 2;
+        c.offsets_topic_replication_factor = 2;
+    })
+    .await;
+    cluster.start_coordinator("c1");
+    // One live broker is not enough for two replicas: the coordinator keeps asking.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = cluster.metadata().await;
+    assert!(m.shards.is_empty() && m.coordinators.is_empty(), "{m:?}");
+    assert!(cluster.coordinator_log("c1").contains("needs 2 live brokers"));
+    cluster.start_broker(2).await;
+    cluster.wait_shards_settled(1).await;
+    assert_eq!(cluster.offsets_topic().await.replication_factor, 2);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_coordinator_loses_its_shards_and_comes_back_with_a_new_epoch() {
+    let mut cluster = Cluster::start(1, 2).await;
+    cluster.create_topic("t", 2, 1).await;
+    cluster.start_coordinator("c1");
+    cluster.wait_shards_settled(1).await;
+    let (_, mut c) = cluster.coordinator_of("g").await;
+    let mut a = Member::default();
+    beat(&mut c, "g", &mut a, &["t"]).await.unwrap();
+    commit(&mut c, "g", &a, &[("t", 0, 7)]).await.unwrap();
+    let epoch_of = |m: &pb::GetMetadataResponse, id: &str| {
+        m.coordinators
+            .iter()
+            .find(|c| c.endpoint.as_ref().is_some_and(|e| e.coordinator_id == id))
+            .map(|c| c.coordinator_epoch)
+    };
+    let before = epoch_of(&cluster.metadata().await, "c1").unwrap();
+    cluster.start_coordinator("c2");
+    cluster.wait_shards_settled(2).await;
+    // c1 stops for longer than its lease: it is removed and c2 gets every shard.
+    cluster.coordinators["c1"].signal("STOP");
+    wait_until(Duration::from_secs(20), "c2 owns every shard", || async {
+        let m = cluster.metadata().await;
+        (m.shards.iter().all(|s| s.coordinator_id == "c2") && epoch_of(&m, "c1").is_none())
+            .then_some(())
+    })
+    .await;
+    let (owner, mut c) = cluster.coordinator_of("g").await;
+    assert_eq!(owner, "c2");
+    assert_eq!(committed(&mut c, "g").await, vec![("t".into(), 0, 7)]);
+    beat(&mut c, "g", &mut a, &[]).await.unwrap();
+    // c1 resumes: refused as it stands, it registers again under a new epoch and takes its
+    // share back only through the controller.
+    cluster.coordinators["c1"].signal("CONT");
+    wait_until(Duration::from_secs(20), "c1 registered again", || async {
+        let m = cluster.metadata().await;
+        epoch_of(&m, "c1").filter(|e| *e > before).map(|_| ())
+    })
+    .await;
+    cluster.wait_shards_settled(2).await;
+    let (_, mut c) = cluster.coordinator_of("g").await;
+    assert_eq!(committed(&mut c, "g").await, vec![("t".into(), 0, 7)]);
+    beat(&mut c, "g", &mut a, &[]).await.unwrap();
+    commit(&mut c, "g", &a, &[("t", 0, 8)]).await.unwrap();
+    assert_eq!(committed(&mut c, "g").await, vec![("t".into(), 0, 8)]);
+    cluster.shutdown().await;
+}

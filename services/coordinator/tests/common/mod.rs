@@ -92,7 +92,11 @@ impl Cluster {
     /// A controller whose offsets topic has `shards` partitions, and brokers 1..=`brokers`,
     /// each registered.
     pub async fn start(brokers: i32, shards: i32) -> Cluster {
-        Cluster::start_with(brokers, |c| c.offsets_topic_partitions = shards).await
+        Cluster::start_with(brokers, |c| {
+            c.offsets_topic_partitions = shards;
+            c.offsets_topic_replication_factor = brokers.clamp(1, 3);
+        })
+        .await
     }
 
     /// A controller configured by `configure` (after the test defaults), and in-process
@@ -114,17 +118,28 @@ impl Cluster {
             root,
         };
         for id in 1..=brokers {
-            let mut config = BrokerConfig::new(
-                id,
-                cluster.root.path().join(format!("broker-{id}")),
-                vec![cluster.controller_addr.clone()],
-            );
-            config.replica_lag_time_max = Duration::from_millis(1500);
-            config.produce_timeout = Duration::from_secs(10);
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            cluster.brokers.insert(id, Broker::start(config, listener).await.unwrap());
+            cluster.start_broker(id).await;
         }
-        let want = brokers as usize;
+        cluster.wait_brokers(brokers as usize).await;
+        cluster
+    }
+
+    /// Starts in-process broker `id` (it registers on its own).
+    pub async fn start_broker(&mut self, id: i32) {
+        let mut config = BrokerConfig::new(
+            id,
+            self.root.path().join(format!("broker-{id}")),
+            vec![self.controller_addr.clone()],
+        );
+        config.replica_lag_time_max = Duration::from_millis(1500);
+        config.produce_timeout = Duration::from_secs(10);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.brokers.insert(id, Broker::start(config, listener).await.unwrap());
+    }
+
+    /// Waits until `want` brokers are registered and unfenced.
+    pub async fn wait_brokers(&self, want: usize) {
+        let cluster = self;
         wait_until(Duration::from_secs(20), "brokers registered", || {
             let mut c = cluster.controller();
             async move {
@@ -133,7 +148,6 @@ impl Cluster {
             }
         })
         .await;
-        cluster
     }
 
     /// A client of the controller.
