@@ -292,10 +292,43 @@ impl Cluster {
         partition: i32,
         deadline: Instant,
         backoff: Duration,
-        mut call: F,
+        call: F,
     ) -> Result<T, ClientError>
     where
         F: FnMut(BrokerServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let target = || async {
+            let address = self.leader(topic, partition).await?;
+            let client = self.broker_client(&address)?;
+            Ok((address, client))
+        };
+        // A `TimedOut` here is a metadata refresh that found no controller: worth retrying.
+        let retry = |e: &ClientError| e.is_retriable() || matches!(e, ClientError::TimedOut { .. });
+        self.call_until(operation, deadline, backoff, target, call, retry, |e| {
+            e.invalidates_metadata()
+        })
+        .await
+    }
+
+    /// The retry loop of [`Cluster::call_leader`] and [`Cluster::call_coordinator`]: finds the
+    /// node to ask with `target`, calls it, and on an error that `retry` accepts refreshes the
+    /// metadata when `refresh` says so, pauses `backoff` and tries again, until `deadline`.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_until<C, T, A, AFut, F, Fut>(
+        &self,
+        operation: &str,
+        deadline: Instant,
+        backoff: Duration,
+        mut target: A,
+        mut call: F,
+        retry: impl Fn(&ClientError) -> bool,
+        refresh: impl Fn(&ClientError) -> bool,
+    ) -> Result<T, ClientError>
+    where
+        A: FnMut() -> AFut,
+        AFut: Future<Output = Result<(String, C), ClientError>>,
+        F: FnMut(C) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();
@@ -312,10 +345,9 @@ impl Cluster {
                 });
             }
             attempts += 1;
-            let error = match self.leader(topic, partition).await {
+            let error = match target().await {
                 Err(e) => e,
-                Ok(address) => {
-                    let client = self.broker_client(&address)?;
+                Ok((address, client)) => {
                     let limit = (deadline - now).min(self.request_timeout());
                     match tokio::time::timeout(limit, call(client)).await {
                         Ok(Ok(response)) => return Ok(response.into_inner()),
@@ -324,12 +356,11 @@ impl Cluster {
                     }
                 }
             };
-            // A `TimedOut` here is a metadata refresh that found no controller: worth retrying.
-            if !(error.is_retriable() || matches!(error, ClientError::TimedOut { .. })) {
+            if !retry(&error) {
                 return Err(error);
             }
-            debug!(%error, attempts, "retrying");
-            if error.invalidates_metadata() {
+            debug!(%error, attempts, operation, "retrying");
+            if refresh(&error) {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let refreshed = tokio::time::timeout(remaining, self.refresh_after(now)).await;
                 if let Ok(Err(e)) = refreshed {
@@ -395,8 +426,9 @@ impl Cluster {
     /// shard may have moved); after every retriable error it pauses `backoff`. Each attempt
     /// waits at most `request_timeout`.
     ///
-    /// A call that is not idempotent may have taken effect when its answer was lost (a join
-    /// retried then makes a second member, which the coordinator drops after its session).
+    /// A call that is not idempotent may have taken effect when its answer was lost; a join
+    /// is safe to retry because members bring their own id (a join with a known id is the same
+    /// member starting over).
     ///
     /// # Errors
     /// The first error that is not retriable (e.g. `UNKNOWN_MEMBER_ID`,
@@ -408,62 +440,28 @@ impl Cluster {
         group: &str,
         deadline: Instant,
         backoff: Duration,
-        mut call: F,
+        call: F,
     ) -> Result<T, ClientError>
     where
         F: FnMut(CoordinatorServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let started = Instant::now();
-        let mut attempts = 0;
-        let mut last = None;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(ClientError::TimedOut {
-                    operation: operation.to_string(),
-                    after: now - started,
-                    attempts,
-                    last: last.map(Box::new),
-                });
-            }
-            attempts += 1;
-            let error = match self.coordinator(group).await {
-                Err(e) => e,
-                Ok((_, address)) => {
-                    let client = self.coordinator_client(&address)?;
-                    let limit = (deadline - now).min(self.request_timeout());
-                    match tokio::time::timeout(limit, call(client)).await {
-                        Ok(Ok(response)) => return Ok(response.into_inner()),
-                        Ok(Err(status)) => ClientError::from_status(operation, &address, &status),
-                        Err(_) => ClientError::no_answer(operation, &address, limit),
-                    }
-                }
-            };
-            let retry = match &error {
-                // A topic that is gone does not come back by retrying.
-                ClientError::Server { code: ErrorCode::UnknownTopicOrPartition, .. } => false,
-                // A metadata refresh that found no controller.
-                ClientError::TimedOut { .. } => true,
-                other => other.is_retriable(),
-            };
-            if !retry {
-                return Err(error);
-            }
-            debug!(%error, attempts, group, "retrying coordinator request");
-            if error.invalidates_metadata()
-                || error.code() == Some(ErrorCode::CoordinatorLoadInProgress)
-            {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let refreshed = tokio::time::timeout(remaining, self.refresh_after(now)).await;
-                if let Ok(Err(e)) = refreshed {
-                    debug!(error = %e, "metadata refresh failed");
-                }
-            }
-            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
-            last = Some(error);
-        }
+        let target = || async {
+            let (_, address) = self.coordinator(group).await?;
+            let client = self.coordinator_client(&address)?;
+            Ok((address, client))
+        };
+        let retry = |e: &ClientError| match e {
+            // A topic that is gone does not come back by retrying.
+            ClientError::Server { code: ErrorCode::UnknownTopicOrPartition, .. } => false,
+            // A metadata refresh that found no controller.
+            ClientError::TimedOut { .. } => true,
+            other => other.is_retriable(),
+        };
+        let refresh = |e: &ClientError| {
+            e.invalidates_metadata() || e.code() == Some(ErrorCode::CoordinatorLoadInProgress)
+        };
+        self.call_until(operation, deadline, backoff, target, call, retry, refresh).await
     }
 
     /// Calls a controller: the leader when known, else the controllers in turn. Follows
