@@ -1,7 +1,66 @@
 //! Helpers for the integration tests of every crate (feature `test-util`).
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+
+/// A service process a test started: killed when dropped (also when the test fails, then
+/// printing its log).
+#[derive(Debug)]
+pub struct ServiceProcess {
+    /// A name for messages, e.g. "broker 2".
+    pub name: String,
+    /// The child process.
+    pub child: Child,
+    /// Where its output goes.
+    pub log: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Wraps `child`, whose output goes to `log`.
+    pub fn new(name: impl Into<String>, child: Child, log: impl Into<PathBuf>) -> Self {
+        ServiceProcess { name: name.into(), child, log: log.into() }
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT", "TERM", "KILL") to the process.
+    ///
+    /// # Panics
+    /// When `kill` fails.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {} failed", self.name);
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        self.signal("KILL");
+        let _ = self.child.wait();
+    }
+
+    /// Stops the process with SIGTERM and waits; true when it exited with success.
+    pub fn terminate(&mut self) -> bool {
+        self.signal("TERM");
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} log ---\n{}",
+                self.name,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
 
 /// Polls `check` every 50 ms until it returns `Some`, failing the test after `limit`.
 ///

@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use clap::Parser;
@@ -37,21 +37,12 @@ async fn broker_process() {
     tideline_broker::run(config, listen, std::future::pending()).await.unwrap();
 }
 
-struct BrokerChild(Child);
-
-impl Drop for BrokerChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_broker(
     controller: &str,
     data: &Path,
     log: &Path,
     io_bytes_per_second: u64,
-) -> BrokerChild {
+) -> common::ServiceProcess {
     let args = [
         "--broker-id",
         "1",
@@ -68,16 +59,15 @@ fn spawn_broker(
     ]
     .join("\t");
     let out = std::fs::File::options().create(true).append(true).open(log).unwrap();
-    BrokerChild(
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "broker_process", "--nocapture", "--test-threads", "1"])
-            .env("TIDELINE_TEST_BROKER_ARGS", args)
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap(),
-    )
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "broker_process", "--nocapture", "--test-threads", "1"])
+        .env("TIDELINE_TEST_BROKER_ARGS", args)
+        .env("RUST_LOG", "info")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    common::ServiceProcess::new("broker 1", child, log)
 }
 
 /// Files of the offsets shard's partition directory.
@@ -193,8 +183,7 @@ async fn a_million_commits_compact_to_one_record_per_key_and_survive_a_kill_duri
         async move { cleaning.then_some(()) }
     })
     .await;
-    broker.0.kill().unwrap();
-    let _ = broker.0.wait();
+    broker.kill9();
     drop(broker);
 
     // It comes back with its data and a fast cleaner, which finishes the job.

@@ -153,6 +153,51 @@ fn start_load(
     (stop, task)
 }
 
+/// Waits until every record of `acked` was processed; on failure says which are missing,
+/// per partition, with the owner and the events of that partition.
+async fn wait_processed(log: &Log, acked: &BTreeSet<(i32, i64)>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (owners, processed) = replay(log);
+        let missing: Vec<(i32, i64)> =
+            acked.iter().filter(|k| !processed.contains_key(k)).copied().collect();
+        if missing.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+            for (p, o) in &missing {
+                by_partition.entry(*p).or_default().push(*o);
+            }
+            let summary: Vec<String> = by_partition
+                .iter()
+                .map(|(p, offsets)| {
+                    let last = processed.keys().filter(|(pp, _)| pp == p).map(|(_, o)| *o).max();
+                    format!(
+                        "partition {p} (owner {:?}, last processed {last:?}): {} missing, first {:?}",
+                        owners.get(p),
+                        offsets.len(),
+                        offsets.first()
+                    )
+                })
+                .collect();
+            let events: Vec<String> = log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e, Ev::Rebalance(..)))
+                .map(|e| format!("{e:?}"))
+                .collect();
+            panic!(
+                "records never processed:\n{}\nrebalances:\n{}",
+                summary.join("\n"),
+                events.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_owned(log: &Log, what: &str, want: impl Fn(&BTreeMap<String, usize>) -> bool) {
     wait_until(Duration::from_secs(60), what, || {
         let ok = want(&owned_by(log));
@@ -190,12 +235,7 @@ async fn a_group_scales_1_3_1_under_load_with_one_owner_per_partition_and_nothin
     let _ = stop_load.send(true);
     let acked = load.await.unwrap();
     assert!(acked.len() > 500, "the load produced {} records", acked.len());
-    wait_until(Duration::from_secs(30), "every acknowledged record processed", || {
-        let (_, processed) = replay(&log);
-        let missing = acked.iter().filter(|k| !processed.contains_key(k)).count();
-        async move { (missing == 0).then_some(()) }
-    })
-    .await;
+    wait_processed(&log, &acked).await;
     m1.close().await;
 
     let (owners, processed) = replay(&log);
@@ -230,16 +270,6 @@ async fn member_process() {
     }
 }
 
-/// Kills the child process when dropped (also when the test fails).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_killed_with_sigkill_loses_its_partitions_after_the_session_timeout() {
     let mut cluster = Cluster::start(1, 1).await;
@@ -261,7 +291,7 @@ async fn a_member_killed_with_sigkill_loses_its_partitions_after_the_session_tim
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut b = KillOnDrop(b);
+    let mut b = common::ServiceProcess::new("member b", b, &member_log);
     wait_owned(&log, "a gave half to b", |c| c.get("a") == Some(&3)).await;
     let line = wait_until(Duration::from_secs(30), "b reports its assignment", || {
         let text = std::fs::read_to_string(&member_log).unwrap_or_default();
@@ -272,14 +302,7 @@ async fn a_member_killed_with_sigkill_loses_its_partitions_after_the_session_tim
 
     // b dies without a word: nothing moves until its session times out, then a gets it all.
     let killed = Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &b.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let _ = b.0.wait();
+    b.kill9();
     tokio::time::sleep(Duration::from_millis(SESSION_MS / 2)).await;
     assert_eq!(owned_by(&log).get("a"), Some(&3), "b's partitions stay with b within its session");
     wait_owned(&log, "a owns all 6 after b's session timed out", |c| c.get("a") == Some(&6)).await;
@@ -330,12 +353,7 @@ async fn consumers_carry_on_when_their_coordinator_is_killed_with_sigkill() {
     let _ = stop_load.send(true);
     let acked = load.await.unwrap();
     // Nobody restarts anything: the members find the new coordinator and keep reading.
-    wait_until(Duration::from_secs(30), "every acknowledged record processed", || {
-        let (_, processed) = replay(&log);
-        let missing = acked.iter().filter(|k| !processed.contains_key(k)).count();
-        async move { (missing == 0).then_some(()) }
-    })
-    .await;
+    wait_processed(&log, &acked).await;
     let (new_owner, _) = cluster.owner_of("survivors").await.unwrap();
     assert_ne!(new_owner, owner);
     let after = wait_until(Duration::from_secs(10), "commits after the failover", || {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use tideline_common::error_code_of;
@@ -24,46 +24,7 @@ pub const LEASE_MS: u64 = 1500;
 pub use tideline_common::testing::wait_until;
 
 /// A `tideline-broker` process.
-#[derive(Debug)]
-pub struct BrokerProcess {
-    /// Broker id.
-    pub id: i32,
-    /// The child process.
-    pub child: Child,
-    log: PathBuf,
-}
-
-impl BrokerProcess {
-    /// Sends `signal` (e.g. "STOP", "CONT", "TERM", "KILL") to the process.
-    pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{signal} failed");
-    }
-
-    /// Stops the process with SIGTERM and waits; true when it exited with success.
-    pub fn terminate(&mut self) -> bool {
-        self.signal("TERM");
-        self.child.wait().unwrap().success()
-    }
-}
-
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- broker {} log ---\n{}",
-                self.id,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
+pub type BrokerProcess = tideline_common::testing::ServiceProcess;
 
 /// A controller quorum plus brokers.
 pub struct Cluster {
@@ -156,7 +117,7 @@ impl Cluster {
             .stderr(out)
             .spawn()
             .unwrap();
-        self.brokers.insert(id, BrokerProcess { id, child, log });
+        self.brokers.insert(id, BrokerProcess::new(format!("broker {id}"), child, log));
         self.wait_broker_live(id).await;
     }
 

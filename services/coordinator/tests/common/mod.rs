@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use tideline_broker::{Broker, BrokerConfig};
@@ -18,7 +17,7 @@ use tideline_proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-pub use tideline_common::testing::wait_until;
+pub use tideline_common::testing::{ServiceProcess, wait_until};
 
 /// Lease of brokers and coordinators in the tests, in ms.
 pub const LEASE_MS: u64 = 1500;
@@ -29,49 +28,23 @@ pub const HEARTBEAT_MS: u64 = 300;
 
 /// A `tideline-coordinator` process.
 pub struct CoordinatorProcess {
-    /// Its id.
-    pub id: String,
     /// Where it serves Prometheus metrics.
     pub metrics_addr: String,
-    child: Child,
-    log: PathBuf,
+    /// The process.
+    pub process: ServiceProcess,
 }
 
-impl CoordinatorProcess {
-    /// Sends `signal` ("KILL", "TERM", "STOP", "CONT").
-    pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{signal} failed");
-    }
+impl std::ops::Deref for CoordinatorProcess {
+    type Target = ServiceProcess;
 
-    /// SIGKILL, and reap.
-    pub fn kill9(&mut self) {
-        self.signal("KILL");
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM and wait; true when it exited with success.
-    pub fn terminate(&mut self) -> bool {
-        self.signal("TERM");
-        self.child.wait().unwrap().success()
+    fn deref(&self) -> &ServiceProcess {
+        &self.process
     }
 }
 
-impl Drop for CoordinatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- coordinator {} log ---\n{}",
-                self.id,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
+impl std::ops::DerefMut for CoordinatorProcess {
+    fn deref_mut(&mut self) -> &mut ServiceProcess {
+        &mut self.process
     }
 }
 
@@ -185,7 +158,10 @@ impl Cluster {
             .unwrap();
         self.coordinators.insert(
             id.to_string(),
-            CoordinatorProcess { id: id.to_string(), metrics_addr, child, log },
+            CoordinatorProcess {
+                metrics_addr,
+                process: ServiceProcess::new(format!("coordinator {id}"), child, log),
+            },
         );
     }
 
