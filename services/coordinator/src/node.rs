@@ -458,8 +458,11 @@ async fn load(shared: Arc<Shared>, index: i32, epoch: i64) {
         let started = Instant::now();
         match load_once(&shared, index, epoch, &wanted).await {
             Ok(None) => return,
-            Ok(Some((shard, replayed))) => {
+            Ok(Some((shard, replayed, changes))) => {
                 let active = Arc::new(ActiveShard::new(index, epoch, shard));
+                // Held until what the cluster's topics changed in the groups since they were
+                // written is sent, so no request sees those changes without waiting for them.
+                let state = active.state.lock().await;
                 {
                     let mut slots = lock(&shared.shards);
                     if !matches!(slots.get(&index), Some(Slot::Loading { epoch: e }) if *e == epoch)
@@ -477,6 +480,13 @@ async fn load(shared: Arc<Shared>, index: i32, epoch: i64) {
                     ms = started.elapsed().as_millis() as u64,
                     "shard loaded"
                 );
+                if !changes.is_empty() {
+                    let sent = shared.send(&active, changes).await;
+                    drop(state);
+                    if let Ok(barrier) = sent {
+                        let _ = shared.settle(&active, barrier).await;
+                    }
+                }
                 return;
             }
             Err(e) => {
@@ -495,7 +505,7 @@ async fn load_once(
     index: i32,
     epoch: i64,
     wanted: &impl Fn(&Shared) -> bool,
-) -> Result<Option<(Shard, u64)>, String> {
+) -> Result<Option<(Shard, u64, Vec<ShardRecord>)>, String> {
     let mut consumer = Consumer::new(
         &shared.cluster,
         ConsumerConfig {
@@ -531,8 +541,8 @@ async fn load_once(
         return Ok(None);
     }
     let topics = cluster_topics(shared).await.map_err(|e| e.to_string())?;
-    // Changes the topics make to the groups are written by the first housekeeping round.
-    let _ = replay.shard.set_topics(topics);
+    // What the topics change in the groups is written once the shard serves.
+    let changes = replay.shard.set_topics(topics);
     replay.shard.start_sessions(now_ms());
     shared.counters.records_replayed.fetch_add(replay.applied, Ordering::Relaxed);
     shared.counters.records_fenced.fetch_add(replay.fenced, Ordering::Relaxed);
@@ -543,7 +553,7 @@ async fn load_once(
             "ignored records of a coordinator that had lost the shard"
         );
     }
-    Ok(Some((replay.shard, replay.applied)))
+    Ok(Some((replay.shard, replay.applied, changes)))
 }
 
 /// A shard being rebuilt from its partition.

@@ -37,12 +37,19 @@ async fn broker_process() {
     tideline_broker::run(config, listen, std::future::pending()).await.unwrap();
 }
 
+/// The cleaner of the test's broker: how often it looks for work, and its I/O budget.
+struct CleanerPace {
+    interval_ms: u64,
+    bytes_per_second: u64,
+}
+
 fn spawn_broker(
     controller: &str,
     data: &Path,
     log: &Path,
-    io_bytes_per_second: u64,
+    pace: CleanerPace,
 ) -> common::ServiceProcess {
+    let (interval, rate) = (pace.interval_ms.to_string(), pace.bytes_per_second.to_string());
     let args = [
         "--broker-id",
         "1",
@@ -53,9 +60,9 @@ fn spawn_broker(
         "--data-dir",
         &data.display().to_string(),
         "--log-cleaner-interval-ms",
-        "200",
+        &interval,
         "--log-cleaner-io-max-bytes-per-second",
-        &io_bytes_per_second.to_string(),
+        &rate,
     ]
     .join("\t");
     let out = std::fs::File::options().create(true).append(true).open(log).unwrap();
@@ -149,8 +156,9 @@ async fn a_million_commits_compact_to_one_record_per_key_and_survive_a_kill_duri
     .await;
     let data = cluster.root.path().join("broker-1");
     let broker_log = cluster.root.path().join("broker-1.log");
-    // A slow cleaner at first, so that it is caught in the middle of a clean.
-    let mut broker = spawn_broker(&cluster.controller_addr, &data, &broker_log, 2 << 20);
+    // No cleaning while the commits are written: the whole shard is dirty when it starts.
+    let idle = CleanerPace { interval_ms: 3_600_000, bytes_per_second: 1 << 30 };
+    let mut broker = spawn_broker(&cluster.controller_addr, &data, &broker_log, idle);
     let mut ctl = cluster.controller();
     wait_until(Duration::from_secs(30), "the broker registered", || {
         let mut ctl = ctl.clone();
@@ -174,7 +182,12 @@ async fn a_million_commits_compact_to_one_record_per_key_and_survive_a_kill_duri
     let expected = commit_all(&cluster).await;
     assert_eq!(expected.len(), 1000);
 
-    // Kill the broker while a clean is under way (its temporary files are on disk).
+    // Back with a slow cleaner, which starts on the whole shard at once; killed while the clean
+    // is under way (its temporary files are on disk).
+    broker.kill9();
+    drop(broker);
+    let slow = CleanerPace { interval_ms: 200, bytes_per_second: 2 << 20 };
+    let mut broker = spawn_broker(&cluster.controller_addr, &data, &broker_log, slow);
     wait_until(Duration::from_secs(120), "a clean in progress", || {
         let cleaning = shard_files(&data).iter().any(|f| {
             let name = f.display().to_string();
@@ -188,7 +201,8 @@ async fn a_million_commits_compact_to_one_record_per_key_and_survive_a_kill_duri
 
     // It comes back with its data and a fast cleaner, which finishes the job.
     let before_restart = std::fs::read_to_string(&broker_log).unwrap_or_default().len();
-    let _broker = spawn_broker(&cluster.controller_addr, &data, &broker_log, 1 << 30);
+    let fast = CleanerPace { interval_ms: 200, bytes_per_second: 1 << 30 };
+    let _broker = spawn_broker(&cluster.controller_addr, &data, &broker_log, fast);
     wait_until(Duration::from_secs(120), "a clean after the restart", || {
         let text = std::fs::read_to_string(&broker_log).unwrap_or_default();
         let done = text.get(before_restart..).is_some_and(|t| t.contains("log cleaned"));
