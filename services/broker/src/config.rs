@@ -56,6 +56,9 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     /// Longest `max_wait_ms` a fetch may ask for.
     pub max_fetch_wait: Duration,
+    /// Where the sendfile data listener listens; `None`: the gRPC listener's address with a
+    /// port the system picks.
+    pub data_listen: Option<std::net::SocketAddr>,
     /// A follower that has not caught up with the leader for this long leaves the ISR
     /// (`replica.lag.time.max.ms`).
     pub replica_lag_time_max: Duration,
@@ -79,6 +82,7 @@ impl BrokerConfig {
             log_defaults: LogConfig::default(),
             retention_check_interval: Duration::from_secs(30),
             max_fetch_wait: Duration::from_secs(30),
+            data_listen: None,
             replica_lag_time_max: Duration::from_secs(30),
             produce_timeout: Duration::from_secs(30),
             log_cleaner: LogCleanerConfig::default(),

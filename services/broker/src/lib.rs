@@ -4,6 +4,7 @@
 //!
 //! - [`cleaner`]: the log cleaner, compacting `cleanup.policy=compact` logs.
 //! - [`config`]: the broker's settings.
+//! - [`data`]: the sendfile data listener (bulk reads from the page cache to the socket).
 //! - [`log_config`]: topic configs to a partition log's `LogConfig`.
 //! - [`membership`]: registration, heartbeats (the lease) and the metadata watch.
 //! - [`options`]: command line and environment, validated into a config.
@@ -15,6 +16,7 @@
 
 pub mod cleaner;
 pub mod config;
+pub mod data;
 pub mod log_config;
 pub mod membership;
 pub mod options;
@@ -77,6 +79,12 @@ impl Broker {
     pub async fn start(config: BrokerConfig, listener: TcpListener) -> Result<Broker, BrokerError> {
         config.validate().map_err(BrokerError::Config)?;
         let local_addr = listener.local_addr().map_err(|e| BrokerError::Listen(e.to_string()))?;
+        let data_addr = config.data_listen.unwrap_or(std::net::SocketAddr::new(local_addr.ip(), 0));
+        let data_listener = TcpListener::bind(data_addr).await.map_err(|e| {
+            BrokerError::Listen(format!("cannot listen for data on {data_addr}: {e}"))
+        })?;
+        let data_port =
+            data_listener.local_addr().map_err(|e| BrokerError::Listen(e.to_string()))?.port();
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_not_serving::<BrokerServiceServer<BrokerApi>>().await;
         let replicas =
@@ -86,6 +94,7 @@ impl Broker {
             replicas,
             config,
             port: local_addr.port(),
+            data_port,
             lease_ms: AtomicU64::new(0),
             metadata: RwLock::new(MetadataImage::default()),
             metadata_applied: watch::channel(0).0,
@@ -129,6 +138,7 @@ impl Broker {
             tokio::spawn(membership::run_watch(Arc::clone(&shared), stopped.clone())),
             tokio::spawn(replication::run_isr_maintenance(Arc::clone(&shared), stopped.clone())),
             tokio::spawn(cleaner::run_cleaner(Arc::clone(&shared), stopped.clone())),
+            tokio::spawn(data::run(Arc::clone(&shared), data_listener, stopped.clone())),
             tokio::spawn(housekeeping(Arc::clone(&shared), stopped)),
         ];
         tracing::info!(broker_id = shared.config.broker_id, %local_addr, data_dir = %shared.config.data_dir.display(), "broker started");

@@ -103,6 +103,8 @@ pub struct Shared {
     pub config: BrokerConfig,
     /// The gRPC port the broker listens on (advertised with `config.advertised_host`).
     pub port: u16,
+    /// The port of the sendfile data listener (advertised beside the gRPC port).
+    pub data_port: u16,
     /// The lease length the controller granted, in ms.
     pub lease_ms: std::sync::atomic::AtomicU64,
     /// The replicas held.
@@ -181,7 +183,7 @@ pub async fn run_lease(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         broker_id: shared.config.broker_id,
         host: shared.config.advertised_host.clone(),
         port: u32::from(shared.port),
-        data_port: 0,
+        data_port: u32::from(shared.data_port),
         rack: shared.config.rack.clone(),
     };
     let mut backoff = Duration::from_millis(100);

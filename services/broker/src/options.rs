@@ -22,6 +22,10 @@ pub struct Options {
     /// Address to serve gRPC on; port 0 picks a free port (registered with the controller).
     #[arg(long, env = "TIDELINE_LISTEN", default_value = "0.0.0.0:9092")]
     pub listen: SocketAddr,
+    /// Address of the sendfile data listener (consumers' bulk reads); defaults to the gRPC
+    /// listen address with a port the system picks. Advertised in metadata as `data_port`.
+    #[arg(long, env = "TIDELINE_DATA_LISTEN")]
+    pub data_listen: Option<SocketAddr>,
     /// Host clients use to reach this broker; defaults to the listen address, or the machine's
     /// host name when listening on all interfaces.
     #[arg(long, env = "TIDELINE_ADVERTISED_HOST")]
@@ -124,6 +128,7 @@ impl TryFrom<Options> for (BrokerConfig, SocketAddr) {
         };
         c.replica_lag_time_max = Duration::from_millis(o.replica_lag_time_max_ms);
         c.produce_timeout = Duration::from_millis(o.produce_timeout_ms);
+        c.data_listen = o.data_listen;
         c.validate()?;
         Ok((c, o.listen))
     }

@@ -17,7 +17,7 @@ use crate::membership::Shared;
 use crate::replicas::Replica;
 
 /// Largest `max_bytes` a fetch may ask for; larger values are capped to it.
-const MAX_FETCH_BYTES: usize = 32 << 20;
+pub(crate) const MAX_FETCH_BYTES: usize = 32 << 20;
 
 /// A partition this broker leads, as a request found it.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ fn now_ms() -> i64 {
 
 /// The status for a log error: bad input gets the code naming what is wrong; a log that failed
 /// gets `STORAGE_ERROR`.
-fn log_status(topic: &str, partition: i32, e: &LogError) -> Status {
+pub(crate) fn log_status(topic: &str, partition: i32, e: &LogError) -> Status {
     let code = match e {
         LogError::InvalidBatch { source, .. } => match source {
             BatchError::TooLarge { .. } => ErrorCode::MessageTooLarge,
@@ -69,7 +69,7 @@ fn log_status(topic: &str, partition: i32, e: &LogError) -> Status {
 }
 
 /// Checks the leader epoch a request carries against the partition's.
-fn check_epoch(
+pub(crate) fn check_epoch(
     carried: Option<i32>,
     leader_epoch: i32,
     topic: &str,
@@ -92,7 +92,7 @@ fn check_epoch(
     }
 }
 
-fn join_status(e: tokio::task::JoinError) -> Status {
+pub(crate) fn join_status(e: tokio::task::JoinError) -> Status {
     status(ErrorCode::StorageError, format!("log task failed: {e}"))
 }
 
@@ -102,9 +102,27 @@ impl BrokerApi {
         BrokerApi { shared }
     }
 
+    /// The broker's shared state.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The replica of `topic`/`partition` if this broker may serve it as leader now;
     /// otherwise the status saying why not (fenced, stale metadata, unknown, no leader, another
     /// leader, not open yet).
+    /// The replica this broker leads for `topic`-`partition`, as a consumer may read it: the
+    /// broker serves, leads the partition, and `current_leader_epoch` (if given) is current.
+    pub(crate) fn readable_replica(
+        &self,
+        topic: &str,
+        partition: i32,
+        current_leader_epoch: Option<i32>,
+    ) -> Result<Replica, Status> {
+        let replica = self.leader_replica(topic, partition)?.replica;
+        check_epoch(current_leader_epoch, replica.leader_epoch, topic, partition)?;
+        Ok(replica)
+    }
+
     fn leader_replica(&self, topic: &str, partition: i32) -> Result<Leading, Status> {
         let me = self.shared.config.broker_id;
         if let Some(reason) = self.shared.not_serving_reason() {

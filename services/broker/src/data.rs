@@ -1,0 +1,245 @@
+//! The sendfile data listener: a plain TCP port beside the gRPC one, where consumers read
+//! record batches that go from the page cache to the socket with `sendfile(2)`, never copied
+//! through user space. The framing (documented in `docs/data-protocol.md`): a request is a
+//! big-endian `u32` length and an encoded `DataFetchRequest`; each answer, in request order, is
+//! a `u32` length, an encoded `DataFetchResponse`, then each partition's batches back to back.
+//!
+//! Reads follow gRPC Fetch: only the partition's leader answers, up to its high watermark,
+//! whole batches, at least one batch per partition, and a fetch waits (long poll) until
+//! `min_bytes` are there, `max_wait_ms` passed, or the broker stops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tideline_common::{ErrorCode, error_code_of};
+use tideline_log::{FileRegion, LogError};
+use tideline_proto::v1 as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::membership::Shared;
+use crate::service::{BrokerApi, MAX_FETCH_BYTES, join_status, log_status};
+
+/// Largest request frame accepted (a request names partitions, it carries no data).
+pub const MAX_REQUEST_BYTES: u32 = 1 << 20;
+
+/// Largest single `sendfile(2)` call (Linux moves at most this much at once).
+const MAX_SENDFILE: u64 = 0x7fff_f000;
+
+/// Accepts connections until `stop`, serving each on its own task.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let api = BrokerApi::new(Arc::clone(&shared));
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(api, stream, stop).await {
+                        tracing::debug!(%peer, error = %e, "data connection closed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "data listener accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection: requests in order until the peer closes it or the broker stops.
+async fn serve(
+    api: BrokerApi,
+    mut stream: TcpStream,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    loop {
+        let len = tokio::select! {
+            r = stream.read_u32() => match r {
+                Ok(len) => len,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            },
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        if len > MAX_REQUEST_BYTES {
+            return Err(invalid(format!("request of {len} bytes, at most {MAX_REQUEST_BYTES}")));
+        }
+        let mut body = vec![0; len as usize];
+        stream.read_exact(&mut body).await?;
+        let request = pb::DataFetchRequest::decode(body.as_slice())
+            .map_err(|e| invalid(format!("undecodable request: {e}")))?;
+        let answers = fetch(&api, &request, &stop).await;
+        let header = pb::DataFetchResponse {
+            partitions: answers.iter().map(|(result, _)| result.clone()).collect(),
+        };
+        let mut frame = Vec::with_capacity(4 + header.encoded_len());
+        frame.extend_from_slice(&(header.encoded_len() as u32).to_be_bytes());
+        header.encode(&mut frame).map_err(|e| invalid(e.to_string()))?;
+        stream.write_all(&frame).await?;
+        for (_, region) in &answers {
+            if let Some(region) = region {
+                send_region(&stream, region).await?;
+            }
+        }
+    }
+}
+
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+/// Sends `region` with `sendfile(2)`, waiting for the socket to be writable and resuming
+/// partial sends.
+async fn send_region(stream: &TcpStream, region: &FileRegion) -> std::io::Result<()> {
+    let mut position = region.position();
+    let end = position + region.len();
+    while position < end {
+        stream.writable().await?;
+        let count = (end - position).min(MAX_SENDFILE) as usize;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(stream, region.file(), Some(&mut position), count)
+                .map_err(std::io::Error::from)
+        });
+        match sent {
+            // The file ends before the region: it was truncated under the read. The frame
+            // promised more bytes than exist; only closing the connection keeps it consistent.
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "segment shorter than the region being sent",
+                ));
+            }
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One partition's answer: the header entry, and the batches to send (none on error).
+type Answer = (pb::DataFetchPartitionResult, Option<FileRegion>);
+
+/// Reads every partition of `request` now; if they hold fewer than `min_bytes` in all, waits
+/// for a high watermark to move (or the metadata to change, the broker to stop, the deadline)
+/// and reads again.
+async fn fetch(
+    api: &BrokerApi,
+    request: &pb::DataFetchRequest,
+    stop: &watch::Receiver<bool>,
+) -> Vec<Answer> {
+    let shared = api.shared();
+    let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0))
+        .min(shared.config.max_fetch_wait);
+    let deadline = tokio::time::Instant::now() + wait;
+    let min_bytes = u64::try_from(request.min_bytes).unwrap_or(0).max(1);
+    let mut metadata_changed = shared.metadata_applied.subscribe();
+    loop {
+        metadata_changed.borrow_and_update();
+        let mut answers = Vec::with_capacity(request.partitions.len());
+        let mut watchers = Vec::new();
+        let mut failed = false;
+        let mut total = 0;
+        for p in &request.partitions {
+            match read(api, p).await {
+                Ok((answer, region, hw)) => {
+                    total += region.len();
+                    watchers.push(hw);
+                    answers.push((answer, (!region.is_empty()).then_some(region)));
+                }
+                Err(s) => {
+                    failed = true;
+                    answers.push((refused(p, &s), None));
+                }
+            }
+        }
+        let stopping = *stop.borrow();
+        if total >= min_bytes || failed || stopping || tokio::time::Instant::now() >= deadline {
+            return answers;
+        }
+        let mut changes = tokio::task::JoinSet::new();
+        for mut w in watchers {
+            changes.spawn(async move { w.changed().await.is_ok() });
+        }
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = changes.join_next() => {}
+            _ = metadata_changed.changed() => {}
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        changes.abort_all();
+    }
+}
+
+fn refused(p: &pb::DataFetchPartition, s: &Status) -> pb::DataFetchPartitionResult {
+    pb::DataFetchPartitionResult {
+        topic: p.topic.clone(),
+        partition: p.partition,
+        error_code: error_code_of(s).unwrap_or(ErrorCode::StorageError) as i32,
+        error_message: s.message().to_string(),
+        high_watermark: -1,
+        log_start_offset: -1,
+        next_offset: p.offset,
+        payload_length: 0,
+    }
+}
+
+/// One read of one partition, without waiting: the header entry, the region, and a receiver
+/// of its high watermark (marked seen before the read, so no move after it is missed).
+async fn read(
+    api: &BrokerApi,
+    p: &pb::DataFetchPartition,
+) -> Result<(pb::DataFetchPartitionResult, FileRegion, watch::Receiver<i64>), Status> {
+    if p.offset < 0 || p.max_bytes < 0 {
+        return Err(tideline_common::status(
+            ErrorCode::InvalidRequest,
+            format!("negative offset {} or max_bytes {}", p.offset, p.max_bytes),
+        ));
+    }
+    let replica = api.readable_replica(&p.topic, p.partition, p.current_leader_epoch)?;
+    let mut hw_changed = replica.high_watermark.subscribe();
+    hw_changed.borrow_and_update();
+    let hw = replica.high_watermark();
+    let log = Arc::clone(&replica.log);
+    let (offset, max_bytes) = (p.offset, (p.max_bytes as usize).min(MAX_FETCH_BYTES));
+    let read = tokio::task::spawn_blocking(move || log.read(offset, max_bytes, Some(hw)))
+        .await
+        .map_err(join_status)?
+        .map_err(|e| match e {
+            // A consumer's readable end is the high watermark, not the log end.
+            LogError::OffsetOutOfRange { requested, log_start, .. } => log_status(
+                &p.topic,
+                p.partition,
+                &LogError::OffsetOutOfRange { requested, log_start, log_end: hw },
+            ),
+            e => log_status(&p.topic, p.partition, &e),
+        })?;
+    let region = read.region;
+    let answer = pb::DataFetchPartitionResult {
+        topic: p.topic.clone(),
+        partition: p.partition,
+        error_code: ErrorCode::Unspecified as i32,
+        error_message: String::new(),
+        high_watermark: hw,
+        log_start_offset: read.log_start_offset,
+        next_offset: if region.is_empty() { p.offset } else { region.next_offset() },
+        payload_length: u32::try_from(region.len()).unwrap_or(u32::MAX),
+    };
+    Ok((answer, region, hw_changed))
+}
