@@ -63,6 +63,8 @@ struct Inner {
     refresh: tokio::sync::Mutex<()>,
     /// A background refresh (of metadata older than `metadata_max_age`) is running.
     background_refresh: AtomicBool,
+    /// Idle connections to brokers' data ports.
+    data: crate::data::DataConnections,
 }
 
 #[derive(Debug)]
@@ -107,6 +109,7 @@ impl Cluster {
             inner: Arc::new(Inner {
                 config,
                 channels: Mutex::new(HashMap::new()),
+                data: Default::default(),
                 controllers: Mutex::new(controllers),
                 metadata: Mutex::new(MetadataCache {
                     current: Arc::new(Metadata::default()),
@@ -261,6 +264,22 @@ impl Cluster {
                 .ok_or_else(|| no_leader(format!("leader broker {} has no address", p.leader))),
             None => Err(no_leader(format!("leader broker {} is not in the metadata", p.leader))),
         }
+    }
+
+    /// The data port address (`host:data_port`) of the broker at gRPC `address`, when it
+    /// advertises one.
+    pub(crate) fn data_address(&self, address: &str) -> Option<String> {
+        let metadata = self.metadata();
+        metadata.brokers().filter_map(|b| b.endpoint.as_ref()).find_map(|e| {
+            let grpc = crate::metadata::host_port(&e.host, e.port);
+            (grpc == address && e.data_port > 0)
+                .then(|| crate::metadata::host_port(&e.host, e.data_port))
+        })
+    }
+
+    /// The pool of connections to brokers' data ports.
+    pub(crate) fn data_connections(&self) -> &crate::data::DataConnections {
+        &self.inner.data
     }
 
     /// A `BrokerService` client on the channel to `address`.

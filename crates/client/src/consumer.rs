@@ -287,6 +287,7 @@ impl Consumer {
             max_wait: self.config.fetch_max_wait,
             check_crcs: self.config.check_crcs,
             retry_backoff: self.config.retry_backoff,
+            use_data_port: self.config.use_data_port,
         };
         for a in &mut self.assignment {
             let (Fetch::Idle, Some(position)) = (&a.fetch, a.position) else { continue };
@@ -467,6 +468,7 @@ struct FetchParams {
     max_wait: Duration,
     check_crcs: bool,
     retry_backoff: Duration,
+    use_data_port: bool,
 }
 
 /// Errors after which the partition is simply fetched again: retriable ones, and timeouts
@@ -511,45 +513,69 @@ async fn fetch_partition(
 ) -> Result<Decoded, ClientError> {
     let operation = format!("fetch from {topic}-{partition}");
     let address = cluster.leader(topic, partition).await?;
-    let mut client = cluster.broker_client(&address)?;
-    let request = pb::FetchRequest {
-        topic: topic.to_string(),
-        partition,
-        offset: position,
-        max_bytes: params.max_bytes,
-        max_wait_ms: i32::try_from(params.max_wait.as_millis()).unwrap_or(i32::MAX),
-        min_bytes: params.min_bytes,
-        decode_records: false,
-        replica_id: None,
-        current_leader_epoch: cluster
-            .metadata()
-            .partition(topic, partition)
-            .map(|p| p.leader_epoch),
-    };
+    let current_leader_epoch =
+        cluster.metadata().partition(topic, partition).map(|p| p.leader_epoch);
+    let max_wait_ms = i32::try_from(params.max_wait.as_millis()).unwrap_or(i32::MAX);
     let limit = params.max_wait + cluster.request_timeout();
-    let response = match tokio::time::timeout(limit, client.fetch(request)).await {
-        Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) if error_code_of(&status) == Some(ErrorCode::OffsetOutOfRange) => {
-            let read = |key: &str| {
-                status
-                    .metadata()
-                    .get(key)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
+    let data = match cluster.data_address(&address).filter(|_| params.use_data_port) {
+        Some(data_address) => {
+            let request = pb::DataFetchRequest {
+                partitions: vec![pb::DataFetchPartition {
+                    topic: topic.to_string(),
+                    partition,
+                    offset: position,
+                    max_bytes: params.max_bytes,
+                    current_leader_epoch,
+                }],
+                max_wait_ms,
+                min_bytes: params.min_bytes,
             };
-            return Err(ClientError::OffsetOutOfRange {
-                topic: topic.to_string(),
-                partition,
-                offset: position,
-                log_start_offset: read(LOG_START_OFFSET_KEY),
-                log_end_offset: read(LOG_END_OFFSET_KEY),
-                message: status.message().to_string(),
-            });
+            let fetched = cluster.data_connections().fetch(&data_address, &request);
+            let (header, mut payloads) = match tokio::time::timeout(limit, fetched).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => {
+                    return Err(ClientError::Transport {
+                        operation,
+                        address: data_address,
+                        message: e.to_string(),
+                    });
+                }
+                Err(_) => return Err(ClientError::no_answer(operation, &data_address, limit)),
+            };
+            let (Some(p), Some(bytes)) = (header.partitions.first(), payloads.pop()) else {
+                return Err(ClientError::Transport {
+                    operation,
+                    address: data_address,
+                    message: "an answer without the partition asked".into(),
+                });
+            };
+            match ErrorCode::try_from(p.error_code).unwrap_or(ErrorCode::StorageError) {
+                ErrorCode::Unspecified => bytes,
+                ErrorCode::OffsetOutOfRange => {
+                    return Err(ClientError::OffsetOutOfRange {
+                        topic: topic.to_string(),
+                        partition,
+                        offset: position,
+                        log_start_offset: (p.log_start_offset >= 0).then_some(p.log_start_offset),
+                        log_end_offset: (p.high_watermark >= 0).then_some(p.high_watermark),
+                        message: p.error_message.clone(),
+                    });
+                }
+                code => {
+                    return Err(ClientError::Server {
+                        operation,
+                        address: data_address,
+                        code,
+                        message: p.error_message.clone(),
+                        leader: None,
+                    });
+                }
+            }
         }
-        Ok(Err(status)) => return Err(ClientError::from_status(operation, &address, &status)),
-        Err(_) => return Err(ClientError::no_answer(operation, &address, limit)),
+        None => {
+            fetch_grpc(cluster, &address, topic, partition, position, params, operation).await?
+        }
     };
-    let data = response.record_batches;
     let (topic, check_crcs) = (topic.to_string(), params.check_crcs);
     let decoded = if data.len() > BLOCKING_DECODE_BYTES {
         let topic = topic.clone();
@@ -566,6 +592,56 @@ async fn fetch_partition(
         decode(&topic, partition, &data, position, check_crcs)
     };
     decoded.map_err(|error| ClientError::Corrupt { topic, partition, error })
+}
+
+/// One gRPC `Fetch` from the leader at `address`: the batches.
+async fn fetch_grpc(
+    cluster: &Cluster,
+    address: &str,
+    topic: &str,
+    partition: i32,
+    position: i64,
+    params: FetchParams,
+    operation: String,
+) -> Result<bytes::Bytes, ClientError> {
+    let mut client = cluster.broker_client(address)?;
+    let request = pb::FetchRequest {
+        topic: topic.to_string(),
+        partition,
+        offset: position,
+        max_bytes: params.max_bytes,
+        max_wait_ms: i32::try_from(params.max_wait.as_millis()).unwrap_or(i32::MAX),
+        min_bytes: params.min_bytes,
+        decode_records: false,
+        replica_id: None,
+        current_leader_epoch: cluster
+            .metadata()
+            .partition(topic, partition)
+            .map(|p| p.leader_epoch),
+    };
+    let limit = params.max_wait + cluster.request_timeout();
+    match tokio::time::timeout(limit, client.fetch(request)).await {
+        Ok(Ok(response)) => Ok(response.into_inner().record_batches),
+        Ok(Err(status)) if error_code_of(&status) == Some(ErrorCode::OffsetOutOfRange) => {
+            let read = |key: &str| {
+                status
+                    .metadata()
+                    .get(key)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+            };
+            Err(ClientError::OffsetOutOfRange {
+                topic: topic.to_string(),
+                partition,
+                offset: position,
+                log_start_offset: read(LOG_START_OFFSET_KEY),
+                log_end_offset: read(LOG_END_OFFSET_KEY),
+                message: status.message().to_string(),
+            })
+        }
+        Ok(Err(status)) => Err(ClientError::from_status(operation, address, &status)),
+        Err(_) => Err(ClientError::no_answer(operation, address, limit)),
+    }
 }
 
 #[cfg(test)]

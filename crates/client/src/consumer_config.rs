@@ -39,6 +39,10 @@ pub struct ConsumerConfig {
     pub retry_backoff: Duration,
     /// Check the CRC of fetched batches (`check.crcs`). Default true.
     pub check_crcs: bool,
+    /// Fetch through the brokers' sendfile data port when they advertise one (the batches
+    /// come from the page cache without a copy on the broker), else through gRPC `Fetch`.
+    /// Default true.
+    pub use_data_port: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -50,6 +54,7 @@ impl Default for ConsumerConfig {
             fetch_max_wait: Duration::from_millis(500),
             retry_backoff: Duration::from_millis(100),
             check_crcs: true,
+            use_data_port: true,
         }
     }
 }

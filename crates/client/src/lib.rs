@@ -75,6 +75,7 @@ mod cluster;
 mod config;
 mod consumer;
 mod consumer_config;
+mod data;
 mod error;
 mod fetch;
 mod group_consumer;

@@ -180,11 +180,23 @@ async fn round_trip_returns_exactly_the_acknowledged_records() {
     assert_eq!(last_offset_of_key.len(), 100);
     assert!(unkeyed_partitions.len() > 1, "unkeyed records all went to {unkeyed_partitions:?}");
 
-    let config =
-        ConsumerConfig { auto_offset_reset: AutoOffsetReset::None, ..ConsumerConfig::default() };
-    let mut consumer = Consumer::new(&client, config).unwrap();
-    let read = read_everything(&mut consumer, TOPIC, &counts).await;
-    check_read_back(&sent, &at, &counts, &read);
+    // Through the brokers' sendfile data ports (the default), and through gRPC Fetch: the
+    // same records either way.
+    for use_data_port in [true, false] {
+        let config = ConsumerConfig {
+            auto_offset_reset: AutoOffsetReset::None,
+            use_data_port,
+            ..ConsumerConfig::default()
+        };
+        let mut consumer = Consumer::new(&client, config).unwrap();
+        let read = read_everything(&mut consumer, TOPIC, &counts).await;
+        check_read_back(&sent, &at, &counts, &read);
+    }
+    let metadata = tideline_client::Admin::new(&client).metadata(&[]).await.unwrap();
+    assert!(
+        metadata.brokers().all(|b| b.endpoint.as_ref().is_some_and(|e| e.data_port > 0)),
+        "every broker advertises a data port"
+    );
     cluster.shutdown().await;
 }
 

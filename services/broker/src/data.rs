@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use tideline_common::{ErrorCode, error_code_of};
+use tideline_common::{ErrorCode, error_code_of, offset_range_of};
 use tideline_log::{FileRegion, LogError};
 use tideline_proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -188,13 +188,15 @@ async fn fetch(
 }
 
 fn refused(p: &pb::DataFetchPartition, s: &Status) -> pb::DataFetchPartitionResult {
+    // An offset out of range comes with the range a consumer may read.
+    let (log_start_offset, high_watermark) = offset_range_of(s).unwrap_or((-1, -1));
     pb::DataFetchPartitionResult {
         topic: p.topic.clone(),
         partition: p.partition,
         error_code: error_code_of(s).unwrap_or(ErrorCode::StorageError) as i32,
         error_message: s.message().to_string(),
-        high_watermark: -1,
-        log_start_offset: -1,
+        high_watermark,
+        log_start_offset,
         next_offset: p.offset,
         payload_length: 0,
     }
