@@ -4,6 +4,7 @@
 //! scripts; an error is one line on stderr and a non-zero exit status.
 
 mod admin;
+mod bench;
 mod dev;
 mod group;
 mod io;
@@ -50,6 +51,9 @@ enum Command {
     /// Consumer groups: list, describe, delete, reset offsets.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Measurements: `tide bench limits` (this machine's disk, loopback TCP and sendfile).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Cluster health: controllers, brokers, topics.
     #[command(subcommand)]
     Cluster(admin::ClusterCommand),
@@ -76,6 +80,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(c) => admin::topic(&cli.bootstrap, cli.output, c).await,
         Command::Cluster(c) => admin::cluster(&cli.bootstrap, cli.output, c).await,
         Command::Group(c) => group::group(&cli.bootstrap, cli.output, c).await,
+        Command::Bench(c) => {
+            let out = cli.output;
+            tokio::task::spawn_blocking(move || bench::bench(out, c)).await?
+        }
         Command::Produce(args) => io::produce(&cli.bootstrap, cli.output, args).await,
         Command::Consume(args) => io::consume(&cli.bootstrap, cli.output, args).await,
         Command::Controller(options) => {
