@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use prost::Message;
 use tideline_common::{ErrorCode, error_code_of, offset_range_of};
-use tideline_log::{FileRegion, LogError};
+use tideline_log::FileRegion;
 use tideline_proto::v1 as pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::membership::Shared;
-use crate::service::{BrokerApi, MAX_FETCH_BYTES, join_status, log_status};
+use crate::service::{BrokerApi, MAX_FETCH_BYTES, join_status, read_status};
 
 /// Largest request frame accepted (a request names partitions, it carries no data).
 pub const MAX_REQUEST_BYTES: u32 = 1 << 20;
@@ -223,15 +223,7 @@ async fn read(
     let read = tokio::task::spawn_blocking(move || log.read(offset, max_bytes, Some(hw)))
         .await
         .map_err(join_status)?
-        .map_err(|e| match e {
-            // A consumer's readable end is the high watermark, not the log end.
-            LogError::OffsetOutOfRange { requested, log_start, .. } => log_status(
-                &p.topic,
-                p.partition,
-                &LogError::OffsetOutOfRange { requested, log_start, log_end: hw },
-            ),
-            e => log_status(&p.topic, p.partition, &e),
-        })?;
+        .map_err(|e| read_status(&p.topic, p.partition, e, hw))?;
     let region = read.region;
     let answer = pb::DataFetchPartitionResult {
         topic: p.topic.clone(),

@@ -92,6 +92,19 @@ pub(crate) fn check_epoch(
     }
 }
 
+/// The status of a failed read bounded at `bound`: an offset out of range names the range a
+/// reader may read (up to the bound, the high watermark for consumers, not the log end).
+pub(crate) fn read_status(topic: &str, partition: i32, e: LogError, bound: i64) -> Status {
+    match e {
+        LogError::OffsetOutOfRange { requested, log_start, .. } => log_status(
+            topic,
+            partition,
+            &LogError::OffsetOutOfRange { requested, log_start, log_end: bound },
+        ),
+        e => log_status(topic, partition, &e),
+    }
+}
+
 pub(crate) fn join_status(e: tokio::task::JoinError) -> Status {
     status(ErrorCode::StorageError, format!("log task failed: {e}"))
 }
@@ -579,15 +592,7 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
             })
             .await
             .map_err(join_status)?
-            .map_err(|e| match e {
-                // A consumer's readable end is the high watermark, not the log end.
-                LogError::OffsetOutOfRange { requested, log_start, .. } => log_status(
-                    &req.topic,
-                    req.partition,
-                    &LogError::OffsetOutOfRange { requested, log_start, log_end: bound },
-                ),
-                e => log_status(&req.topic, req.partition, &e),
-            })?;
+            .map_err(|e| read_status(&req.topic, req.partition, e, bound))?;
             let (read, bytes) = read;
             // Between the high watermark and the log end (written, not yet committed) there is
             // nothing for a consumer to read yet: the fetch waits as at the end of the log.
