@@ -292,6 +292,11 @@ impl ClientError {
             | tonic::Code::DeadlineExceeded => {
                 ClientError::Transport { operation, address, message }
             }
+            // A connection torn down mid-stream (a server stopping) surfaces as an HTTP/2
+            // protocol error: the transport failed, the request may be retried.
+            tonic::Code::Internal if message.starts_with("h2 protocol error") => {
+                ClientError::Transport { operation, address, message }
+            }
             code => ClientError::Rpc { operation, address, code, message },
         }
     }
@@ -360,6 +365,14 @@ mod tests {
         assert!(matches!(error, ClientError::Transport { .. }), "{error:?}");
         assert!(error.is_retriable());
         assert_eq!(error.code(), None);
+
+        // What tonic reports when the server goes away in the middle of a stream.
+        let torn = tonic::Status::internal("h2 protocol error: http2 error");
+        let error = ClientError::from_status("produce", "h:1", &torn);
+        assert!(matches!(error, ClientError::Transport { .. }), "{error:?}");
+        assert!(error.is_retriable());
+        let internal = tonic::Status::internal("something else");
+        assert!(!ClientError::from_status("produce", "h:1", &internal).is_retriable());
 
         let unimplemented = tonic::Status::unimplemented("no such method");
         let error = ClientError::from_status("fetch", "h:1", &unimplemented);
