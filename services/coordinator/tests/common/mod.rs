@@ -140,29 +140,45 @@ impl Cluster {
     /// Starts coordinator process `id` (it registers on its own).
     pub fn start_coordinator(&mut self, id: &str) {
         let log = self.root.path().join(format!("coordinator-{id}.log"));
-        let out = File::options().create(true).append(true).open(&log).unwrap();
-        // A port free now (the exporter cannot report one it picked itself).
-        let metrics_addr =
-            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-        let child = Command::new(env!("CARGO_BIN_EXE_tideline-coordinator"))
-            .args(["--metrics-listen", &metrics_addr, "--lag-interval-ms", "300"])
-            .args(["--coordinator-id", id, "--controllers", &self.controller_addr])
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--group-session-timeout-ms", &SESSION_MS.to_string()])
-            .args(["--group-heartbeat-interval-ms", &HEARTBEAT_MS.to_string()])
-            .args(["--housekeeping-interval-ms", "200"])
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        self.coordinators.insert(
-            id.to_string(),
-            CoordinatorProcess {
-                metrics_addr,
-                process: ServiceProcess::new(format!("coordinator {id}"), child, log),
-            },
-        );
+        // The metrics port must be given (the exporter cannot report one it picked): one free
+        // now, tried again should another process take it before the coordinator binds it.
+        for _ in 0..5 {
+            let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string();
+            let out = File::options().create(true).append(true).open(&log).unwrap();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_tideline-coordinator"))
+                .args(["--metrics-listen", &metrics_addr, "--lag-interval-ms", "300"])
+                .args(["--coordinator-id", id, "--controllers", &self.controller_addr])
+                .args(["--listen", "127.0.0.1:0"])
+                .args(["--group-session-timeout-ms", &SESSION_MS.to_string()])
+                .args(["--group-heartbeat-interval-ms", &HEARTBEAT_MS.to_string()])
+                .args(["--housekeeping-interval-ms", "200"])
+                .env("RUST_LOG", "info")
+                .stdout(out.try_clone().unwrap())
+                .stderr(out)
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let taken = child.try_wait().unwrap().is_some()
+                && std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("cannot serve metrics");
+            if taken {
+                continue;
+            }
+            self.coordinators.insert(
+                id.to_string(),
+                CoordinatorProcess {
+                    metrics_addr,
+                    process: ServiceProcess::new(format!("coordinator {id}"), child, log),
+                },
+            );
+            return;
+        }
+        panic!("no free metrics port for coordinator {id} in 5 tries");
     }
 
     /// The metadata now.
