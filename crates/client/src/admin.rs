@@ -288,21 +288,7 @@ impl Admin {
         group: &str,
         offsets: &BTreeMap<(String, i32), i64>,
     ) -> Result<(), ClientError> {
-        let request = pb::CommitOffsetsRequest {
-            group_id: group.to_string(),
-            member_id: String::new(),
-            member_epoch: -1,
-            offsets: offsets
-                .iter()
-                .map(|((topic, partition), &offset)| pb::OffsetCommit {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset,
-                    leader_epoch: -1,
-                    metadata: String::new(),
-                })
-                .collect(),
-        };
+        let request = commit_request(group, String::new(), -1, offsets);
         self.call_group(&format!("commit offsets of group {group}"), group, move |mut client| {
             let request = request.clone();
             async move { client.commit_offsets(request).await }
@@ -325,6 +311,31 @@ impl Admin {
     {
         let deadline = Instant::now() + self.cluster.request_timeout();
         self.cluster.call_coordinator(operation, group, deadline, GROUP_RETRY_BACKOFF, call).await
+    }
+}
+
+/// A `CommitOffsets` request for `offsets` (next offset to read, by topic and partition), by a
+/// member, or by an admin with an empty `member_id`.
+pub(crate) fn commit_request(
+    group: &str,
+    member_id: String,
+    member_epoch: i32,
+    offsets: &BTreeMap<(String, i32), i64>,
+) -> pb::CommitOffsetsRequest {
+    pb::CommitOffsetsRequest {
+        group_id: group.to_string(),
+        member_id,
+        member_epoch,
+        offsets: offsets
+            .iter()
+            .map(|((topic, partition), &offset)| pb::OffsetCommit {
+                topic: topic.clone(),
+                partition: *partition,
+                offset,
+                leader_epoch: -1,
+                metadata: String::new(),
+            })
+            .collect(),
     }
 }
 

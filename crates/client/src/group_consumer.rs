@@ -465,21 +465,7 @@ impl GroupConsumer {
                 reason: "it is not a member now (poll to join)".into(),
             });
         }
-        let request = pb::CommitOffsetsRequest {
-            group_id: group.clone(),
-            member_id,
-            member_epoch,
-            offsets: offsets
-                .iter()
-                .map(|((topic, partition), &offset)| pb::OffsetCommit {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    offset,
-                    leader_epoch: -1,
-                    metadata: String::new(),
-                })
-                .collect(),
-        };
+        let request = crate::admin::commit_request(&group, member_id, member_epoch, &offsets);
         let deadline = Instant::now() + self.cluster.request_timeout();
         self.cluster
             .call_coordinator(

@@ -229,10 +229,7 @@ async fn a_million_commits_compact_to_one_record_per_key_and_survive_a_kill_duri
         .filter_map(|f| f.file_stem()?.to_str()?.parse::<i64>().ok())
         .max()
         .unwrap();
-    let client = tideline_client::Cluster::new(tideline_client::ClientConfig::new([cluster
-        .controller_addr
-        .clone()]))
-    .unwrap();
+    let client = cluster.client();
     let mut consumer =
         tideline_client::Consumer::new(&client, tideline_client::ConsumerConfig::default())
             .unwrap();

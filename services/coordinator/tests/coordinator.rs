@@ -369,14 +369,12 @@ async fn bad_requests_get_precise_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_show_members_rebalances_and_lag() {
-    use tideline_client::{ClientConfig, Producer, ProducerConfig, ProducerRecord};
+    use tideline_client::{Producer, ProducerConfig, ProducerRecord};
     let mut cluster = Cluster::start(1, 1).await;
     cluster.create_topic("t", 2, 1).await;
     cluster.start_coordinator("c1");
     cluster.wait_shards_settled(1).await;
-    let client =
-        tideline_client::Cluster::new(ClientConfig::new([cluster.controller_addr.clone()]))
-            .unwrap();
+    let client = cluster.client();
     let producer = Producer::new(&client, ProducerConfig::default()).unwrap();
     for i in 0..10 {
         producer

@@ -213,9 +213,7 @@ async fn a_group_scales_1_3_1_under_load_with_one_owner_per_partition_and_nothin
     cluster.start_coordinator("c1");
     cluster.start_coordinator("c2");
     cluster.wait_shards_settled(2).await;
-    let client =
-        tideline_client::Cluster::new(ClientConfig::new([cluster.controller_addr.clone()]))
-            .unwrap();
+    let client = cluster.client();
     let log: Log = Arc::default();
 
     let m1 = start_member(&client, "scaling", "m1", &log);
@@ -276,9 +274,7 @@ async fn a_member_killed_with_sigkill_loses_its_partitions_after_the_session_tim
     cluster.create_topic(TOPIC, 6, 1).await;
     cluster.start_coordinator("c1");
     cluster.wait_shards_settled(1).await;
-    let client =
-        tideline_client::Cluster::new(ClientConfig::new([cluster.controller_addr.clone()]))
-            .unwrap();
+    let client = cluster.client();
     let log: Log = Arc::default();
     let a = start_member(&client, "killed", "a", &log);
     wait_owned(&log, "a owns all 6", |c| c.get("a") == Some(&6)).await;
@@ -320,9 +316,7 @@ async fn consumers_carry_on_when_their_coordinator_is_killed_with_sigkill() {
     cluster.start_coordinator("c1");
     cluster.start_coordinator("c2");
     cluster.wait_shards_settled(2).await;
-    let client =
-        tideline_client::Cluster::new(ClientConfig::new([cluster.controller_addr.clone()]))
-            .unwrap();
+    let client = cluster.client();
     let admin = tideline_client::Admin::new(&client);
     let log: Log = Arc::default();
     let m1 = start_member(&client, "survivors", "m1", &log);

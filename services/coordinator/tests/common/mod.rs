@@ -123,6 +123,12 @@ impl Cluster {
         .await;
     }
 
+    /// A Rust client of the cluster.
+    pub fn client(&self) -> tideline_client::Cluster {
+        let config = tideline_client::ClientConfig::new([self.controller_addr.clone()]);
+        tideline_client::Cluster::new(config).unwrap()
+    }
+
     /// A client of the controller.
     pub fn controller(&self) -> ControllerServiceClient<Channel> {
         let channel = Channel::from_shared(format!("http://{}", self.controller_addr))
