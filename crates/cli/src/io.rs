@@ -84,7 +84,8 @@ pub struct ConsumeArgs {
     pub print_offsets: bool,
 }
 
-fn acks(s: &str) -> anyhow::Result<Acks> {
+/// Parses `--acks`: all (-1), 1 (leader) or 0 (none).
+pub(crate) fn acks(s: &str) -> anyhow::Result<Acks> {
     Ok(match s {
         "all" | "-1" => Acks::All,
         "1" | "leader" => Acks::Leader,

@@ -51,7 +51,8 @@ enum Command {
     /// Consumer groups: list, describe, delete, reset offsets.
     #[command(subcommand)]
     Group(group::GroupCommand),
-    /// Measurements: `tide bench limits` (this machine's disk, loopback TCP and sendfile).
+    /// Measurements: this machine's limits, and produce, consume and end-to-end runs against a
+    /// cluster (`tide bench limits|produce|consume|e2e`).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Cluster health: controllers, brokers, topics.
@@ -80,10 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(c) => admin::topic(&cli.bootstrap, cli.output, c).await,
         Command::Cluster(c) => admin::cluster(&cli.bootstrap, cli.output, c).await,
         Command::Group(c) => group::group(&cli.bootstrap, cli.output, c).await,
-        Command::Bench(c) => {
-            let out = cli.output;
-            tokio::task::spawn_blocking(move || bench::bench(out, c)).await?
-        }
+        Command::Bench(c) => bench::bench(&cli.bootstrap, cli.output, c).await,
         Command::Produce(args) => io::produce(&cli.bootstrap, cli.output, args).await,
         Command::Consume(args) => io::consume(&cli.bootstrap, cli.output, args).await,
         Command::Controller(options) => {

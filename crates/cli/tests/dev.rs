@@ -212,6 +212,8 @@ fn tide_dev_round_trip_clean_stop_and_resume() {
     assert_eq!(committed, 3, "{described}");
     assert!(dev.ok(&["group", "list"], None).contains("readers"));
 
+    bench_round_trip(&dev, root.path());
+
     let bootstrap = dev.bootstrap.clone();
     assert!(dev.stop(), "tide dev exits with success after stopping every process");
     assert!(pids_under(&data, &bootstrap).is_empty(), "no process of the cluster is left running");
@@ -226,4 +228,97 @@ fn tide_dev_round_trip_clean_stop_and_resume() {
     let grouped = dev.ok(&["consume", "greetings", "--group", "readers"], None);
     assert_eq!(grouped.trim(), "", "the group resumes from its committed offsets");
     assert!(dev.stop());
+}
+
+/// `tide bench produce`, `consume` (both fetch paths) and `e2e` against the running cluster:
+/// every record is counted once, latencies are recorded for each, and limits and ratios are
+/// reported when asked.
+fn bench_round_trip(dev: &Dev, scratch: &Path) {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["bench"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--output", "json"]);
+        serde_json::from_str(&dev.ok(&all, None)).unwrap()
+    };
+    let limits_dir = scratch.to_str().unwrap();
+    let produced = json(&[
+        "produce",
+        "--topic",
+        "bench",
+        "--partitions",
+        "3",
+        "--records",
+        "3000",
+        "--record-size",
+        "100",
+        "--producers",
+        "2",
+        "--acks",
+        "all",
+        "--compression",
+        "lz4",
+        "--limits",
+        "--limits-mib",
+        "4",
+        "--limits-dir",
+        limits_dir,
+    ]);
+    assert_eq!(produced["produced"]["records"], 3000, "{produced}");
+    assert_eq!(produced["produced"]["bytes"], 300_000, "{produced}");
+    assert_eq!(produced["produce_latency_ms"]["count"], 3000, "{produced}");
+    assert_eq!(produced["partitions"], 3);
+    let ratio = produced["ratios"]["produce / disk write (page cache)"].as_f64().unwrap();
+    assert!(ratio > 0.0 && ratio.is_finite(), "{produced}");
+    for grpc in [false, true] {
+        let mut args = vec!["consume", "--topic", "bench", "--records", "3000", "--consumers", "2"];
+        if grpc {
+            args.push("--grpc");
+        }
+        let consumed = json(&args);
+        assert_eq!(consumed["consumed"]["records"], 3000, "{consumed}");
+        assert_eq!(consumed["consumed"]["bytes"], 300_000, "{consumed}");
+        assert_eq!(consumed["fetch_path"], if grpc { "grpc" } else { "data port" });
+    }
+    let e2e = json(&[
+        "e2e",
+        "--topic",
+        "bench-e2e",
+        "--partitions",
+        "2",
+        "--records",
+        "400",
+        "--record-size",
+        "64",
+        "--throughput",
+        "2000",
+        "--linger-ms",
+        "1",
+    ]);
+    assert_eq!(e2e["produced"]["records"], 400, "{e2e}");
+    assert_eq!(e2e["consumed"]["records"], 400, "{e2e}");
+    assert_eq!(e2e["e2e_latency_ms"]["count"], 400, "{e2e}");
+    let (p50, max) = (
+        e2e["e2e_latency_ms"]["p50"].as_f64().unwrap(),
+        e2e["e2e_latency_ms"]["max"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= max, "{e2e}");
+    // The cap holds: 400 records at 2000/s take at least 0.2 s.
+    assert!(e2e["produced"]["seconds"].as_f64().unwrap() >= 0.19, "{e2e}");
+    // Nothing left behind by the limits, and bad options are one error line.
+    assert_eq!(
+        std::fs::read_dir(scratch)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tide-bench"))
+            .count(),
+        0
+    );
+    let bad = dev.tide(&["bench", "e2e", "--record-size", "4"], None);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.starts_with("error:") && err.contains("--record-size"), "{err}");
 }

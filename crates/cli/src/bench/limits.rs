@@ -1,4 +1,4 @@
-//! `tide bench`: measurements. So far `tide bench limits`: the physical limits of this machine
+//! `tide bench limits`: the physical limits of this machine
 //! that Tideline's figures are compared with, measured the same way every time: sequential
 //! disk write (through the page cache, then with `fsync`) and cold read in 1 MiB blocks,
 //! loopback TCP, and loopback `sendfile(2)` of a page-cached file to a socket a reader drains.
@@ -14,13 +14,6 @@ use serde_json::json;
 
 use crate::output::{self, Output};
 
-/// `tide bench` subcommands.
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum BenchCommand {
-    /// Measure this machine's limits: disk write and read, loopback TCP, loopback sendfile.
-    Limits(LimitsArgs),
-}
-
 /// Options of `tide bench limits`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitsArgs {
@@ -34,49 +27,76 @@ pub struct LimitsArgs {
 
 const BLOCK: usize = 1 << 20;
 
-/// Runs a `tide bench` command.
-pub fn bench(out: Output, command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Limits(args) => limits(out, &args),
-    }
+/// This machine's limits, in MiB/s.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Limits {
+    /// Sequential write through the page cache, 1 MiB blocks.
+    pub disk_write_mib_s: f64,
+    /// The same write including the `fsync` that puts it on the disk.
+    pub disk_write_fsync_mib_s: f64,
+    /// Sequential read after the file was dropped from the page cache.
+    pub disk_read_cold_mib_s: f64,
+    /// Memory to a loopback socket that a reader drains.
+    pub loopback_tcp_mib_s: f64,
+    /// `sendfile(2)` of a page-cached file to a loopback socket that a reader drains.
+    pub loopback_sendfile_mib_s: f64,
+}
+
+/// Measures the limits with a test file of `mib` MiB in `dir`, removed afterwards.
+pub fn measure(dir: &Path, mib: u64) -> anyhow::Result<Limits> {
+    anyhow::ensure!(mib > 0, "--mib must be positive");
+    let path = dir.join(format!(".tide-bench-limits-{}", std::process::id()));
+    let _cleanup = Remove(path.clone());
+    let bytes = mib << 20;
+    let (write, write_fsync) = disk_write(&path, bytes)?;
+    let read = disk_read_cold(&path, bytes)?;
+    let tcp = loopback_tcp(bytes)?;
+    let sendfile = loopback_sendfile(&path, bytes)?;
+    Ok(Limits {
+        disk_write_mib_s: write,
+        disk_write_fsync_mib_s: write_fsync,
+        disk_read_cold_mib_s: read,
+        loopback_tcp_mib_s: tcp,
+        loopback_sendfile_mib_s: sendfile,
+    })
 }
 
 fn mib_per_s(bytes: u64, since: Instant) -> f64 {
     bytes as f64 / (1 << 20) as f64 / since.elapsed().as_secs_f64()
 }
 
-fn limits(out: Output, args: &LimitsArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.mib > 0, "--mib must be positive");
-    let path = args.dir.join(format!(".tide-bench-limits-{}", std::process::id()));
-    let _cleanup = Remove(path.clone());
-    let bytes = args.mib << 20;
-    let (write, write_fsync) = disk_write(&path, bytes)?;
-    let read = disk_read_cold(&path, bytes)?;
-    let tcp = loopback_tcp(bytes)?;
-    let sendfile = loopback_sendfile(&path, bytes)?;
-    let rows = [
-        ("disk write, page cache (1 MiB blocks)", write),
-        ("disk write with fsync", write_fsync),
-        ("disk read, cold (1 MiB blocks)", read),
-        ("loopback TCP", tcp),
-        ("loopback sendfile, page-cached file", sendfile),
-    ];
+/// Runs `tide bench limits`.
+pub fn limits(out: Output, args: &LimitsArgs) -> anyhow::Result<()> {
+    let l = measure(&args.dir, args.mib)?;
     match out {
-        Output::Json => output::json(&json!({
-            "mib": args.mib,
-            "dir": args.dir.display().to_string(),
-            "disk_write_mib_s": write,
-            "disk_write_fsync_mib_s": write_fsync,
-            "disk_read_cold_mib_s": read,
-            "loopback_tcp_mib_s": tcp,
-            "loopback_sendfile_mib_s": sendfile,
-        })),
+        Output::Json => {
+            let mut v = serde_json::to_value(l)?;
+            v["mib"] = json!(args.mib);
+            v["dir"] = json!(args.dir.display().to_string());
+            output::json(&v);
+        }
         Output::Table => output::table(
             &["limit", "MiB/s"],
-            &rows.iter().map(|(n, v)| vec![n.to_string(), format!("{v:.0}")]).collect::<Vec<_>>(),
+            &l.rows()
+                .iter()
+                .map(|(n, v)| vec![n.to_string(), format!("{v:.0}")])
+                .collect::<Vec<_>>(),
         ),
     }
     Ok(())
+}
+
+impl Limits {
+    /// Each limit with its name, for tables.
+    pub fn rows(&self) -> [(&'static str, f64); 5] {
+        [
+            ("disk write, page cache (1 MiB blocks)", self.disk_write_mib_s),
+            ("disk write with fsync", self.disk_write_fsync_mib_s),
+            ("disk read, cold (1 MiB blocks)", self.disk_read_cold_mib_s),
+            ("loopback TCP", self.loopback_tcp_mib_s),
+            ("loopback sendfile, page-cached file", self.loopback_sendfile_mib_s),
+        ]
+    }
 }
 
 /// Removes a file when dropped.
