@@ -61,6 +61,7 @@ impl Producer {
             accumulator: Mutex::new(accumulator),
             wake: Notify::new(),
             idempotence: Default::default(),
+            broker_slots: Default::default(),
         });
         let sender = runtime.spawn(sender::run(shared.clone()));
         Ok(Producer { shared, sender: Mutex::new(Some(sender)) })

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tideline_log::Compression;
 use tideline_proto::v1 as pb;
+use tokio::sync::Semaphore;
 
 use crate::error::ClientError;
 
@@ -57,6 +58,12 @@ pub struct ProducerConfig {
     /// per-partition sequence numbers, so a retried batch the broker already wrote is not
     /// written twice. Default on, as in Kafka 3+. Applies with acks=all only.
     pub enable_idempotence: bool,
+    /// Produce requests in flight to one broker at most, over all its partitions
+    /// (Kafka's `max.in.flight.requests.per.connection`; a Tideline request carries one
+    /// partition's batch, so the bound is per broker). A batch waits for a slot before it
+    /// goes. Each partition still has one batch in flight at a time, so order holds.
+    /// Default 32.
+    pub max_in_flight_requests_per_broker: usize,
 }
 
 impl Default for ProducerConfig {
@@ -71,6 +78,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             max_block: Duration::from_secs(60),
             enable_idempotence: true,
+            max_in_flight_requests_per_broker: 32,
         }
     }
 }
@@ -87,6 +95,11 @@ impl ProducerConfig {
         }
         if self.buffer_memory == 0 || u32::try_from(self.buffer_memory).is_err() {
             return invalid("buffer_memory must be between 1 byte and 4 GiB");
+        }
+        if self.max_in_flight_requests_per_broker == 0
+            || self.max_in_flight_requests_per_broker > Semaphore::MAX_PERMITS
+        {
+            return invalid("max_in_flight_requests_per_broker must be positive");
         }
         if self.delivery_timeout.is_zero() {
             return invalid("delivery_timeout must be positive");

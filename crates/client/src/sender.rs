@@ -32,6 +32,21 @@ pub(crate) struct Shared {
     pub(crate) memory: Arc<Semaphore>,
     /// The producer id and sequences, with idempotence.
     pub(crate) idempotence: Idempotence,
+    /// Per broker id, slots for produce requests in flight
+    /// (`max_in_flight_requests_per_broker`). Never held across `.await`.
+    pub(crate) broker_slots: Mutex<std::collections::HashMap<i32, Arc<Semaphore>>>,
+}
+
+impl Shared {
+    /// The in-flight slots of broker `id`.
+    fn slots(&self, id: i32) -> Arc<Semaphore> {
+        lock(&self.broker_slots)
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(self.config.max_in_flight_requests_per_broker))
+            })
+            .clone()
+    }
 }
 
 /// An idempotent producer's id and the next sequence per partition.
@@ -185,9 +200,15 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
         let mut request = request.clone();
         // The leader epoch this attempt's metadata knows: a deposed leader that has not heard
         // yet refuses it (FENCED_LEADER_EPOCH) and the retry goes to the new one.
-        request.current_leader_epoch =
-            cluster.metadata().partition(&topic, partition).map(|p| p.leader_epoch);
-        async move { client.produce(request).await }
+        let leader =
+            cluster.metadata().partition(&topic, partition).map(|p| (p.leader, p.leader_epoch));
+        request.current_leader_epoch = leader.map(|(_, epoch)| epoch);
+        let slots = shared.slots(leader.map_or(-1, |(id, _)| id));
+        async move {
+            // Waiting for a slot is part of the attempt: the broker has enough to do.
+            let _slot = slots.acquire_owned().await;
+            client.produce(request).await
+        }
     };
 
     if config.acks == Acks::None {

@@ -413,3 +413,39 @@ async fn fetch_errors_are_retried_or_reported() {
     let read = poll_offsets(&mut consumer, 1, Duration::from_secs(5)).await;
     assert_eq!(read, [(0, 3)]);
 }
+
+/// A producer keeps at most `max_in_flight_requests_per_broker` produce requests in flight to
+/// a broker, over all its partitions, and every record still goes.
+#[tokio::test]
+async fn produce_requests_in_flight_per_broker_are_bounded() {
+    for (bound, expected) in [(2, 2), (32, 8)] {
+        let (fake, cluster) = cluster_with_topic(8).await;
+        fake.state().produce_delay = Some(Duration::from_millis(50));
+        let config = ProducerConfig {
+            max_in_flight_requests_per_broker: bound,
+            linger: Duration::ZERO,
+            ..Default::default()
+        };
+        let producer = Producer::new(&cluster, config).unwrap();
+        let mut deliveries = Vec::new();
+        for round in 0..3 {
+            for p in 0..8 {
+                let record = ProducerRecord::new("orders").partition(p).value(format!("{round}"));
+                deliveries.push(producer.send(record).await.unwrap());
+            }
+        }
+        for d in deliveries {
+            d.await.unwrap();
+        }
+        producer.close().await;
+        let (open, most) = fake.state().produces_open;
+        assert_eq!(open, 0);
+        // 8 partitions with one batch each in flight: the bound is what holds them back.
+        assert_eq!(most, expected, "bound {bound}");
+        let stored: usize = (0..8).map(|p| fake.end_offset("orders", p) as usize).sum();
+        assert_eq!(stored, 24);
+    }
+    let (_fake, cluster) = cluster_with_topic(1).await;
+    let bad = ProducerConfig { max_in_flight_requests_per_broker: 0, ..Default::default() };
+    assert!(matches!(Producer::new(&cluster, bad), Err(ClientError::InvalidArgument { .. })));
+}

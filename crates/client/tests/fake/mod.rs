@@ -38,6 +38,10 @@ pub struct State {
     pub produce_requests: usize,
     /// Answers for the next fetch requests, before the normal one.
     pub fetch_failures: VecDeque<Status>,
+    /// Pause before answering a produce.
+    pub produce_delay: Option<Duration>,
+    /// Produce requests being answered now, and the most there ever were at once.
+    pub produces_open: (usize, usize),
     /// Pause before answering a fetch, by partition.
     pub fetch_delays: HashMap<i32, Duration>,
     /// Fetch requests in the order they came: partition and offset.
@@ -311,13 +315,20 @@ impl BrokerService for Fake {
         let Some(pb::produce_request::Payload::RecordBatches(batch)) = req.payload else {
             return Err(status(ErrorCode::InvalidRequest, "the fake takes batches only"));
         };
-        {
+        let delay = {
             let mut state = self.state();
             state.produce_requests += 1;
             if let Some(failure) = state.produce_failures.pop_front() {
                 return Err(failure);
             }
+            state.produces_open.0 += 1;
+            state.produces_open.1 = state.produces_open.1.max(state.produces_open.0);
+            state.produce_delay
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
         }
+        self.state().produces_open.0 -= 1;
         let (parsed, rest) = RecordBatch::parse(&batch).expect("one whole batch");
         assert!(rest.is_empty(), "one batch per request");
         parsed.verify_crc().expect("the client sends valid batches");
