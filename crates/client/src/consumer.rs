@@ -529,6 +529,7 @@ async fn fetch_partition(
                 }],
                 max_wait_ms,
                 min_bytes: params.min_bytes,
+                replica_id: None,
             };
             let fetched = cluster.data_connections().fetch(&data_address, &request);
             let (header, mut payloads) = match tokio::time::timeout(limit, fetched).await {

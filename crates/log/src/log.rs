@@ -411,38 +411,83 @@ impl Log {
     /// [`LogError::EpochRegression`] when `leader_epoch` is older than the log's latest epoch
     /// (a deposed leader), [`LogError::Io`] when the write fails.
     pub fn append(&self, batches: &[u8], leader_epoch: i32) -> Result<AppendInfo, LogError> {
+        let mut results = self.append_many(&[batches], leader_epoch)?;
+        results.pop().expect("append_many answers each request")
+    }
+
+    /// Appends the batches of several producer requests with one write (group commit), each
+    /// as [`Log::append`] would: every request is validated on its own, and an invalid one is
+    /// refused alone (its result is its error, nothing of it written); the valid ones get
+    /// consecutive offsets in the order given and are written together with one vectored
+    /// write. Returns one result per request, in order.
+    ///
+    /// # Errors
+    /// For all requests at once, nothing written: [`LogError::EpochRegression`],
+    /// [`LogError::Io`] when the write fails, [`LogError::Closed`] or [`LogError::Offline`].
+    pub fn append_many(
+        &self,
+        requests: &[&[u8]],
+        leader_epoch: i32,
+    ) -> Result<Vec<Result<AppendInfo, LogError>>, LogError> {
         let (max_batch_bytes, compacted) = {
             let config = self.read_state().config;
             (config.max_batch_bytes, config.cleanup_policy.compact)
         };
-        let pending = parse_all(batches, |b| {
-            if compacted {
-                b.validate_keyed(max_batch_bytes)
-            } else {
-                b.validate(max_batch_bytes, Validation::Full)
+        // `None` for a valid request until it is written.
+        let mut results: Vec<Option<Result<AppendInfo, LogError>>> =
+            Vec::with_capacity(requests.len());
+        let mut valid = Vec::with_capacity(requests.len());
+        for (index, batches) in requests.iter().enumerate() {
+            let parsed = parse_all(batches, |b| {
+                if compacted {
+                    b.validate_keyed(max_batch_bytes)
+                } else {
+                    b.validate(max_batch_bytes, Validation::Full)
+                }
+            });
+            match parsed {
+                Ok(pending) => {
+                    results.push(None);
+                    valid.push((index, pending));
+                }
+                Err(e) => results.push(Some(Err(e))),
             }
-        })?;
+        }
+        if valid.is_empty() {
+            return Ok(results.into_iter().flatten().collect());
+        }
         let mut w = self.lock_writer()?;
         if let Some(latest) = self.read_state().epochs.latest()
             && leader_epoch < latest.epoch
         {
             return Err(LogError::EpochRegression { latest: latest.epoch, got: leader_epoch });
         }
-        let records: i64 = pending.iter().map(|p| i64::from(p.last_offset_delta()) + 1).sum();
+        let records: i64 = valid
+            .iter()
+            .flat_map(|(_, pending)| pending)
+            .map(|p| i64::from(p.last_offset_delta()) + 1)
+            .sum();
+        let bytes: u64 = valid.iter().map(|(i, _)| requests[*i].len() as u64).sum();
         let base = self.read_state().log_end_offset;
-        self.maybe_roll(&mut w, base, base + records - 1, batches.len() as u64)?;
+        self.maybe_roll(&mut w, base, base + records - 1, bytes)?;
 
         let (position, file) = self.active_position();
-        let mut headers = Vec::with_capacity(pending.len());
+        let mut headers = Vec::new();
+        let mut spans = Vec::with_capacity(valid.len());
         let mut offset = base;
         let mut pos = position;
-        for p in &pending {
-            headers.push(BatchHeader::of(p, pos, offset, leader_epoch));
-            offset += i64::from(p.last_offset_delta()) + 1;
-            pos += p.size() as u64;
+        for (index, pending) in &valid {
+            let first = headers.len();
+            for p in pending {
+                headers.push(BatchHeader::of(p, pos, offset, leader_epoch));
+                offset += i64::from(p.last_offset_delta()) + 1;
+                pos += p.size() as u64;
+            }
+            spans.push((*index, first..headers.len()));
         }
-        let prefixes: Vec<[u8; LEADER_EPOCH_POS + 4]> = pending
-            .iter()
+        let all = valid.iter().flat_map(|(_, pending)| pending);
+        let prefixes: Vec<[u8; LEADER_EPOCH_POS + 4]> = all
+            .clone()
             .zip(&headers)
             .map(|(p, h)| {
                 let mut prefix = [0u8; LEADER_EPOCH_POS + 4];
@@ -451,19 +496,31 @@ impl Log {
                 prefix
             })
             .collect();
-        let mut slices = Vec::with_capacity(pending.len() * 2);
-        for (p, prefix) in pending.iter().zip(&prefixes) {
+        let mut slices = Vec::with_capacity(headers.len() * 2);
+        for (p, prefix) in all.zip(&prefixes) {
             slices.push(IoSlice::new(prefix));
             slices.push(IoSlice::new(&p.as_bytes()[LEADER_EPOCH_POS + 4..]));
         }
-        self.write_and_publish(
+        let written = self.write_and_publish(
             &mut w,
             &file,
             position,
             &mut slices,
             &headers,
             &[(leader_epoch, base)],
-        )
+        )?;
+        for (index, span) in spans {
+            let mine = &headers[span];
+            results[index] = Some(Ok(AppendInfo {
+                first_offset: mine[0].base_offset,
+                last_offset: mine[mine.len() - 1].last_offset,
+                max_timestamp: mine.iter().map(|h| h.max_timestamp).max().unwrap_or(-1),
+                log_append_time_ms: written.log_append_time_ms,
+                batch_count: mine.len(),
+                bytes: mine.iter().map(|h| h.size).sum(),
+            }));
+        }
+        Ok(results.into_iter().flatten().collect())
     }
 
     /// Appends batches fetched from the leader, as they are: offsets and leader epochs are

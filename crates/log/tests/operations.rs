@@ -298,3 +298,41 @@ fn delete_and_close() {
     assert!(matches!(log.flush(), Err(LogError::Closed(_))));
     assert!(matches!(log.truncate_to(0), Err(LogError::Closed(_))));
 }
+
+/// Group commit: several producers' requests go in one write; an invalid one is refused
+/// alone, the others get consecutive offsets in order and read back as if appended one by
+/// one; a stale leader epoch refuses the whole group and writes nothing.
+#[test]
+fn append_many_writes_the_valid_requests_together_and_refuses_the_bad_one_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig { segment_bytes: 1 << 20, ..config() }).unwrap();
+    let a = build(&recs(3, 10), Compression::None);
+    let mut bad = build(&recs(2, 20), Compression::None).to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff; // breaks the CRC
+    let c =
+        [build(&recs(2, 30), Compression::Lz4), build(&recs(1, 31), Compression::None)].concat();
+    let results = log.append_many(&[&a, &bad, &c], 4).unwrap();
+    assert_eq!(results.len(), 3);
+    let first = results[0].as_ref().unwrap();
+    assert_eq!((first.first_offset, first.last_offset, first.batch_count), (0, 2, 1));
+    assert!(matches!(results[1], Err(LogError::InvalidBatch { index: 0, .. })), "{:?}", results[1]);
+    let third = results[2].as_ref().unwrap();
+    assert_eq!((third.first_offset, third.last_offset, third.batch_count), (3, 5, 2));
+    assert_eq!(third.max_timestamp, 31);
+    assert_eq!(first.bytes + third.bytes, log.size_bytes());
+    assert_eq!(log.log_end_offset(), 6);
+    let read = read_all(&log, 1 << 20).unwrap();
+    let offsets: Vec<i64> = read.iter().map(|(o, _, _)| *o).collect();
+    assert_eq!(offsets, (0..6).collect::<Vec<_>>());
+    assert!(read.iter().all(|(_, epoch, _)| *epoch == 4));
+    let timestamps: Vec<i64> = read.iter().map(|(_, _, r)| r.timestamp).collect();
+    assert_eq!(timestamps, [10, 10, 10, 30, 30, 31]);
+
+    // All invalid: nothing written, each answered.
+    let results = log.append_many(&[&bad, &bad], 4).unwrap();
+    assert!(results.iter().all(|r| matches!(r, Err(LogError::InvalidBatch { .. }))));
+    // A deposed leader's group is refused as a whole.
+    assert!(matches!(log.append_many(&[&a, &c], 3), Err(LogError::EpochRegression { .. })));
+    assert_eq!(log.log_end_offset(), 6);
+}

@@ -1,14 +1,19 @@
-//! The sendfile data listener: a plain TCP port beside the gRPC one, where consumers read
-//! record batches that go from the page cache to the socket with `sendfile(2)`, never copied
-//! through user space. The framing (documented in `docs/data-protocol.md`): a request is a
-//! big-endian `u32` length and an encoded `DataFetchRequest`; each answer, in request order, is
-//! a `u32` length, an encoded `DataFetchResponse`, then each partition's batches back to back.
+//! The sendfile data listener: a plain TCP port beside the gRPC one, where consumers and
+//! follower replicas read record batches that go from the page cache to the socket with
+//! `sendfile(2)`, never copied through user space. The framing (documented in
+//! `docs/data-protocol.md`): a request is a big-endian `u32` length and an encoded
+//! `DataFetchRequest`; each answer, in request order, is a `u32` length, an encoded
+//! `DataFetchResponse`, then each partition's batches back to back.
 //!
 //! Reads follow gRPC Fetch: only the partition's leader answers, up to its high watermark,
 //! whole batches, at least one batch per partition, and a fetch waits (long poll) until
-//! `min_bytes` are there, `max_wait_ms` passed, or the broker stops.
+//! `min_bytes` are there, `max_wait_ms` passed, or the broker stops. A request with
+//! `replica_id` is a follower's replica fetch, with gRPC Fetch's `replica_id` semantics: it
+//! reads up to the log end, records the follower's progress, and waits for the log end to move.
+//! Followers fetch here (`leader_link`); gRPC Fetch is their fallback.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use prost::Message;
@@ -25,6 +30,9 @@ use crate::service::{BrokerApi, MAX_FETCH_BYTES, join_status, read_status};
 
 /// Largest request frame accepted (a request names partitions, it carries no data).
 pub const MAX_REQUEST_BYTES: u32 = 1 << 20;
+
+/// Largest answer header a reader accepts (it lists partitions; their batches follow it).
+pub const MAX_HEADER_BYTES: u32 = 1 << 20;
 
 /// Largest single `sendfile(2)` call (Linux moves at most this much at once).
 const MAX_SENDFILE: u64 = 0x7fff_f000;
@@ -136,14 +144,19 @@ async fn send_region(stream: &TcpStream, region: &FileRegion) -> std::io::Result
 type Answer = (pb::DataFetchPartitionResult, Option<FileRegion>);
 
 /// Reads every partition of `request` now; if they hold fewer than `min_bytes` in all, waits
-/// for a high watermark to move (or the metadata to change, the broker to stop, the deadline)
-/// and reads again.
+/// for a high watermark (a log end, for a replica fetch) to move, or the metadata to change,
+/// the broker to stop, the deadline, and reads again.
 async fn fetch(
     api: &BrokerApi,
     request: &pb::DataFetchRequest,
     stop: &watch::Receiver<bool>,
 ) -> Vec<Answer> {
     let shared = api.shared();
+    let follower = request.replica_id;
+    if follower.is_some() {
+        shared.counters.data_port_replica_fetches.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut first = true;
     let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0))
         .min(shared.config.max_fetch_wait);
     let deadline = tokio::time::Instant::now() + wait;
@@ -156,18 +169,19 @@ async fn fetch(
         let mut failed = false;
         let mut total = 0;
         for p in &request.partitions {
-            match read(api, p).await {
-                Ok((answer, region, hw)) => {
+            match read(api, p, follower, first).await {
+                Ok((answer, region, end)) => {
                     total += region.len();
-                    watchers.push(hw);
+                    watchers.push(end);
                     answers.push((answer, (!region.is_empty()).then_some(region)));
                 }
                 Err(s) => {
                     failed = true;
-                    answers.push((refused(p, &s), None));
+                    answers.push((refused(p, &s, follower.is_some()), None));
                 }
             }
         }
+        first = false;
         let stopping = *stop.borrow();
         if total >= min_bytes || failed || stopping || tokio::time::Instant::now() >= deadline {
             return answers;
@@ -187,9 +201,16 @@ async fn fetch(
     }
 }
 
-fn refused(p: &pb::DataFetchPartition, s: &Status) -> pb::DataFetchPartitionResult {
-    // An offset out of range comes with the range a consumer may read.
-    let (log_start_offset, high_watermark) = offset_range_of(s).unwrap_or((-1, -1));
+/// The header entry of a refused partition. An offset out of range comes with the range the
+/// reader may read: for a consumer it ends at the high watermark; for a replica at the log end,
+/// which is not sent as a high watermark (a follower must never adopt it as one): -1.
+fn refused(
+    p: &pb::DataFetchPartition,
+    s: &Status,
+    replica_fetch: bool,
+) -> pb::DataFetchPartitionResult {
+    let (log_start_offset, end) = offset_range_of(s).unwrap_or((-1, -1));
+    let high_watermark = if replica_fetch { -1 } else { end };
     pb::DataFetchPartitionResult {
         topic: p.topic.clone(),
         partition: p.partition,
@@ -203,10 +224,14 @@ fn refused(p: &pb::DataFetchPartition, s: &Status) -> pb::DataFetchPartitionResu
 }
 
 /// One read of one partition, without waiting: the header entry, the region, and a receiver
-/// of its high watermark (marked seen before the read, so no move after it is missed).
+/// of the end it reads up to (marked seen before the read, so no move after it is missed): the
+/// high watermark for a consumer; the log end for a replica fetch by broker `follower`, whose
+/// fetch is checked and, on the request's `first` round, recorded as gRPC Fetch does.
 async fn read(
     api: &BrokerApi,
     p: &pb::DataFetchPartition,
+    follower: Option<i32>,
+    first: bool,
 ) -> Result<(pb::DataFetchPartitionResult, FileRegion, watch::Receiver<i64>), Status> {
     if p.offset < 0 || p.max_bytes < 0 {
         return Err(tideline_common::status(
@@ -215,25 +240,34 @@ async fn read(
         ));
     }
     let replica = api.readable_replica(&p.topic, p.partition, p.current_leader_epoch)?;
-    let mut hw_changed = replica.high_watermark.subscribe();
-    hw_changed.borrow_and_update();
+    if let Some(f) = follower {
+        api.follower_fetch(&replica, &p.topic, p.partition, f, p.offset, first)?;
+    }
+    let mut end_changed = match follower {
+        Some(_) => replica.log_end.subscribe(),
+        None => replica.high_watermark.subscribe(),
+    };
+    end_changed.borrow_and_update();
     let hw = replica.high_watermark();
+    let bound = if follower.is_some() { replica.log.log_end_offset() } else { hw };
     let log = Arc::clone(&replica.log);
     let (offset, max_bytes) = (p.offset, (p.max_bytes as usize).min(MAX_FETCH_BYTES));
-    let read = tokio::task::spawn_blocking(move || log.read(offset, max_bytes, Some(hw)))
+    let read = tokio::task::spawn_blocking(move || log.read(offset, max_bytes, Some(bound)))
         .await
         .map_err(join_status)?
-        .map_err(|e| read_status(&p.topic, p.partition, e, hw))?;
+        .map_err(|e| read_status(&p.topic, p.partition, e, bound))?;
     let region = read.region;
     let answer = pb::DataFetchPartitionResult {
         topic: p.topic.clone(),
         partition: p.partition,
         error_code: ErrorCode::Unspecified as i32,
         error_message: String::new(),
-        high_watermark: hw,
+        // A consumer's read was bounded by this high watermark. A follower takes the latest,
+        // as from gRPC Fetch: its own fetch may just have moved it.
+        high_watermark: if follower.is_some() { replica.high_watermark() } else { hw },
         log_start_offset: read.log_start_offset,
         next_offset: if region.is_empty() { p.offset } else { region.next_offset() },
         payload_length: u32::try_from(region.len()).unwrap_or(u32::MAX),
     };
-    Ok((answer, region, hw_changed))
+    Ok((answer, region, end_changed))
 }

@@ -4,7 +4,8 @@
 //!
 //! - [`cleaner`]: the log cleaner, compacting `cleanup.policy=compact` logs.
 //! - [`config`]: the broker's settings.
-//! - [`data`]: the sendfile data listener (bulk reads from the page cache to the socket).
+//! - [`data`]: the sendfile data listener (bulk reads from the page cache to the socket, for
+//!   consumers and follower replicas).
 //! - [`log_config`]: topic configs to a partition log's `LogConfig`.
 //! - [`membership`]: registration, heartbeats (the lease) and the metadata watch.
 //! - [`options`]: command line and environment, validated into a config.
@@ -14,9 +15,11 @@
 //! - [`service`]: the `BrokerService` gRPC API.
 #![warn(missing_docs)]
 
+pub mod appender;
 pub mod cleaner;
 pub mod config;
 pub mod data;
+mod leader_link;
 pub mod log_config;
 pub mod membership;
 pub mod options;
@@ -150,9 +153,19 @@ impl Broker {
         self.local_addr
     }
 
-    /// Under-replicated and offline partitions, ISR shrinks and expands (for metrics).
+    /// Under-replicated and offline partitions, ISR shrinks and expands, replica fetches served
+    /// by path (for metrics).
     pub fn replication_status(&self) -> replication::ReplicationStatus {
         replication::status(&self.shared)
+    }
+
+    /// Group commit so far, over the partitions this broker holds: log writes made for
+    /// produce requests, and the produce requests they carried.
+    pub fn produce_writes(&self) -> (u64, u64) {
+        self.shared.replicas.all().iter().fold((0, 0), |(w, r), (_, replica)| {
+            let (writes, requests) = replica.appends.stats();
+            (w + writes, r + requests)
+        })
     }
 
     /// The broker's epoch while it holds a lease.

@@ -75,6 +75,12 @@ impl MetadataImage {
         let e = self.brokers.get(&id)?.endpoint.as_ref()?;
         Some(format!("{}:{}", e.host, e.port))
     }
+
+    /// The sendfile data-port address (host:data_port) of broker `id`, if it advertises one.
+    pub fn broker_data_address(&self, id: i32) -> Option<String> {
+        let e = self.brokers.get(&id)?.endpoint.as_ref()?;
+        (e.data_port > 0).then(|| format!("{}:{}", e.host, e.data_port))
+    }
 }
 
 /// This broker's registration: its epoch and until when it may serve.

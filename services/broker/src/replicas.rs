@@ -104,6 +104,8 @@ pub struct Replica {
     /// append holds its read lock and checks it still leads at its epoch; applying metadata
     /// takes the write lock, so no leader append lands after the broker became a follower.
     pub state: Arc<std::sync::RwLock<PartitionState>>,
+    /// Produce requests waiting for the partition's writer (group commit).
+    pub appends: Arc<crate::appender::AppendQueue>,
 }
 
 /// A partition's leadership and ISR as this broker applies them.
@@ -461,6 +463,7 @@ impl ReplicaManager {
                 isr: p.isr.clone(),
                 progress: Arc::new(std::sync::Mutex::new(Progress::new(p.leader_epoch, end))),
                 producers: Arc::new(std::sync::Mutex::new(producers)),
+                appends: Default::default(),
                 state: Arc::new(std::sync::RwLock::new(PartitionState {
                     leader: p.leader,
                     leader_epoch: p.leader_epoch,

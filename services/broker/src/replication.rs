@@ -4,7 +4,8 @@
 //!   latest epoch ends there (`OffsetForLeaderEpoch`) and truncates what it has beyond that
 //!   (KIP-101/279), then fetches from its log end with its broker id and the leader epoch it
 //!   knows, appends what comes as it is (`append_replicated`), and takes the high watermark from
-//!   the answers.
+//!   the answers. It fetches through the leader's sendfile data port, on one connection per
+//!   fetcher, or with gRPC `Fetch` when the leader advertises no data port.
 //! - The **leader** records each follower's fetch offset as its log end, and moves the high
 //!   watermark to the smallest log end in the ISR. It shrinks the ISR (through the controller's
 //!   `AlterPartition`) when a follower has not caught up for `replica.lag.time.max.ms`, and
@@ -17,12 +18,10 @@ use std::time::{Duration, Instant};
 use tideline_common::{ErrorCode, error_code_of, offset_range_of};
 use tideline_log::LogError;
 use tideline_proto::v1 as pb;
-use tideline_proto::v1::broker_service_client::BrokerServiceClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
 
-use crate::config::MAX_MESSAGE_BYTES;
+use crate::leader_link::LeaderLink;
 use crate::membership::{Controllers, Shared};
 use crate::replicas::{FollowerProgress, Replica};
 
@@ -36,6 +35,11 @@ pub struct ReplicationCounters {
     pub isr_shrinks: std::sync::atomic::AtomicU64,
     /// ISR expansions this broker made as leader.
     pub isr_expands: std::sync::atomic::AtomicU64,
+    /// Replica fetch requests this broker received as leader on its data port.
+    pub data_port_replica_fetches: std::sync::atomic::AtomicU64,
+    /// Replica fetch requests this broker received as leader over gRPC `Fetch` (followers use
+    /// it only when the leader advertises no data port).
+    pub grpc_replica_fetches: std::sync::atomic::AtomicU64,
 }
 
 /// A running fetcher: the leader epoch it follows and its task.
@@ -52,14 +56,22 @@ pub struct ReplicationStatus {
     pub isr_shrinks: u64,
     /// ISR expansions this broker made as leader since it started.
     pub isr_expands: u64,
+    /// Replica fetch requests received on the data port since the broker started.
+    pub data_port_replica_fetches: u64,
+    /// Replica fetch requests received over gRPC `Fetch` since the broker started.
+    pub grpc_replica_fetches: u64,
 }
 
 /// The broker's replication health now.
 pub fn status(shared: &Shared) -> ReplicationStatus {
     let me = shared.config.broker_id;
+    let c = &shared.counters;
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
     let mut s = ReplicationStatus {
-        isr_shrinks: shared.counters.isr_shrinks.load(std::sync::atomic::Ordering::Relaxed),
-        isr_expands: shared.counters.isr_expands.load(std::sync::atomic::Ordering::Relaxed),
+        isr_shrinks: load(&c.isr_shrinks),
+        isr_expands: load(&c.isr_expands),
+        data_port_replica_fetches: load(&c.data_port_replica_fetches),
+        grpc_replica_fetches: load(&c.grpc_replica_fetches),
         ..Default::default()
     };
     for (_, r) in shared.replicas.all() {
@@ -188,20 +200,6 @@ pub fn after_metadata(shared: &Arc<Shared>) {
     }
 }
 
-fn broker_client(address: &str) -> Option<BrokerServiceClient<Channel>> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .ok()?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(16 << 20)
-        .initial_connection_window_size(32 << 20);
-    Some(
-        BrokerServiceClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES),
-    )
-}
-
 /// Runs `write` (a follower's change to its log) while holding the partition's state lock, and
 /// only if this broker still follows at `leader_epoch`: a fetcher aborted late, after the broker
 /// became leader, must not touch the log (applying metadata takes the write lock, so it waits
@@ -242,7 +240,7 @@ fn truncation_point(replica: &Replica, asked: i32, leader: (i32, i64)) -> (i64, 
 async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_epoch: i32) {
     let me = shared.config.broker_id;
     let mut stop = shared.stop.clone();
-    let mut client: Option<(String, BrokerServiceClient<Channel>)> = None;
+    let mut link = LeaderLink::default();
     let mut truncated = false;
     let backoff = Duration::from_millis(100);
     loop {
@@ -253,19 +251,15 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
         if replica.leader_epoch != leader_epoch || replica.leader == me || replica.leader < 0 {
             return;
         }
-        let address = shared
-            .metadata
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .broker_address(replica.leader);
+        let (address, data_address) = {
+            let m = shared.metadata.read().unwrap_or_else(|e| e.into_inner());
+            (m.broker_address(replica.leader), m.broker_data_address(replica.leader))
+        };
         let Some(address) = address else {
             tokio::time::sleep(backoff).await;
             continue;
         };
-        if client.as_ref().is_none_or(|(a, _)| *a != address) {
-            client = broker_client(&address).map(|c| (address.clone(), c));
-        }
-        let Some((_, c)) = client.as_mut() else {
+        let Some(c) = link.grpc(&address) else {
             tokio::time::sleep(backoff).await;
             continue;
         };
@@ -334,13 +328,14 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
             replica_id: Some(me),
             current_leader_epoch: Some(leader_epoch),
         };
+        // Through the data port when the leader has one; its refusals come back as the
+        // statuses gRPC Fetch gives, so both paths are handled below.
         let answer = tokio::select! {
-            a = c.fetch(request) => a,
+            a = link.fetch(&address, data_address.as_deref(), request) => a,
             _ = stop.wait_for(|s| *s) => return,
         };
         match answer {
             Ok(r) => {
-                let r = r.into_inner();
                 if !r.record_batches.is_empty() {
                     let rep = replica.clone();
                     let bytes = r.record_batches.clone();

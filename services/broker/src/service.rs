@@ -5,6 +5,7 @@
 //! code.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -35,7 +36,7 @@ pub struct BrokerApi {
     shared: Arc<Shared>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -134,6 +135,42 @@ impl BrokerApi {
         let replica = self.leader_replica(topic, partition)?.replica;
         check_epoch(current_leader_epoch, replica.leader_epoch, topic, partition)?;
         Ok(replica)
+    }
+
+    /// Checks and records a replica fetch by broker `follower` at `offset` of a partition this
+    /// broker leads, for gRPC `Fetch` and the data port alike: a broker that holds no follower
+    /// replica of it is refused with `INVALID_REQUEST`; on the fetch's `first` round (a long
+    /// poll reads again, it does not fetch again) `offset` is recorded as how far the follower
+    /// has replicated, which moves the high watermark and may bring it back into the ISR.
+    pub(crate) fn follower_fetch(
+        &self,
+        replica: &Replica,
+        topic: &str,
+        partition: i32,
+        follower: i32,
+        offset: i64,
+        first: bool,
+    ) -> Result<(), Status> {
+        let me = self.shared.config.broker_id;
+        if follower == me || !replica.replicas.contains(&follower) {
+            return Err(status(
+                ErrorCode::InvalidRequest,
+                format!("broker {follower} holds no follower replica of {topic}-{partition}"),
+            ));
+        }
+        if first && offset <= replica.log.log_end_offset() {
+            // A follower fetches from its log end: that is how far it has replicated. (An
+            // offset past this log's end is a diverged follower, answered OFFSET_OUT_OF_RANGE
+            // by the read; it must not count as caught up.)
+            crate::replication::record_follower_fetch(
+                replica,
+                me,
+                follower,
+                offset,
+                &self.shared.isr_check,
+            );
+        }
+        Ok(())
     }
 
     fn leader_replica(&self, topic: &str, partition: i32) -> Result<Leading, Status> {
@@ -310,99 +347,6 @@ impl BrokerApi {
     }
 }
 
-/// Appends `bytes` at `leader_epoch`. A batch from an idempotent producer is checked against
-/// what that producer wrote before, under the partition's producer-state lock: a retry is not
-/// appended again (its first offsets are answered), a gap is refused with
-/// `OUT_OF_ORDER_SEQUENCE`.
-fn append_idempotent(
-    replica: &Replica,
-    me: i32,
-    bytes: &[u8],
-    leader_epoch: i32,
-    topic: &str,
-    partition: i32,
-) -> Result<Appended, Status> {
-    use crate::producer_state::{ProducedBatch, SequenceCheck};
-    let (log, producers) = (&*replica.log, &*replica.producers);
-    // Held through the append: the broker cannot turn follower (and truncate) meanwhile, and
-    // an append after it did is refused here.
-    let st = replica.state.read().unwrap_or_else(|e| e.into_inner());
-    if st.leader != me || st.leader_epoch != leader_epoch {
-        return Err(status(
-            ErrorCode::NotLeader,
-            format!(
-                "{topic}-{partition}: leadership moved (now broker {} at epoch {})",
-                st.leader, st.leader_epoch
-            ),
-        ));
-    }
-    let append = |log: &tideline_log::Log| {
-        log.append(bytes, leader_epoch)
-            .map(|info| Appended {
-                first_offset: info.first_offset,
-                last_offset: info.last_offset,
-                log_append_time_ms: info.log_append_time_ms,
-            })
-            .map_err(|e| log_status(topic, partition, &e))
-    };
-    // Malformed bytes get their precise error from the log's validation.
-    let Ok((first, rest)) = tideline_log::RecordBatch::parse(bytes) else { return append(log) };
-    if first.producer_id() < 0 {
-        return append(log);
-    }
-    if !rest.is_empty() {
-        return Err(status(
-            ErrorCode::InvalidRequest,
-            format!("{topic}-{partition}: an idempotent produce carries exactly one batch"),
-        ));
-    }
-    let (pid, producer_epoch) = (first.producer_id(), first.producer_epoch());
-    let first_seq = first.base_sequence();
-    let last_seq = first_seq.wrapping_add(first.last_offset_delta());
-    let mut states = producers.lock().unwrap_or_else(|e| e.into_inner());
-    match states.check(pid, producer_epoch, first_seq, last_seq) {
-        SequenceCheck::Append => {
-            let appended = append(log)?;
-            states.record(
-                pid,
-                producer_epoch,
-                ProducedBatch {
-                    first_seq,
-                    last_seq,
-                    first_offset: appended.first_offset,
-                    last_offset: appended.last_offset,
-                },
-            );
-            Ok(appended)
-        }
-        SequenceCheck::Duplicate(b) => Ok(Appended {
-            first_offset: b.first_offset,
-            last_offset: b.last_offset,
-            log_append_time_ms: now_ms(),
-        }),
-        SequenceCheck::OutOfOrder { expected } => Err(status(
-            ErrorCode::OutOfOrderSequence,
-            format!(
-                "{topic}-{partition}: producer {pid} sent sequence {first_seq}, expected {expected}"
-            ),
-        )),
-        SequenceCheck::StaleEpoch { current } => Err(status(
-            ErrorCode::InvalidRequest,
-            format!(
-                "{topic}-{partition}: producer {pid} epoch {producer_epoch} is older than its current epoch {current}"
-            ),
-        )),
-    }
-}
-
-/// Where a produce landed.
-#[derive(Debug, Clone, Copy)]
-struct Appended {
-    first_offset: i64,
-    last_offset: i64,
-    log_append_time_ms: i64,
-}
-
 /// Decodes the records at or after `from` in `batches`, stopping after the first batch that
 /// takes the decoded keys and values past `max_bytes` (at least one batch is decoded). Returns
 /// the records and the offset after the last one.
@@ -483,18 +427,18 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
         let epoch = replica.leader_epoch;
         let me = self.shared.config.broker_id;
         let (topic, partition) = (req.topic.clone(), req.partition);
-        let appending = replica.clone();
-        // Encoding (and compressing) plain records and the append's validation are CPU and
-        // disk work: off the async threads.
-        let info = tokio::task::spawn_blocking(move || {
-            let bytes = match payload {
-                pb::produce_request::Payload::RecordBatches(b) => b,
-                pb::produce_request::Payload::Records(list) => Self::encode(&list)?,
-            };
-            append_idempotent(&appending, me, &bytes, epoch, &topic, partition)
-        })
-        .await
-        .map_err(join_status)??;
+        let bytes = match payload {
+            pb::produce_request::Payload::RecordBatches(b) => b,
+            // Encoding (and compressing) plain records is CPU work: off the async threads.
+            pb::produce_request::Payload::Records(list) => {
+                tokio::task::spawn_blocking(move || Self::encode(&list))
+                    .await
+                    .map_err(join_status)??
+            }
+        };
+        // Validation and the write run on the partition's writer thread, grouped with the
+        // produces that arrive meanwhile.
+        let info = crate::appender::append(&replica, me, &topic, partition, bytes, epoch).await?;
         replica.set_log_end(info.last_offset + 1);
         crate::replication::update_leader_high_watermark(&replica, me);
         if matches!(acks, pb::Acks::All | pb::Acks::Unspecified) {
@@ -536,13 +480,15 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
                 ),
             ));
         }
+        if req.replica_id.is_some() {
+            self.shared.counters.grpc_replica_fetches.fetch_add(1, Ordering::Relaxed);
+        }
         let max_bytes = (req.max_bytes as usize).min(MAX_FETCH_BYTES);
         let wait =
             Duration::from_millis(req.max_wait_ms as u64).min(self.shared.config.max_fetch_wait);
         let deadline = tokio::time::Instant::now() + wait;
         let mut metadata_changed = self.shared.metadata_applied.subscribe();
         let mut stop = self.shared.stop.clone();
-        let me = self.shared.config.broker_id;
         let mut first = true;
         loop {
             // Leadership, the lease or the topic may change while a fetch waits: check each
@@ -550,27 +496,7 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
             let replica = self.leader_replica(&req.topic, req.partition)?.replica;
             check_epoch(req.current_leader_epoch, replica.leader_epoch, &req.topic, req.partition)?;
             if let Some(f) = req.replica_id {
-                if f == me || !replica.replicas.contains(&f) {
-                    return Err(status(
-                        ErrorCode::InvalidRequest,
-                        format!(
-                            "broker {f} holds no follower replica of {}-{}",
-                            req.topic, req.partition
-                        ),
-                    ));
-                }
-                if first && req.offset <= replica.log.log_end_offset() {
-                    // A follower fetches from its log end: that is how far it has replicated.
-                    // (An offset past this log's end is a diverged follower, answered
-                    // OFFSET_OUT_OF_RANGE below; it must not count as caught up.)
-                    crate::replication::record_follower_fetch(
-                        &replica,
-                        me,
-                        f,
-                        req.offset,
-                        &self.shared.isr_check,
-                    );
-                }
+                self.follower_fetch(&replica, &req.topic, req.partition, f, req.offset, first)?;
             }
             first = false;
             let follower = req.replica_id.is_some();
