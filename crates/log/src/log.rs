@@ -1032,6 +1032,17 @@ impl Log {
     /// # Errors
     /// [`LogError::Io`] when a file cannot be deleted.
     pub fn apply_retention(&self) -> Result<RetentionOutcome, LogError> {
+        self.apply_retention_below(i64::MAX)
+    }
+
+    /// [`Log::apply_retention`], deleting only segments wholly below `limit` (the next
+    /// segment starts at or below it). A replica passes its high watermark, as Kafka does, so
+    /// retention never deletes records that are not committed yet (a lagging follower still
+    /// needs them, and a new leader may not have them).
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when a file cannot be deleted.
+    pub fn apply_retention_below(&self, limit: i64) -> Result<RetentionOutcome, LogError> {
         let _w = self.lock_writer()?;
         let now = self.clock.now_ms();
         let mut st = self.write_state();
@@ -1041,7 +1052,11 @@ impl Log {
         });
         let mut outcome = RetentionOutcome::default();
         let closed = if config.cleanup_policy.delete { st.segments.len() - 1 } else { 0 };
-        for seg in st.segments.values().take(closed) {
+        let next_bases: Vec<i64> = st.segments.keys().skip(1).copied().collect();
+        for (seg, next_base) in st.segments.values().take(closed).zip(next_bases) {
+            if next_base > limit {
+                break;
+            }
             let expired = config.retention_ms.is_some_and(|ms| {
                 !seg.is_empty() && now.saturating_sub(seg.max_timestamp) > ms as i64
             });

@@ -336,3 +336,27 @@ fn append_many_writes_the_valid_requests_together_and_refuses_the_bad_one_alone(
     assert!(matches!(log.append_many(&[&a, &c], 3), Err(LogError::EpochRegression { .. })));
     assert_eq!(log.log_end_offset(), 6);
 }
+
+/// Retention bounded by the high watermark deletes only segments wholly below it: records
+/// not yet committed stay, however far past `retention.bytes` the log is.
+#[test]
+fn retention_below_a_limit_keeps_segments_that_reach_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig { retention_bytes: Some(0), ..config() }).unwrap();
+    for _ in 0..10 {
+        log.append(&build(&recs(5, 1), Compression::None), 0).unwrap();
+    }
+    let bases = log.segment_base_offsets();
+    assert!(bases.len() >= 3, "{bases:?}");
+    // Nothing below the first segment's end is committed: nothing goes.
+    let o = log.apply_retention_below(bases[1] - 1).unwrap();
+    assert!(o.deleted_segments.is_empty(), "{o:?}");
+    assert_eq!(log.log_start_offset(), 0);
+    // Committed up to the third segment's start: the first two go, no more.
+    let o = log.apply_retention_below(bases[2]).unwrap();
+    assert_eq!(o.deleted_segments, bases[..2].to_vec());
+    assert_eq!(log.log_start_offset(), bases[2]);
+    // Everything committed: all closed segments go.
+    log.apply_retention_below(log.log_end_offset()).unwrap();
+    assert_eq!(log.segment_base_offsets(), vec![*bases.last().unwrap()]);
+}

@@ -255,7 +255,7 @@ async fn read(
     let read = tokio::task::spawn_blocking(move || log.read(offset, max_bytes, Some(bound)))
         .await
         .map_err(join_status)?
-        .map_err(|e| read_status(&p.topic, p.partition, e, bound))?;
+        .map_err(|e| read_status(&p.topic, p.partition, e, &replica, follower.is_some()))?;
     let region = read.region;
     let answer = pb::DataFetchPartitionResult {
         topic: p.topic.clone(),

@@ -321,7 +321,8 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     tracing::error!(%topic, partition, error = %e, "interval flush failed");
                 }
                 if retention {
-                    match log.apply_retention() {
+                    // Only committed records: never past the high watermark.
+                    match log.apply_retention_below(hw) {
                         Ok(o) if !o.deleted_segments.is_empty() => {
                             tracing::info!(%topic, partition, segments = o.deleted_segments.len(), bytes = o.deleted_bytes, "retention deleted segments");
                         }

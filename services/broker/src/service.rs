@@ -93,15 +93,28 @@ pub(crate) fn check_epoch(
     }
 }
 
-/// The status of a failed read bounded at `bound`: an offset out of range names the range a
-/// reader may read (up to the bound, the high watermark for consumers, not the log end).
-pub(crate) fn read_status(topic: &str, partition: i32, e: LogError, bound: i64) -> Status {
+/// The status of a failed read of `replica`: an offset out of range names the range a reader
+/// may read, up to the high watermark for consumers (the log end for a `follower`). The bound
+/// is read again here, after the read: the one the read was bounded by may be older than the
+/// log start the read saw (records produced and deleted by retention in between), and a range
+/// must never end before it starts.
+pub(crate) fn read_status(
+    topic: &str,
+    partition: i32,
+    e: LogError,
+    replica: &Replica,
+    follower: bool,
+) -> Status {
     match e {
-        LogError::OffsetOutOfRange { requested, log_start, .. } => log_status(
-            topic,
-            partition,
-            &LogError::OffsetOutOfRange { requested, log_start, log_end: bound },
-        ),
+        LogError::OffsetOutOfRange { requested, log_start, .. } => {
+            let bound =
+                if follower { replica.log.log_end_offset() } else { replica.high_watermark() };
+            log_status(
+                topic,
+                partition,
+                &LogError::OffsetOutOfRange { requested, log_start, log_end: bound.max(log_start) },
+            )
+        }
         e => log_status(topic, partition, &e),
     }
 }
@@ -518,7 +531,7 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
             })
             .await
             .map_err(join_status)?
-            .map_err(|e| read_status(&req.topic, req.partition, e, bound))?;
+            .map_err(|e| read_status(&req.topic, req.partition, e, &replica, follower))?;
             let (read, bytes) = read;
             // Between the high watermark and the log end (written, not yet committed) there is
             // nothing for a consumer to read yet: the fetch waits as at the end of the log.
