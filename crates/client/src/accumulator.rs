@@ -21,7 +21,33 @@ use crate::partitioner::Partitioner;
 use crate::record::RecordMetadata;
 
 /// Where the outcome of one record goes.
-pub(crate) type DeliverySender = oneshot::Sender<Result<RecordMetadata, ClientError>>;
+/// Where a record's outcome goes: the [`DeliveryFuture`](crate::DeliveryFuture) of
+/// `Producer::send`, or the callback of `Producer::send_with_callback`.
+pub(crate) enum DeliverySender {
+    Future(oneshot::Sender<Result<RecordMetadata, ClientError>>),
+    Callback(Box<dyn FnOnce(Result<RecordMetadata, ClientError>) + Send>),
+}
+
+impl DeliverySender {
+    /// Hands over the outcome (a dropped future is no error).
+    pub(crate) fn send(self, outcome: Result<RecordMetadata, ClientError>) {
+        match self {
+            DeliverySender::Future(tx) => {
+                let _ = tx.send(outcome);
+            }
+            DeliverySender::Callback(f) => f(outcome),
+        }
+    }
+}
+
+impl std::fmt::Debug for DeliverySender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeliverySender::Future(_) => "DeliverySender::Future",
+            DeliverySender::Callback(_) => "DeliverySender::Callback",
+        })
+    }
+}
 
 /// A record accepted by `send`, on its way into a batch.
 #[derive(Debug)]
@@ -306,7 +332,7 @@ mod tests {
             headers: Vec::new(),
             size,
             permit: None,
-            delivery,
+            delivery: DeliverySender::Future(delivery),
         };
         (record, rx)
     }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::error;
 
-use crate::accumulator::{Accumulator, PendingRecord};
+use crate::accumulator::{Accumulator, DeliverySender, PendingRecord};
 use crate::cluster::{Cluster, lock};
 use crate::error::ClientError;
 use crate::metadata::Metadata;
@@ -85,6 +85,33 @@ impl Producer {
     /// `max_block`; [`ClientError::Closed`] after [`Producer::close`]. Delivery errors come
     /// through the [`DeliveryFuture`].
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
+        let (delivery, rx) = oneshot::channel();
+        self.enqueue(record, DeliverySender::Future(delivery)).await?;
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// [`Producer::send`] with a callback instead of a future, as Kafka's
+    /// `send(record, callback)`: `callback` gets the record's outcome once its batch is
+    /// acknowledged or failed for good. It runs on the producer's sender task, in the order
+    /// of the partition's records: keep it short. Cheaper than a future per record when
+    /// records are many and small. Not called when `send_with_callback` itself fails.
+    ///
+    /// # Errors
+    /// Those of [`Producer::send`].
+    pub async fn send_with_callback(
+        &self,
+        record: ProducerRecord,
+        callback: impl FnOnce(Result<RecordMetadata, ClientError>) + Send + 'static,
+    ) -> Result<(), ClientError> {
+        self.enqueue(record, DeliverySender::Callback(Box::new(callback))).await
+    }
+
+    /// Puts the record in its partition's batch, its outcome to go to `delivery`.
+    async fn enqueue(
+        &self,
+        record: ProducerRecord,
+        delivery: DeliverySender,
+    ) -> Result<(), ClientError> {
         let shared = &self.shared;
         let config = &shared.config;
         if lock(&shared.accumulator).is_closing() {
@@ -138,7 +165,6 @@ impl Producer {
             }
         };
 
-        let (delivery, rx) = oneshot::channel();
         let pending = PendingRecord {
             timestamp_ms: timestamp_ms.unwrap_or_else(now_ms),
             key,
@@ -166,7 +192,7 @@ impl Producer {
         if wake {
             shared.wake.notify_one();
         }
-        Ok(DeliveryFuture { rx })
+        Ok(())
     }
 
     /// [`Producer::send`], then waits for the delivery.

@@ -217,7 +217,7 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
         // per partition is in flight and `close` sends everything.
         for c in completions {
             let metadata = record_metadata(&topic, partition, -1, &c);
-            let _ = c.delivery.send(Ok(metadata));
+            c.delivery.send(Ok(metadata));
         }
         let deadline = Instant::now() + cluster.request_timeout();
         let result = cluster
@@ -257,7 +257,7 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
             for (i, c) in completions.into_iter().enumerate() {
                 let metadata =
                     record_metadata(&topic, partition, response.base_offset + i as i64, &c);
-                let _ = c.delivery.send(Ok(metadata));
+                c.delivery.send(Ok(metadata));
             }
         }
         Err(error) => {
@@ -277,7 +277,7 @@ fn record_metadata(topic: &str, partition: i32, offset: i64, c: &Completion) -> 
 
 fn resolve_failed(completions: Vec<Completion>, error: &ClientError) {
     for c in completions {
-        let _ = c.delivery.send(Err(error.clone()));
+        c.delivery.send(Err(error.clone()));
     }
 }
 

@@ -449,3 +449,40 @@ async fn produce_requests_in_flight_per_broker_are_bounded() {
     let bad = ProducerConfig { max_in_flight_requests_per_broker: 0, ..Default::default() };
     assert!(matches!(Producer::new(&cluster, bad), Err(ClientError::InvalidArgument { .. })));
 }
+
+/// `send_with_callback` reports each record's outcome through its callback: the offsets of
+/// delivered records, in order per partition, and the error of a failed batch.
+#[tokio::test]
+async fn callbacks_get_each_records_outcome() {
+    let (fake, cluster) = cluster_with_topic(2).await;
+    let producer = Producer::new(&cluster, ProducerConfig::default()).unwrap();
+    let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    for i in 0..20 {
+        let outcomes = outcomes.clone();
+        let record = ProducerRecord::new("orders").partition(i % 2).value(format!("v{i}"));
+        producer
+            .send_with_callback(record, move |r| outcomes.lock().unwrap().push((i, r)))
+            .await
+            .unwrap();
+    }
+    producer.flush().await;
+    {
+        let outcomes = outcomes.lock().unwrap();
+        assert_eq!(outcomes.len(), 20);
+        for p in 0..2 {
+            let offsets: Vec<i64> = outcomes
+                .iter()
+                .filter(|(i, _)| i % 2 == p)
+                .map(|(_, r)| r.as_ref().unwrap().offset)
+                .collect();
+            assert_eq!(offsets, (0..10).collect::<Vec<_>>(), "partition {p}");
+        }
+    }
+    fake.state().produce_failures.push_back(status(ErrorCode::MessageTooLarge, "too large"));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let record = ProducerRecord::new("orders").partition(0).value("x");
+    producer.send_with_callback(record, move |r| drop(tx.send(r))).await.unwrap();
+    let failed = rx.await.unwrap().unwrap_err();
+    assert_eq!(failed.code(), Some(ErrorCode::MessageTooLarge));
+    producer.close().await;
+}

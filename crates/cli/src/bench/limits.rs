@@ -42,9 +42,19 @@ pub struct Limits {
     pub loopback_sendfile_mib_s: f64,
 }
 
-/// Measures the limits with a test file of `mib` MiB in `dir`, removed afterwards.
+/// Writes back every dirty page of the machine (`sync(2)`), so that a measurement does not
+/// start behind the writeback of what was written before it: with gigabytes dirty, the
+/// kernel throttles writers to the disk's speed, and a page-cache write measured then is the
+/// disk's, several times slower.
+pub fn settle() {
+    rustix::fs::sync();
+}
+
+/// Measures the limits with a test file of `mib` MiB in `dir`, removed afterwards, after
+/// [`settle`].
 pub fn measure(dir: &Path, mib: u64) -> anyhow::Result<Limits> {
     anyhow::ensure!(mib > 0, "--mib must be positive");
+    settle();
     let path = dir.join(format!(".tide-bench-limits-{}", std::process::id()));
     let _cleanup = Remove(path.clone());
     let bytes = mib << 20;

@@ -5,25 +5,24 @@
 //! Latencies go into HdrHistograms (microseconds): from `send` to the acknowledgement for
 //! produce, from `send` to the consumer's `poll` for e2e (the send time travels in the first 8
 //! bytes of each value). With `--limits` the machine's limits are measured first, in the same
-//! run, and the report gives each rate as a ratio to its limit.
+//! run, and the report gives each rate as a ratio to its limit. Every load and every limit
+//! starts after `sync(2)`, so none runs behind the writeback of what came before.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use tideline_client::{
-    Admin, AutoOffsetReset, Cluster, Compression, Consumer, ConsumerConfig, DeliveryFuture,
-    ErrorCode, Producer, ProducerConfig, ProducerRecord,
+    Admin, AutoOffsetReset, Cluster, Compression, Consumer, ConsumerConfig, ErrorCode, Producer,
+    ProducerConfig, ProducerRecord,
 };
-use tokio::sync::mpsc;
 
 use super::limits::{self, Limits};
 use crate::admin::connect;
@@ -224,7 +223,13 @@ async fn measure_limits(run: &RunArgs, progress: &Progress) -> anyhow::Result<Op
         eprintln!("measuring this machine's limits ({} MiB each)...", run.limits_mib);
     }
     let (dir, mib) = (run.limits_dir.clone(), run.limits_mib);
-    Ok(Some(tokio::task::spawn_blocking(move || limits::measure(&dir, mib)).await??))
+    let limits = tokio::task::spawn_blocking(move || limits::measure(&dir, mib)).await??;
+    Ok(Some(limits))
+}
+
+/// Writes back what earlier runs left dirty before a load starts (see [`limits::settle`]).
+async fn settle() -> anyhow::Result<()> {
+    Ok(tokio::task::spawn_blocking(limits::settle).await?)
 }
 
 /// Creates the topic when missing and waits until every partition has a leader; returns the
@@ -343,8 +348,7 @@ async fn run_producers(
         let producer = Producer::new(cluster, config.clone())?;
         let (topic, payloads, bar) = (run.topic.clone(), payloads.clone(), bar.clone());
         tasks.spawn(async move {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let collector = tokio::spawn(collect(rx, bar));
+            let acks = Arc::new(Mutex::new(Acks::new(bar)));
             let sending = async {
                 let start = Instant::now();
                 for i in 0..n {
@@ -356,19 +360,26 @@ async fn run_producers(
                     }
                     let record =
                         ProducerRecord::new(topic.as_str()).value(payloads.value(i, stamp));
+                    let acks = acks.clone();
                     let at = Instant::now();
-                    let delivery = producer.send(record).await?;
-                    // The collector only stops once this sender is dropped.
-                    let _ = tx.send((at, delivery));
+                    producer
+                        .send_with_callback(record, move |outcome| {
+                            lock(&acks).record(at, outcome.map(|_| ()));
+                        })
+                        .await?;
                 }
                 anyhow::Ok(())
             };
             let sent = sending.await;
+            // Every callback has run once the producer closed.
             producer.close().await;
-            drop(tx);
-            let collected = collector.await?;
             sent?;
-            collected
+            let mut acks = lock(&acks);
+            acks.flush_progress();
+            if let Some(e) = acks.failed.take() {
+                bail!("a record was not delivered: {e}");
+            }
+            anyhow::Ok((acks.acked, std::mem::replace(&mut acks.latency, histogram())))
         });
     }
     let mut outcome =
@@ -383,36 +394,44 @@ async fn run_producers(
     Ok(outcome)
 }
 
-/// Waits for deliveries as they complete (in any order), timing each from its `send`.
-/// Returns the records acknowledged and their latencies; fails on the first failed record.
-async fn collect(
-    mut rx: mpsc::UnboundedReceiver<(Instant, DeliveryFuture)>,
+/// One producer's acknowledgements, recorded by the delivery callbacks.
+struct Acks {
+    latency: Histogram<u64>,
+    acked: u64,
+    failed: Option<String>,
     bar: ProgressBar,
-) -> anyhow::Result<(u64, Histogram<u64>)> {
-    let mut latency = histogram();
-    let mut pending = FuturesUnordered::new();
-    let (mut open, mut acked, mut unreported) = (true, 0u64, 0u64);
-    loop {
-        tokio::select! {
-            message = rx.recv(), if open => match message {
-                Some((at, delivery)) => pending.push(async move { (at, delivery.await) }),
-                None => open = false,
-            },
-            Some((at, result)) = pending.next(), if !pending.is_empty() => {
-                result.context("a record was not delivered")?;
-                latency.saturating_record(micros(at.elapsed()));
-                acked += 1;
-                unreported += 1;
-                if unreported == 1024 {
-                    bar.inc(unreported);
-                    unreported = 0;
+    unreported: u64,
+}
+
+impl Acks {
+    fn new(bar: ProgressBar) -> Self {
+        Acks { latency: histogram(), acked: 0, failed: None, bar, unreported: 0 }
+    }
+
+    /// A record's outcome: its latency from `sent`, or the first error.
+    fn record(&mut self, sent: Instant, outcome: Result<(), tideline_client::ClientError>) {
+        match outcome {
+            Ok(()) => {
+                self.latency.saturating_record(micros(sent.elapsed()));
+                self.acked += 1;
+                self.unreported += 1;
+                if self.unreported == 1024 {
+                    self.flush_progress();
                 }
             }
-            else => break,
+            Err(e) => {
+                self.failed.get_or_insert_with(|| e.to_string());
+            }
         }
     }
-    bar.inc(unreported);
-    Ok((acked, latency))
+
+    fn flush_progress(&mut self) {
+        self.bar.inc(std::mem::take(&mut self.unreported));
+    }
+}
+
+fn lock(acks: &Mutex<Acks>) -> std::sync::MutexGuard<'_, Acks> {
+    acks.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Where consumers start.
@@ -616,6 +635,7 @@ pub async fn produce(bootstrap: &[String], out: Output, args: ProduceArgs) -> an
     let limits = measure_limits(&run, &progress).await?;
     let cluster = connect(bootstrap)?;
     let partitions = ensure_topic(&cluster, &run).await?;
+    settle().await?;
     let bar = progress.bar("acked", run.records);
     let produced = run_producers(&cluster, &run, &producer, None, bar.clone()).await?;
     bar.finish_and_clear();
@@ -646,6 +666,7 @@ pub async fn consume(bootstrap: &[String], out: Output, args: ConsumeArgs) -> an
     let consumers =
         position_consumers(&cluster, &run, &consumer, partitions, Start::Beginning).await?;
     let count = consumers.len();
+    settle().await?;
     let bar = progress.bar("consumed", run.records);
     let idle = Duration::from_secs(consumer.idle_timeout_secs);
     let consumed = run_consumers(consumers, run.records, idle, None, bar.clone()).await?;
@@ -678,6 +699,7 @@ pub async fn e2e(bootstrap: &[String], out: Output, args: E2eArgs) -> anyhow::Re
     let partitions = ensure_topic(&cluster, &run).await?;
     let consumers = position_consumers(&cluster, &run, &consumer, partitions, Start::End).await?;
     let count = consumers.len();
+    settle().await?;
     let base = Instant::now();
     let produce_bar = progress.bar("acked", run.records);
     let consume_bar = progress.bar("consumed", run.records);
