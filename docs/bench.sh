@@ -39,6 +39,7 @@ stop_dev() {
     wait "$DEV_PID" 2>/dev/null || true
     DEV_PID=
   fi
+  rm -rf "$WORK"/data-*
 }
 trap stop_dev EXIT
 
@@ -51,12 +52,19 @@ run() { # name, tide bench args...
 
 LIMITS=(--limits --limits-dir "$WORK" --limits-mib 1024)
 
-# One broker, RF=1.
+# One broker, RF=1: produce to 1 and to 4 partitions; consume the 1-partition topic with the
+# consumer's default 1 MiB fetches and with 4 MiB ones, through the data port and gRPC.
 start_dev 1
 run produce-rf1-acks1 produce --topic t1 --partitions 1 --records "$RECORDS" --acks 1 \
   --batch-size 1048576 --linger-ms 5 "${LIMITS[@]}"
+run produce-rf1-acks1-4partitions produce --topic t4 --partitions 4 --records "$RECORDS" \
+  --acks 1 --batch-size 1048576 --linger-ms 5 "${LIMITS[@]}"
 run consume-data-port consume --topic t1 --records "$RECORDS" "${LIMITS[@]}"
+run consume-data-port-4MiB consume --topic t1 --records "$RECORDS" --fetch-max-bytes 4194304 \
+  "${LIMITS[@]}"
 run consume-grpc consume --topic t1 --records "$RECORDS" --grpc "${LIMITS[@]}"
+run consume-grpc-4MiB consume --topic t1 --records "$RECORDS" --grpc --fetch-max-bytes 4194304 \
+  "${LIMITS[@]}"
 run e2e-10MiBs e2e --topic e2e --partitions 1 --records 100000 --throughput 10240 --acks 1 \
   --linger-ms 0
 run e2e-10MiBs-acks-all e2e --topic e2e-all --partitions 1 --records 100000 --throughput 10240 \
