@@ -59,6 +59,8 @@ pub struct BrokerConfig {
     /// Where the sendfile data listener listens; `None`: the gRPC listener's address with a
     /// port the system picks.
     pub data_listen: Option<std::net::SocketAddr>,
+    /// Most connections the data listener serves at once; one more is closed at once.
+    pub data_max_connections: usize,
     /// A follower that has not caught up with the leader for this long leaves the ISR
     /// (`replica.lag.time.max.ms`).
     pub replica_lag_time_max: Duration,
@@ -83,6 +85,7 @@ impl BrokerConfig {
             retention_check_interval: Duration::from_secs(30),
             max_fetch_wait: Duration::from_secs(30),
             data_listen: None,
+            data_max_connections: 1024,
             replica_lag_time_max: Duration::from_secs(30),
             produce_timeout: Duration::from_secs(30),
             log_cleaner: LogCleanerConfig::default(),
@@ -110,6 +113,11 @@ impl BrokerConfig {
         }
         if self.rack.len() > 255 {
             return Err("rack is longer than 255 bytes".into());
+        }
+        if self.data_max_connections == 0
+            || self.data_max_connections > tokio::sync::Semaphore::MAX_PERMITS
+        {
+            return Err("data max connections must be positive".into());
         }
         if self.replica_lag_time_max < Duration::from_millis(100) {
             return Err("replica lag time max must be at least 100 ms".into());

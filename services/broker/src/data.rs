@@ -37,12 +37,15 @@ pub const MAX_HEADER_BYTES: u32 = 1 << 20;
 /// Largest single `sendfile(2)` call (Linux moves at most this much at once).
 const MAX_SENDFILE: u64 = 0x7fff_f000;
 
-/// Accepts connections until `stop`, serving each on its own task.
+/// Accepts connections until `stop`, serving each on its own task, at most
+/// `data_max_connections` at once: a connection beyond that is closed at once (the client
+/// sees the connection end before any answer, and may retry or fall back to gRPC).
 pub(crate) async fn run(
     shared: Arc<Shared>,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.data_max_connections));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -50,9 +53,19 @@ pub(crate) async fn run(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!(
+                        %peer,
+                        max = shared.config.data_max_connections,
+                        "data listener at its connection limit; connection closed"
+                    );
+                    drop(stream);
+                    continue;
+                };
                 let api = BrokerApi::new(Arc::clone(&shared));
                 let stop = stop.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     if let Err(e) = serve(api, stream, stop).await {
                         tracing::debug!(%peer, error = %e, "data connection closed");
                     }

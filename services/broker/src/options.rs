@@ -26,6 +26,9 @@ pub struct Options {
     /// listen address with a port the system picks. Advertised in metadata as `data_port`.
     #[arg(long, env = "TIDELINE_DATA_LISTEN")]
     pub data_listen: Option<SocketAddr>,
+    /// Most connections the data listener serves at once; one more is closed at once.
+    #[arg(long, env = "TIDELINE_DATA_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub data_max_connections: usize,
     /// Host clients use to reach this broker; defaults to the listen address, or the machine's
     /// host name when listening on all interfaces.
     #[arg(long, env = "TIDELINE_ADVERTISED_HOST")]
@@ -129,6 +132,7 @@ impl TryFrom<Options> for (BrokerConfig, SocketAddr) {
         c.replica_lag_time_max = Duration::from_millis(o.replica_lag_time_max_ms);
         c.produce_timeout = Duration::from_millis(o.produce_timeout_ms);
         c.data_listen = o.data_listen;
+        c.data_max_connections = o.data_max_connections;
         c.validate()?;
         Ok((c, o.listen))
     }

@@ -488,3 +488,47 @@ async fn a_replica_fetch_from_a_broker_holding_no_follower_replica_is_refused() 
     assert!(!payloads[0].is_empty());
     cluster.stop().await;
 }
+
+/// The data listener serves at most `--data-max-connections` connections at once: one more is
+/// closed before any answer, the others keep working, and a slot freed by a client that left
+/// serves the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_closed_and_slots_come_back() {
+    let cluster = Cluster::start_with_broker_args(1, &[1], &["--data-max-connections", "2"]).await;
+    cluster.create_topic("t", 1, 1, &[]).await;
+    let mut b = cluster.broker(1).await;
+    b.produce(produce_records("t", 0, vec![record("k", "v", &[], 1)])).await.unwrap();
+    let addr = data_addr(&cluster, 1).await;
+    let ask = request(vec![part("t", 0, 0, 1000)], 0);
+    let mut first = TcpStream::connect(&addr).await.unwrap();
+    let mut second = TcpStream::connect(&addr).await.unwrap();
+    for s in [&mut first, &mut second] {
+        send_request(s, &ask).await;
+        let (header, _) = read_answer(s).await;
+        assert_eq!(header.partitions[0].error_code, ErrorCode::Unspecified as i32);
+    }
+    let framed = {
+        let body = ask.encode_to_vec();
+        let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+        framed.extend(body);
+        framed
+    };
+    // The third is closed: its read ends without an answer to a valid request.
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    let _ = third.write_all(&framed).await;
+    let mut buf = [0u8; 4];
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await.unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "the connection beyond the limit is closed: {n:?}");
+    // The first two still work; once one leaves, a new connection is served.
+    send_request(&mut second, &ask).await;
+    read_answer(&mut second).await;
+    drop(first);
+    wait_until(Duration::from_secs(10), "a freed slot to serve a new connection", || async {
+        let mut s = TcpStream::connect(&addr).await.ok()?;
+        s.write_all(&framed).await.ok()?;
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.ok().map(|_| ())
+    })
+    .await;
+    cluster.stop().await;
+}
