@@ -51,6 +51,30 @@ struct Assigned {
     /// `seek` or `auto_offset_reset`.
     position: Option<i64>,
     fetch: Fetch,
+    /// The raw fetch started from where the last response ended, before that response was
+    /// decoded: the next fetch when the position gets there (read-ahead).
+    ahead: Option<Ahead>,
+}
+
+/// A raw fetch started ahead, from `offset`. Dropping it aborts the fetch.
+#[derive(Debug)]
+struct Ahead {
+    offset: i64,
+    raw: tokio::task::JoinHandle<Result<Raw, ClientError>>,
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.raw.abort();
+    }
+}
+
+/// A fetch response not yet decoded: the batches, and where the next fetch starts.
+#[derive(Debug)]
+struct Raw {
+    data: bytes::Bytes,
+    /// The broker's `next_offset`: past the last batch it sent.
+    next_offset: i64,
 }
 
 /// Where a partition's fetching stands. A fetch starts only when nothing is buffered and
@@ -85,7 +109,7 @@ impl Drop for InFlight {
 
 impl Assigned {
     fn new(topic: String, partition: i32) -> Self {
-        Assigned { topic, partition, position: None, fetch: Fetch::Idle }
+        Assigned { topic, partition, position: None, fetch: Fetch::Idle, ahead: None }
     }
 
     /// Moves the position to `offset`, dropping records fetched ahead and abandoning the
@@ -93,6 +117,7 @@ impl Assigned {
     fn seek(&mut self, offset: i64) {
         self.position = Some(offset);
         self.fetch = Fetch::Idle;
+        self.ahead = None;
     }
 
     fn waits_for(&self, id: u64) -> bool {
@@ -106,6 +131,8 @@ struct FetchOutcome {
     /// The fetch's id (see [`Consumer::next_fetch_id`]).
     id: u64,
     result: Result<Decoded, ClientError>,
+    /// The fetch it started from where this response ended, if any.
+    ahead: Option<Ahead>,
 }
 
 impl Consumer {
@@ -294,10 +321,11 @@ impl Consumer {
             let id = self.next_fetch_id;
             self.next_fetch_id += 1;
             let (cluster, topic, partition) = (self.cluster.clone(), a.topic.clone(), a.partition);
-            let task = self.fetches.spawn(async move {
-                let result = fetch_or_back_off(&cluster, &topic, partition, position, params).await;
-                FetchOutcome { id, result }
-            });
+            // The fetch read ahead from here, if one was (a seek or reset elsewhere drops it).
+            let ahead = a.ahead.take().filter(|ahead| ahead.offset == position);
+            let task = self
+                .fetches
+                .spawn(fetch_task(cluster, topic, partition, position, params, ahead, id));
             a.fetch = Fetch::InFlight(InFlight { id, task });
         }
     }
@@ -307,7 +335,7 @@ impl Consumer {
     /// `poll` to report. A response for a fetch its partition no longer waits for (sought or
     /// unassigned since) is dropped.
     async fn complete(&mut self, joined: Result<FetchOutcome, JoinError>) {
-        let FetchOutcome { id, result } = match joined {
+        let FetchOutcome { id, result, ahead } = match joined {
             Ok(outcome) => outcome,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // Aborted: its partition was sought or unassigned.
@@ -319,6 +347,7 @@ impl Consumer {
         let a = &mut self.assignment[index];
         // Idle before any await: should this `poll` be cancelled, the next one fetches again.
         a.fetch = Fetch::Idle;
+        a.ahead = ahead;
         match result {
             // Nothing to hand out (or only control batches): the position moves at once.
             Ok(decoded) if decoded.records.is_empty() => a.position = Some(decoded.next_position),
@@ -477,7 +506,43 @@ fn is_retried(error: &ClientError) -> bool {
     error.is_retriable() || matches!(error, ClientError::TimedOut { .. })
 }
 
-/// One fetch of a fetch task. After an error that [`is_retried`] it refreshes the metadata
+/// A fetch task: the raw response from `position` (the one read ahead, when given), then,
+/// before decoding it, a raw fetch from where it ended (read-ahead: the broker sends the next
+/// batches while this task decodes and the application processes these), then the records.
+async fn fetch_task(
+    cluster: Cluster,
+    topic: String,
+    partition: i32,
+    position: i64,
+    params: FetchParams,
+    ahead: Option<Ahead>,
+    id: u64,
+) -> FetchOutcome {
+    let raw = match ahead {
+        Some(mut ahead) => match (&mut ahead.raw).await {
+            Ok(raw) => raw,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Aborted only with its consumer or partition, which no longer wait for it.
+            Err(_) => Err(ClientError::Closed),
+        },
+        None => fetch_or_back_off(&cluster, &topic, partition, position, params).await,
+    };
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(error) => return FetchOutcome { id, result: Err(error), ahead: None },
+    };
+    let ahead = (!raw.data.is_empty() && raw.next_offset > position).then(|| {
+        let (cluster, topic, offset) = (cluster.clone(), topic.clone(), raw.next_offset);
+        let raw = tokio::spawn(async move {
+            fetch_or_back_off(&cluster, &topic, partition, offset, params).await
+        });
+        Ahead { offset, raw }
+    });
+    let result = decode_raw(topic, partition, raw.data, position, params.check_crcs).await;
+    FetchOutcome { id, result, ahead }
+}
+
+/// One raw fetch of a fetch task. After an error that [`is_retried`] it refreshes the metadata
 /// (when the error says it is outdated) and pauses `retry_backoff` before returning the error,
 /// so the partition's next fetch can start at once.
 async fn fetch_or_back_off(
@@ -486,7 +551,7 @@ async fn fetch_or_back_off(
     partition: i32,
     position: i64,
     params: FetchParams,
-) -> Result<Decoded, ClientError> {
+) -> Result<Raw, ClientError> {
     let started = Instant::now();
     let result = fetch_partition(cluster, topic, partition, position, params).await;
     if let Err(error) = &result
@@ -503,14 +568,14 @@ async fn fetch_or_back_off(
     result
 }
 
-/// One fetch from the partition's leader, decoded.
+/// One fetch from the partition's leader, not decoded.
 async fn fetch_partition(
     cluster: &Cluster,
     topic: &str,
     partition: i32,
     position: i64,
     params: FetchParams,
-) -> Result<Decoded, ClientError> {
+) -> Result<Raw, ClientError> {
     let operation = format!("fetch from {topic}-{partition}");
     let address = cluster.leader(topic, partition).await?;
     let current_leader_epoch =
@@ -551,7 +616,7 @@ async fn fetch_partition(
                 });
             };
             match ErrorCode::try_from(p.error_code).unwrap_or(ErrorCode::StorageError) {
-                ErrorCode::Unspecified => bytes,
+                ErrorCode::Unspecified => Raw { data: bytes, next_offset: p.next_offset },
                 ErrorCode::OffsetOutOfRange => {
                     return Err(ClientError::OffsetOutOfRange {
                         topic: topic.to_string(),
@@ -577,7 +642,17 @@ async fn fetch_partition(
             fetch_grpc(cluster, &address, topic, partition, position, params, operation).await?
         }
     };
-    let (topic, check_crcs) = (topic.to_string(), params.check_crcs);
+    Ok(data)
+}
+
+/// Decodes a response fetched from `position` (on the blocking pool when it is large).
+async fn decode_raw(
+    topic: String,
+    partition: i32,
+    data: bytes::Bytes,
+    position: i64,
+    check_crcs: bool,
+) -> Result<Decoded, ClientError> {
     let decoded = if data.len() > BLOCKING_DECODE_BYTES {
         let topic = topic.clone();
         match tokio::task::spawn_blocking(move || {
@@ -595,7 +670,7 @@ async fn fetch_partition(
     decoded.map_err(|error| ClientError::Corrupt { topic, partition, error })
 }
 
-/// One gRPC `Fetch` from the leader at `address`: the batches.
+/// One gRPC `Fetch` from the leader at `address`: the batches and the next offset.
 async fn fetch_grpc(
     cluster: &Cluster,
     address: &str,
@@ -604,7 +679,7 @@ async fn fetch_grpc(
     position: i64,
     params: FetchParams,
     operation: String,
-) -> Result<bytes::Bytes, ClientError> {
+) -> Result<Raw, ClientError> {
     let mut client = cluster.broker_client(address)?;
     let request = pb::FetchRequest {
         topic: topic.to_string(),
@@ -622,7 +697,10 @@ async fn fetch_grpc(
     };
     let limit = params.max_wait + cluster.request_timeout();
     match tokio::time::timeout(limit, client.fetch(request)).await {
-        Ok(Ok(response)) => Ok(response.into_inner().record_batches),
+        Ok(Ok(response)) => {
+            let response = response.into_inner();
+            Ok(Raw { data: response.record_batches, next_offset: response.next_offset })
+        }
         Ok(Err(status)) if error_code_of(&status) == Some(ErrorCode::OffsetOutOfRange) => {
             let read = |key: &str| {
                 status
@@ -732,7 +810,7 @@ mod tests {
     fn answer(c: &mut Consumer, index: usize, result: Result<Decoded, ClientError>) {
         let id = c.next_fetch_id;
         c.next_fetch_id += 1;
-        let task = c.fetches.spawn(async move { FetchOutcome { id, result } });
+        let task = c.fetches.spawn(async move { FetchOutcome { id, result, ahead: None } });
         c.assignment[index].fetch = Fetch::InFlight(InFlight { id, task });
     }
 

@@ -486,3 +486,38 @@ async fn callbacks_get_each_records_outcome() {
     assert_eq!(failed.code(), Some(ErrorCode::MessageTooLarge));
     producer.close().await;
 }
+
+/// The next fetch starts from where a response ended before that response is decoded
+/// (read-ahead), so the broker sends the next batches while the client decodes: even a
+/// response whose batch fails its CRC has been followed by a fetch from past it. The error is
+/// still reported, the position stays, and a seek elsewhere drops the read-ahead.
+#[tokio::test]
+async fn the_next_fetch_starts_before_a_response_is_decoded() {
+    let (fake, cluster) = cluster_with_topic(1).await;
+    produce_one_per_batch(&cluster, 0, 3).await;
+    {
+        let mut state = fake.state();
+        let log = state.logs.get_mut(&("orders".to_string(), 0)).unwrap();
+        let mut corrupt = log[1].1.to_vec();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        log[1].1 = Bytes::from(corrupt);
+    }
+    // One batch per fetch.
+    let config = ConsumerConfig { max_partition_fetch_bytes: 1, ..Default::default() };
+    let mut consumer = Consumer::new(&cluster, config).unwrap();
+    consumer.assign(vec![("orders".to_string(), 0)]);
+    consumer.seek("orders", 0, 1).unwrap();
+    let error = consumer.poll(Duration::from_secs(5)).await.unwrap_err();
+    assert!(matches!(error, ClientError::Corrupt { .. }), "{error}");
+    wait_until(Duration::from_secs(5), "a fetch from past the corrupt batch", || {
+        fake.state().fetches.contains(&(0, 2))
+    })
+    .await;
+    assert_eq!(consumer.position("orders", 0), Some(1));
+    // A seek back: the records from 0, the read-ahead from 2 not used for offset 0.
+    consumer.seek("orders", 0, 0).unwrap();
+    let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [0]);
+    assert_eq!(consumer.position("orders", 0), Some(1));
+}

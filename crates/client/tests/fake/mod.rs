@@ -374,17 +374,20 @@ impl BrokerService for Fake {
             tokio::time::sleep(Duration::from_millis(req.max_wait_ms as u64)).await;
         }
         let mut data = BytesMut::new();
+        // Past the last batch sent, as a broker answers.
+        let mut next_offset = req.offset;
         let state = self.state();
         for (base, batch) in state.logs.get(&(req.topic, req.partition)).into_iter().flatten() {
             let next = base + RecordBatch::parse(batch).unwrap().0.last_offset_delta() as i64 + 1;
             if next > req.offset && (data.is_empty() || data.len() < req.max_bytes as usize) {
                 data.extend_from_slice(batch);
+                next_offset = next;
             }
         }
         Ok(Response::new(pb::FetchResponse {
             record_batches: data.freeze(),
             high_watermark: end,
-            next_offset: end,
+            next_offset,
             ..Default::default()
         }))
     }
