@@ -205,9 +205,12 @@ impl Progress {
     fn bar(&self, what: &str, total: u64) -> ProgressBar {
         let bar = self.bars.add(ProgressBar::new(total));
         let style = ProgressStyle::with_template(&format!(
-            "{{elapsed_precise}} {what:>9} [{{bar:40}}] {{human_pos}}/{{human_len}} records, {{per_sec}}, eta {{eta}}"
+            "{{elapsed_precise}} {what:>9} [{{bar:40}}] {{human_pos}}/{{human_len}} records, {{rate}}, eta {{eta}}"
         ))
         .expect("valid progress template")
+        .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0} records/s", state.per_sec());
+        })
         .progress_chars("=> ");
         bar.set_style(style);
         bar
