@@ -25,7 +25,8 @@ pub struct ConsumerConfig {
     /// Where to start without a valid position. Default [`AutoOffsetReset::Latest`].
     pub auto_offset_reset: AutoOffsetReset,
     /// Most bytes fetched per partition per request (`max.partition.fetch.bytes`); a batch
-    /// larger than this still comes whole. Default 1 MiB.
+    /// larger than this still comes whole. A partition holds up to two such responses at once
+    /// (one handed out at the next `poll`, one read ahead). Default 1 MiB.
     pub max_partition_fetch_bytes: usize,
     /// Fewest bytes a broker waits for before answering a fetch (`fetch.min.bytes`).
     /// Default 1.
