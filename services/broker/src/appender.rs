@@ -92,17 +92,24 @@ pub(crate) async fn append(
     })
 }
 
-/// Clears the writing flag when the writer panics, so the next request starts a new writer
-/// for what is left. (A writer that ends normally clears it when it finds the queue empty.)
+/// When the writer panics: answers every request still queued (their senders dropped: "the
+/// append was abandoned") and clears the writing flag, so the next request starts a new
+/// writer. (A writer that ends normally clears it when it finds the queue empty.)
 struct Writing<'a>(&'a AppendQueue);
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.inner().writing = false;
+            let mut inner = self.0.inner();
+            inner.queued.clear();
+            inner.writing = false;
         }
     }
 }
+
+/// Most bytes one round writes (at least one request): a round lands whole in the active
+/// segment, whose index holds 32-bit positions.
+const MAX_ROUND_BYTES: usize = 64 << 20;
 
 /// Writes rounds of queued requests until none is left.
 fn drain(replica: &Replica, me: i32, topic: &str, partition: i32) {
@@ -115,7 +122,17 @@ fn drain(replica: &Replica, me: i32, topic: &str, partition: i32) {
                 inner.writing = false;
                 return;
             }
-            std::mem::take(&mut inner.queued)
+            let mut bytes = 0;
+            let take = inner
+                .queued
+                .iter()
+                .position(|q| {
+                    bytes += q.bytes.len();
+                    bytes > MAX_ROUND_BYTES
+                })
+                .unwrap_or(inner.queued.len())
+                .max(1);
+            inner.queued.drain(..take).collect::<Vec<_>>()
         };
         let deferred = write_round(replica, me, topic, partition, round);
         if !deferred.is_empty() {

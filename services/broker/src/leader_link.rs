@@ -37,7 +37,13 @@ pub(crate) struct LeaderLink {
     /// Held only between complete exchanges: a connection left mid-answer (an error, a timeout,
     /// a fetch cancelled) is out of step and never reused.
     data: Option<(String, TcpStream)>,
+    /// Until when replica fetches go over gRPC after the data port failed (a leader at its
+    /// connection limit closes a new connection before any answer).
+    data_avoided_until: Option<tokio::time::Instant>,
 }
+
+/// How long a follower fetches over gRPC after the leader's data port failed.
+const DATA_PORT_PAUSE: Duration = Duration::from_secs(10);
 
 impl LeaderLink {
     /// The gRPC client of the leader at `address` (built once per address, connecting lazily),
@@ -62,8 +68,18 @@ impl LeaderLink {
         data_address: Option<&str>,
         request: pb::FetchRequest,
     ) -> Result<pb::FetchResponse, Status> {
-        if let Some(address) = data_address {
-            return self.fetch_data_port(address, request).await;
+        let avoided = self.data_avoided_until.is_some_and(|t| tokio::time::Instant::now() < t);
+        if let Some(address) = data_address.filter(|_| !avoided) {
+            match self.fetch_data_port(address, request.clone()).await {
+                // Reached the leader but not through its data port (refused at its
+                // connection limit, or cut): this fetch and those of the next seconds go
+                // over gRPC, which the leader always serves.
+                Err(status) if tideline_common::error_code_of(&status).is_none() => {
+                    tracing::debug!(%address, error = %status.message(), "data port failed; fetching over gRPC");
+                    self.data_avoided_until = Some(tokio::time::Instant::now() + DATA_PORT_PAUSE);
+                }
+                answer => return answer,
+            }
         }
         let Some(client) = self.grpc(grpc_address) else {
             return Err(Status::unavailable(format!(

@@ -184,6 +184,18 @@ impl Replica {
         self.log_end.send_replace(offset);
     }
 
+    /// Raises the published log end offset to `offset` (never lowers it): produces written in
+    /// one group-commit round publish their ends in any order.
+    pub fn raise_log_end(&self, offset: i64) {
+        self.log_end.send_if_modified(|end| {
+            let raised = *end < offset;
+            if raised {
+                *end = offset;
+            }
+            raised
+        });
+    }
+
     /// Lowers the high watermark to `offset` when it is above (a follower truncated its log).
     pub fn cap_high_watermark(&self, offset: i64) {
         self.high_watermark.send_if_modified(|hw| {

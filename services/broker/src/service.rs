@@ -452,7 +452,7 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
         // Validation and the write run on the partition's writer thread, grouped with the
         // produces that arrive meanwhile.
         let info = crate::appender::append(&replica, me, &topic, partition, bytes, epoch).await?;
-        replica.set_log_end(info.last_offset + 1);
+        replica.raise_log_end(info.last_offset + 1);
         crate::replication::update_leader_high_watermark(&replica, me);
         if matches!(acks, pb::Acks::All | pb::Acks::Unspecified) {
             // Committed once every in-sync replica has it: the high watermark passes it.

@@ -235,6 +235,11 @@ struct InProcess {
 
 impl InProcess {
     async fn start() -> InProcess {
+        InProcess::start_with(|_| {}).await
+    }
+
+    /// As [`InProcess::start`], each broker's config changed by `tune` first.
+    async fn start_with(tune: impl Fn(&mut BrokerConfig)) -> InProcess {
         let root = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let controller_addr = listener.local_addr().unwrap().to_string();
@@ -247,6 +252,7 @@ impl InProcess {
             let dir = root.path().join(format!("b{id}"));
             let mut config = BrokerConfig::new(id, dir, vec![controller_addr.clone()]);
             config.replica_lag_time_max = Duration::from_secs(30);
+            tune(&mut config);
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             brokers.insert(id, Broker::start(config, listener).await.unwrap());
         }
@@ -530,5 +536,27 @@ async fn connections_beyond_the_limit_are_closed_and_slots_come_back() {
         s.read_exact(&mut len).await.ok().map(|_| ())
     })
     .await;
+    cluster.stop().await;
+}
+
+/// A follower turned away by a leader whose data port is at its connection limit replicates
+/// over gRPC `Fetch` instead: the follower joins the ISR and acks=all produces succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_turned_away_by_the_data_port_replicates_over_grpc() {
+    let cluster = InProcess::start_with(|c| c.data_max_connections = 1).await;
+    // Each broker's only data connection is taken by a client that keeps it.
+    let mut held = Vec::new();
+    for id in [1, 2] {
+        let mut s = TcpStream::connect(cluster.data_addr(id).await).await.unwrap();
+        send_request(&mut s, &request(vec![part("none", 0, 0, 10)], 0)).await;
+        read_answer(&mut s).await;
+        held.push(s);
+    }
+    let (leader, _) = cluster.create_replicated_topic("r").await;
+    let mut b = cluster.client(leader).await;
+    b.produce(produce("r", 0..10, pb::Acks::All)).await.unwrap();
+    let s = cluster.brokers[&leader].replication_status();
+    assert!(s.grpc_replica_fetches > 0, "the follower fetched over gRPC: {s:?}");
+    drop(held);
     cluster.stop().await;
 }
