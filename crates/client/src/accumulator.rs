@@ -21,21 +21,62 @@ use crate::partitioner::Partitioner;
 use crate::record::RecordMetadata;
 
 /// Where the outcome of one record goes.
+/// A delivery callback of `Producer::send_with_callback`.
+pub(crate) type Callback = Box<dyn FnOnce(Result<RecordMetadata, ClientError>) + Send>;
+
 /// Where a record's outcome goes: the [`DeliveryFuture`](crate::DeliveryFuture) of
-/// `Producer::send`, or the callback of `Producer::send_with_callback`.
+/// `Producer::send`, or the callback of `Producer::send_with_callback`. Dropped without an
+/// outcome (its batch task failed, the runtime stopped), it reports [`ClientError::Closed`],
+/// as a dropped future does: every record's callback runs once.
 pub(crate) enum DeliverySender {
-    Future(oneshot::Sender<Result<RecordMetadata, ClientError>>),
-    Callback(Box<dyn FnOnce(Result<RecordMetadata, ClientError>) + Send>),
+    /// `None` once the outcome was sent.
+    Future(Option<oneshot::Sender<Result<RecordMetadata, ClientError>>>),
+    /// `None` once called.
+    Callback(Option<Callback>),
 }
 
 impl DeliverySender {
-    /// Hands over the outcome (a dropped future is no error).
-    pub(crate) fn send(self, outcome: Result<RecordMetadata, ClientError>) {
+    /// A sender that calls `callback`.
+    pub(crate) fn callback(callback: Callback) -> Self {
+        DeliverySender::Callback(Some(callback))
+    }
+
+    /// A sender that resolves a future through `tx`.
+    pub(crate) fn future(tx: oneshot::Sender<Result<RecordMetadata, ClientError>>) -> Self {
+        DeliverySender::Future(Some(tx))
+    }
+
+    /// Hands over the outcome (a dropped future is no error; a callback that panics is
+    /// logged, and the other records' callbacks still run).
+    pub(crate) fn send(mut self, outcome: Result<RecordMetadata, ClientError>) {
+        self.deliver(outcome);
+    }
+
+    fn deliver(&mut self, outcome: Result<RecordMetadata, ClientError>) {
         match self {
             DeliverySender::Future(tx) => {
-                let _ = tx.send(outcome);
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(outcome);
+                }
             }
-            DeliverySender::Callback(f) => f(outcome),
+            DeliverySender::Callback(callback) => {
+                if let Some(f) = callback.take() {
+                    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        f(outcome);
+                    }));
+                    if called.is_err() {
+                        tracing::error!("a producer delivery callback panicked");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for DeliverySender {
+    fn drop(&mut self) {
+        if matches!(self, DeliverySender::Callback(Some(_))) {
+            self.deliver(Err(ClientError::Closed));
         }
     }
 }
@@ -312,6 +353,22 @@ impl Accumulator {
 mod tests {
     use super::*;
 
+    /// A callback dropped without an outcome (its batch task failed) still runs, with
+    /// `Closed`; a callback that panics does not take the caller down.
+    #[test]
+    fn callbacks_run_once_even_when_dropped_or_panicking() {
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = got.clone();
+        let sender =
+            DeliverySender::callback(Box::new(move |r: Result<RecordMetadata, ClientError>| {
+                seen.lock().unwrap().push(r.map(|m| m.offset));
+            }));
+        drop(sender);
+        assert!(matches!(got.lock().unwrap()[..], [Err(ClientError::Closed)]));
+        let panicking = DeliverySender::callback(Box::new(|_| panic!("a user callback fails")));
+        panicking.send(Err(ClientError::Closed));
+    }
+
     const LINGER: Duration = Duration::from_millis(5);
 
     fn accumulator(batch_size: usize) -> Accumulator {
@@ -332,7 +389,7 @@ mod tests {
             headers: Vec::new(),
             size,
             permit: None,
-            delivery: DeliverySender::Future(delivery),
+            delivery: DeliverySender::future(delivery),
         };
         (record, rx)
     }

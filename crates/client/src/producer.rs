@@ -86,15 +86,17 @@ impl Producer {
     /// through the [`DeliveryFuture`].
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
         let (delivery, rx) = oneshot::channel();
-        self.enqueue(record, DeliverySender::Future(delivery)).await?;
+        self.enqueue(record, DeliverySender::future(delivery)).await?;
         Ok(DeliveryFuture { rx })
     }
 
     /// [`Producer::send`] with a callback instead of a future, as Kafka's
     /// `send(record, callback)`: `callback` gets the record's outcome once its batch is
-    /// acknowledged or failed for good. It runs on the producer's sender task, in the order
-    /// of the partition's records: keep it short. Cheaper than a future per record when
-    /// records are many and small. Not called when `send_with_callback` itself fails.
+    /// acknowledged or failed for good ([`ClientError::Closed`] if the producer's runtime
+    /// stops first). It runs on the task that sent the batch, in the order of the partition's
+    /// records, concurrently with other partitions' callbacks: keep it short. A callback that
+    /// panics is logged. Cheaper than a future per record when records are many and small.
+    /// Not called when `send_with_callback` itself fails.
     ///
     /// # Errors
     /// Those of [`Producer::send`].
@@ -103,7 +105,7 @@ impl Producer {
         record: ProducerRecord,
         callback: impl FnOnce(Result<RecordMetadata, ClientError>) + Send + 'static,
     ) -> Result<(), ClientError> {
-        self.enqueue(record, DeliverySender::Callback(Box::new(callback))).await
+        self.enqueue(record, DeliverySender::callback(Box::new(callback))).await
     }
 
     /// Puts the record in its partition's batch, its outcome to go to `delivery`.

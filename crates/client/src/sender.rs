@@ -200,16 +200,15 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
         let mut request = request.clone();
         // The leader epoch this attempt's metadata knows: a deposed leader that has not heard
         // yet refuses it (FENCED_LEADER_EPOCH) and the retry goes to the new one.
-        let leader =
-            cluster.metadata().partition(&topic, partition).map(|p| (p.leader, p.leader_epoch));
-        request.current_leader_epoch = leader.map(|(_, epoch)| epoch);
-        let slots = shared.slots(leader.map_or(-1, |(id, _)| id));
-        async move {
-            // Waiting for a slot is part of the attempt: the broker has enough to do.
-            let _slot = slots.acquire_owned().await;
-            client.produce(request).await
-        }
+        request.current_leader_epoch =
+            cluster.metadata().partition(&topic, partition).map(|p| p.leader_epoch);
+        async move { client.produce(request).await }
     };
+    // A slot among the leader's in-flight requests, taken before the first attempt and held
+    // through its retries (counted against the broker the batch first went to): waiting for
+    // it is not part of any attempt's timeout.
+    let leader = cluster.metadata().partition(&topic, partition).map_or(-1, |p| p.leader);
+    let _slot = shared.slots(leader).acquire_owned().await;
 
     if config.acks == Acks::None {
         // Fire and forget: the records count as delivered once the request is on its way.
