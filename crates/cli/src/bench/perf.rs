@@ -318,14 +318,15 @@ impl Payloads {
         Payloads { pool: Bytes::from(pool), size }
     }
 
-    /// The value of record `i`, stamped with the send time when `base` is given.
-    fn value(&self, i: u64, base: Option<Instant>) -> Bytes {
+    /// The value of record `i`, stamped with `sent` (nanoseconds since the run's base) when
+    /// given.
+    fn value(&self, i: u64, sent: Option<u64>) -> Bytes {
         let start = (i % 4096) as usize;
-        match base {
+        match sent {
             None => self.pool.slice(start..start + self.size),
-            Some(base) => {
+            Some(sent) => {
                 let mut b = BytesMut::with_capacity(self.size);
-                b.put_u64(u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                b.put_u64(sent);
                 b.extend_from_slice(&self.pool[start..start + self.size - 8]);
                 b.freeze()
             }
@@ -361,10 +362,19 @@ async fn run_producers(
                             tokio::time::sleep_until(due.into()).await;
                         }
                     }
-                    let record =
-                        ProducerRecord::new(topic.as_str()).value(payloads.value(i, stamp));
+                    // Rate-capped, latency counts from when the record was due, so a send
+                    // that fell behind schedule is not measured from its late start
+                    // (coordinated omission).
+                    let at = match rate {
+                        Some(rate) => start + Duration::from_secs_f64(i as f64 / rate),
+                        None => Instant::now(),
+                    };
+                    let sent = stamp.map(|base| {
+                        u64::try_from(at.saturating_duration_since(base).as_nanos())
+                            .unwrap_or(u64::MAX)
+                    });
+                    let record = ProducerRecord::new(topic.as_str()).value(payloads.value(i, sent));
                     let acks = acks.clone();
-                    let at = Instant::now();
                     producer
                         .send_with_callback(record, move |outcome| {
                             lock(&acks).record(at, outcome.map(|_| ()));
@@ -381,6 +391,9 @@ async fn run_producers(
             acks.flush_progress();
             if let Some(e) = acks.failed.take() {
                 bail!("a record was not delivered: {e}");
+            }
+            if acks.acked != n {
+                bail!("{} of {n} records were acknowledged", acks.acked);
             }
             anyhow::Ok((acks.acked, std::mem::replace(&mut acks.latency, histogram())))
         });
@@ -498,6 +511,7 @@ async fn run_consumers(
         tasks.spawn(async move {
             let mut latency = histogram();
             let (mut mine, mut bytes) = (0u64, 0u64);
+            let mut crossed = None;
             let mut last = (total.load(Ordering::Relaxed), Instant::now());
             loop {
                 let seen = total.load(Ordering::Relaxed);
@@ -526,19 +540,27 @@ async fn run_consumers(
                     }
                 }
                 mine += batch.len() as u64;
-                total.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                bar.inc(batch.len() as u64);
+                let n = batch.len() as u64;
+                let before = total.fetch_add(n, Ordering::Relaxed);
+                if before < records && before + n >= records {
+                    // This consumer took the total to its target: the run ends now, not
+                    // when the others' polls next return.
+                    crossed = Some(started.elapsed());
+                }
+                bar.inc(n);
             }
-            anyhow::Ok((mine, bytes, latency, started.elapsed()))
+            anyhow::Ok((mine, bytes, latency, crossed))
         });
     }
     let mut outcome =
         Outcome { records: 0, bytes: 0, elapsed: Duration::ZERO, latency: histogram() };
     while let Some(joined) = tasks.join_next().await {
-        let (records, bytes, latency, elapsed) = joined??;
+        let (records, bytes, latency, crossed) = joined??;
         outcome.records += records;
         outcome.bytes += bytes;
-        outcome.elapsed = outcome.elapsed.max(elapsed);
+        if let Some(elapsed) = crossed {
+            outcome.elapsed = elapsed;
+        }
         outcome.latency.add(latency).context("merging latency histograms")?;
     }
     Ok(outcome)
