@@ -1,6 +1,9 @@
 //! `tideline-proto`: the gRPC API of Tideline (package `tideline.v1`), generated at build time
 //! from `proto/tideline/v1/*.proto`: messages (prost, `bytes` fields as `bytes::Bytes`), clients
-//! and servers (tonic), and the file descriptor set that server reflection serves.
+//! and servers (tonic), and the file descriptor set that server reflection serves; and the
+//! client side of the data port's framing ([`data_frame`]).
+
+pub mod data_frame;
 
 /// Generated types and services of package `tideline.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]

@@ -94,11 +94,15 @@ pub(crate) fn acks(s: &str) -> anyhow::Result<Acks> {
     })
 }
 
+/// Parses `--compression`: none, gzip, lz4 or zstd.
+pub(crate) fn compression(name: &str) -> anyhow::Result<Compression> {
+    Compression::from_name(name)
+        .with_context(|| format!("--compression {name:?} is not none, gzip, lz4 or zstd"))
+}
+
 /// Runs `tide produce`.
 pub async fn produce(bootstrap: &[String], out: Output, args: ProduceArgs) -> anyhow::Result<()> {
-    let compression = Compression::from_name(&args.compression).with_context(|| {
-        format!("--compression {:?} is not none, gzip, lz4 or zstd", args.compression)
-    })?;
+    let compression = compression(&args.compression)?;
     let headers: Vec<(String, Option<Bytes>)> = args
         .headers
         .iter()

@@ -6,16 +6,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use prost::Message;
+use tideline_proto::data_frame;
 use tideline_proto::v1 as pb;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Idle connections kept per broker.
 const IDLE_PER_BROKER: usize = 64;
-
-/// Largest answer header accepted (it lists partitions; their batches follow it).
-const MAX_HEADER_BYTES: u32 = 1 << 20;
 
 /// Idle data connections by `host:data_port`. Never held across `.await`.
 #[derive(Debug, Default)]
@@ -51,19 +48,8 @@ impl DataConnections {
                 s
             }
         };
-        let body = request.encode_to_vec();
-        let mut frame = Vec::with_capacity(4 + body.len());
-        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&body);
-        stream.write_all(&frame).await?;
-        let len = stream.read_u32().await?;
-        if len > MAX_HEADER_BYTES {
-            return Err(invalid(format!("answer header of {len} bytes")));
-        }
-        let mut header = vec![0; len as usize];
-        stream.read_exact(&mut header).await?;
-        let header = pb::DataFetchResponse::decode(header.as_slice())
-            .map_err(|e| invalid(format!("undecodable answer header: {e}")))?;
+        data_frame::write_request(&mut stream, request).await?;
+        let header = data_frame::read_header(&mut stream).await?;
         let mut payloads = Vec::with_capacity(header.partitions.len());
         for p in &header.partitions {
             let mut bytes = Vec::with_capacity(p.payload_length as usize);
@@ -76,8 +62,4 @@ impl DataConnections {
         self.give_back(address, stream);
         Ok((header, payloads))
     }
-}
-
-fn invalid(message: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
 }

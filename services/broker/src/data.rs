@@ -31,9 +31,6 @@ use crate::service::{BrokerApi, MAX_FETCH_BYTES, join_status, read_status};
 /// Largest request frame accepted (a request names partitions, it carries no data).
 pub const MAX_REQUEST_BYTES: u32 = 1 << 20;
 
-/// Largest answer header a reader accepts (it lists partitions; their batches follow it).
-pub const MAX_HEADER_BYTES: u32 = 1 << 20;
-
 /// Largest single `sendfile(2)` call (Linux moves at most this much at once).
 const MAX_SENDFILE: u64 = 0x7fff_f000;
 

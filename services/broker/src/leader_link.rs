@@ -9,17 +9,16 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use prost::Message;
 use tideline_common::{ErrorCode, status, with_offset_range};
+use tideline_proto::data_frame;
 use tideline_proto::v1 as pb;
 use tideline_proto::v1::broker_service_client::BrokerServiceClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::MAX_MESSAGE_BYTES;
-use crate::data::MAX_HEADER_BYTES;
 
 /// Longest wait for a connection to the leader, on either port.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -181,20 +180,8 @@ async fn exchange(
     request: &pb::DataFetchRequest,
     asked: &(String, i32),
 ) -> std::io::Result<(pb::DataFetchPartitionResult, Vec<u8>)> {
-    let body = request.encode_to_vec();
-    let mut frame = Vec::with_capacity(4 + body.len());
-    // A one-partition request is a few dozen bytes: its length fits.
-    frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
-    frame.extend_from_slice(&body);
-    stream.write_all(&frame).await?;
-    let len = stream.read_u32().await?;
-    if len > MAX_HEADER_BYTES {
-        return Err(invalid(format!("answer header of {len} bytes, at most {MAX_HEADER_BYTES}")));
-    }
-    let mut header = vec![0; len as usize];
-    stream.read_exact(&mut header).await?;
-    let header = pb::DataFetchResponse::decode(header.as_slice())
-        .map_err(|e| invalid(format!("undecodable answer header: {e}")))?;
+    data_frame::write_request(stream, request).await?;
+    let header = data_frame::read_header(stream).await?;
     let [result] = <[_; 1]>::try_from(header.partitions).map_err(|p| {
         invalid(format!("an answer with {} partitions to a request for one", p.len()))
     })?;

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::*;
-use prost::Message;
 use tideline_common::{ErrorCode, error_code_of, offset_range_of};
 use tideline_log::batch::batches;
 use tideline_log::{Compression, RecordBatchBuilder, segment_file_name};
+use tideline_proto::data_frame;
 use tideline_proto::v1 as pb;
 use tideline_proto::v1::broker_service_client::BrokerServiceClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
@@ -125,12 +125,8 @@ async fn produce(mut broker: BrokerServiceClient<Channel>, shared: Arc<Shared>) 
     }
 }
 
-/// Writes `request` as one frame in one write (two small writes would meet Nagle's algorithm
-/// and the broker's delayed ACK: 40 ms per request).
 async fn send_request(stream: &mut TcpStream, request: &pb::DataFetchRequest) {
-    let mut frame = (request.encoded_len() as u32).to_be_bytes().to_vec();
-    request.encode(&mut frame).unwrap();
-    stream.write_all(&frame).await.expect("data port request");
+    data_frame::write_request(stream, request).await.expect("data port request");
 }
 
 /// Sends a data-port request for `offset` of partition 0, up to `max_bytes`, without waiting.
@@ -156,10 +152,7 @@ fn closed(e: std::io::Error, what: &str) -> ! {
 
 /// The header of the next answer, for a request of one partition: its one entry.
 async fn read_header(stream: &mut TcpStream, what: &str) -> pb::DataFetchPartitionResult {
-    let len = stream.read_u32().await.unwrap_or_else(|e| closed(e, what));
-    let mut header = vec![0; len as usize];
-    stream.read_exact(&mut header).await.unwrap_or_else(|e| closed(e, what));
-    let mut header = pb::DataFetchResponse::decode(header.as_slice()).unwrap();
+    let mut header = data_frame::read_header(stream).await.unwrap_or_else(|e| closed(e, what));
     assert_eq!(header.partitions.len(), 1, "one entry per partition asked");
     header.partitions.remove(0)
 }

@@ -13,14 +13,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use prost::Message;
 use tideline_broker::{Broker, BrokerConfig};
 use tideline_common::{ErrorCode, error_code_of};
 use tideline_controller::node::{ControllerNode, NodeConfig};
+use tideline_proto::data_frame;
 use tideline_proto::v1 as pb;
 use tideline_proto::v1::broker_service_client::BrokerServiceClient;
 use tideline_proto::v1::controller_service_client::ControllerServiceClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 
@@ -34,17 +34,12 @@ async fn data_addr(cluster: &Cluster, id: i32) -> String {
 }
 
 async fn send_request(stream: &mut TcpStream, request: &pb::DataFetchRequest) {
-    let body = request.encode_to_vec();
-    stream.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
-    stream.write_all(&body).await.unwrap();
+    data_frame::write_request(stream, request).await.unwrap();
 }
 
 /// One answer: the header and each partition's bytes.
 async fn read_answer(stream: &mut TcpStream) -> (pb::DataFetchResponse, Vec<Vec<u8>>) {
-    let len = stream.read_u32().await.unwrap();
-    let mut header = vec![0; len as usize];
-    stream.read_exact(&mut header).await.unwrap();
-    let header = pb::DataFetchResponse::decode(header.as_slice()).unwrap();
+    let header = data_frame::read_header(stream).await.unwrap();
     let mut payloads = Vec::new();
     for p in &header.partitions {
         let mut bytes = vec![0; p.payload_length as usize];
@@ -513,15 +508,9 @@ async fn connections_beyond_the_limit_are_closed_and_slots_come_back() {
         let (header, _) = read_answer(s).await;
         assert_eq!(header.partitions[0].error_code, ErrorCode::Unspecified as i32);
     }
-    let framed = {
-        let body = ask.encode_to_vec();
-        let mut framed = (body.len() as u32).to_be_bytes().to_vec();
-        framed.extend(body);
-        framed
-    };
     // The third is closed: its read ends without an answer to a valid request.
     let mut third = TcpStream::connect(&addr).await.unwrap();
-    let _ = third.write_all(&framed).await;
+    let _ = data_frame::write_request(&mut third, &ask).await;
     let mut buf = [0u8; 4];
     let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await.unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "the connection beyond the limit is closed: {n:?}");
@@ -531,7 +520,7 @@ async fn connections_beyond_the_limit_are_closed_and_slots_come_back() {
     drop(first);
     wait_until(Duration::from_secs(10), "a freed slot to serve a new connection", || async {
         let mut s = TcpStream::connect(&addr).await.ok()?;
-        s.write_all(&framed).await.ok()?;
+        data_frame::write_request(&mut s, &ask).await.ok()?;
         let mut len = [0u8; 4];
         s.read_exact(&mut len).await.ok().map(|_| ())
     })

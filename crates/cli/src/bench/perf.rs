@@ -20,8 +20,8 @@ use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use tideline_client::{
-    Admin, AutoOffsetReset, Cluster, Compression, Consumer, ConsumerConfig, ErrorCode, Producer,
-    ProducerConfig, ProducerRecord,
+    Admin, AutoOffsetReset, Cluster, Consumer, ConsumerConfig, ErrorCode, Producer, ProducerConfig,
+    ProducerRecord,
 };
 
 use super::limits::{self, Limits};
@@ -268,12 +268,9 @@ async fn ensure_topic(cluster: &Cluster, run: &RunArgs) -> anyhow::Result<i32> {
 }
 
 fn producer_config(p: &ProducerArgs) -> anyhow::Result<ProducerConfig> {
-    let compression = Compression::from_name(&p.compression).with_context(|| {
-        format!("--compression {:?} is not none, gzip, lz4 or zstd", p.compression)
-    })?;
     Ok(ProducerConfig {
         acks: crate::io::acks(&p.acks)?,
-        compression,
+        compression: crate::io::compression(&p.compression)?,
         batch_size: p.batch_size,
         linger: Duration::from_millis(p.linger_ms),
         buffer_memory: usize::try_from(p.buffer_mib << 20).context("--buffer-mib is too large")?,
