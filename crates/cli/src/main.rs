@@ -17,6 +17,11 @@ use clap::{Parser, Subcommand};
 use output::Output;
 use tideline_common::process::{init_tracing, run_main};
 
+/// The global allocator: mimalloc keeps freed large buffers (fetch and produce payloads) for
+/// reuse, where glibc gives them back to the OS and every new one page-faults again.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tideline: a distributed commit log.
 #[derive(Debug, Parser)]
 #[command(name = "tide", version, about)]

@@ -1,11 +1,14 @@
 //! [`Consumer`]: reads manually assigned partitions from their leaders, fetching ahead of
 //! `poll` in background tasks the way Kafka's `Fetcher` does.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tideline_common::error::{LOG_END_OFFSET_KEY, LOG_START_OFFSET_KEY};
 use tideline_common::{ErrorCode, error_code_of};
 use tideline_proto::v1 as pb;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -22,11 +25,12 @@ const BLOCKING_DECODE_BYTES: usize = 64 << 10;
 /// Reads records from manually assigned partitions (Kafka's `assign`, no consumer group).
 ///
 /// Fetches run in background tasks, as in Kafka's `Fetcher`: each assigned partition with a
-/// position has at most one fetch in flight, and a fetch that comes back with records keeps
-/// them in the partition's buffer until `poll` returns them. A partition's next fetch starts
-/// when `poll` hands out the previous one's records, so it is in flight while the caller
-/// works on them. Memory stays within about two responses of `max_partition_fetch_bytes`
-/// per partition: one buffered or in flight, one held by the caller.
+/// position has one fetch task at a time, and a fetch that comes back with records keeps
+/// them in the partition's buffer until `poll` returns them. Beneath it, the partition's
+/// read-ahead fetches raw responses from where the last one ended (up to
+/// `read_ahead_fetches` of them, overlapping on the data port), so the broker sends while
+/// the client decodes and the caller works. Memory stays within `read_ahead_fetches` + 1
+/// responses of `max_partition_fetch_bytes` per partition, besides those the caller holds.
 ///
 /// Dropping the consumer aborts its fetches.
 #[derive(Debug)]
@@ -51,21 +55,137 @@ struct Assigned {
     /// `seek` or `auto_offset_reset`.
     position: Option<i64>,
     fetch: Fetch,
-    /// The raw fetch started from where the last response ended, before that response was
-    /// decoded: the next fetch when the position gets there (read-ahead).
-    ahead: Option<Ahead>,
+    /// The partition's raw fetches running ahead of its decoding, from where the last
+    /// response ended: the next fetch when the position gets there (read-ahead).
+    ahead: Option<ReadAhead>,
 }
 
-/// A raw fetch started ahead, from `offset`. Dropping it aborts the fetch.
+/// A partition's read-ahead: a task ([`read_ahead`]) that fetches the partition raw, each
+/// fetch from where the one before ended, and queues the responses in order, with up to
+/// `read_ahead_fetches` fetched or in flight beyond those decoded. Through the data port a
+/// fetch starts as soon as the answer before it has sent its header (which says where it
+/// ends), so two fetches overlap and the broker is not idle for a round trip between them.
+/// Dropping it aborts the task and its fetches.
 #[derive(Debug)]
-struct Ahead {
-    offset: i64,
-    raw: tokio::task::JoinHandle<Result<Raw, ClientError>>,
+struct ReadAhead {
+    /// Where the next queued response was fetched from.
+    next: i64,
+    responses: mpsc::UnboundedReceiver<AheadResponse>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Ahead {
+impl Drop for ReadAhead {
     fn drop(&mut self) {
-        self.raw.abort();
+        self.task.abort();
+    }
+}
+
+/// One raw fetch of a read-ahead, and its share of the read-ahead's memory bound, given back
+/// when a fetch task takes the response.
+#[derive(Debug)]
+struct AheadResponse {
+    from: i64,
+    raw: Result<Raw, ClientError>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ReadAhead {
+    fn start(
+        cluster: Cluster,
+        topic: String,
+        partition: i32,
+        from: i64,
+        params: FetchParams,
+    ) -> Self {
+        let (sender, responses) = mpsc::unbounded_channel();
+        let permits = Arc::new(Semaphore::new(params.read_ahead));
+        let task =
+            tokio::spawn(read_ahead(cluster, topic, partition, from, params, permits, sender));
+        ReadAhead { next: from, responses, task }
+    }
+}
+
+/// Where the fetch after one from `from` that answered `raw` starts: past the batches it
+/// brought, or from `from` again when it brought none (a long poll that timed out).
+fn fetch_after(from: i64, raw: &Raw) -> i64 {
+    if !raw.data.is_empty() && raw.next_offset > from { raw.next_offset } else { from }
+}
+
+/// Aborts a spawned fetch when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A read-ahead's fetch in flight: where it fetches from, the fetch, and its permit.
+type InFlightFetch = (i64, AbortOnDrop<Result<Raw, ClientError>>, OwnedSemaphorePermit);
+
+/// The task of a [`ReadAhead`]: fetches `topic`-`partition` from `from` on, each fetch from
+/// where the one before ended, while a permit is free, and sends the responses in order. A
+/// fetch starts when the one before has said where it ends: at its data-port header, or
+/// when it completes (gRPC, an empty answer). Ends after sending an error, or when the
+/// receiver is gone.
+async fn read_ahead(
+    cluster: Cluster,
+    topic: String,
+    partition: i32,
+    from: i64,
+    params: FetchParams,
+    permits: Arc<Semaphore>,
+    responses: mpsc::UnboundedSender<AheadResponse>,
+) {
+    let mut in_flight: VecDeque<InFlightFetch> = VecDeque::new();
+    // Where the next fetch starts, once known.
+    let mut next = Some(from);
+    // The latest fetch's header hint, while its end is not yet known.
+    let mut hint: Option<oneshot::Receiver<i64>> = None;
+    loop {
+        tokio::select! {
+            permit = permits.clone().acquire_owned(), if next.is_some() => {
+                let Ok(permit) = permit else { return };
+                let Some(offset) = next.take() else { continue };
+                let (hint_sender, hint_receiver) = oneshot::channel();
+                let (cluster, topic) = (cluster.clone(), topic.clone());
+                let fetch = tokio::spawn(async move {
+                    fetch_or_back_off(&cluster, &topic, partition, offset, params, Some(hint_sender))
+                        .await
+                });
+                in_flight.push_back((offset, AbortOnDrop(fetch), permit));
+                hint = Some(hint_receiver);
+            }
+            said = async { hint.as_mut().expect("guarded").await }, if hint.is_some() => {
+                hint = None;
+                // No hint (an empty answer, or gRPC): the end comes with the response.
+                if let Ok(offset) = said {
+                    next = Some(offset);
+                }
+            }
+            done = async { (&mut in_flight.front_mut().expect("guarded").1.0).await },
+                if !in_flight.is_empty() =>
+            {
+                let Some((offset, _, permit)) = in_flight.pop_front() else { continue };
+                let raw = match done {
+                    Ok(raw) => raw,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => return,
+                };
+                let failed = raw.is_err();
+                // The latest fetch ended without saying where before: it says now.
+                if in_flight.is_empty() && next.is_none() {
+                    hint = None;
+                    if let Ok(raw) = &raw {
+                        next = Some(fetch_after(offset, raw));
+                    }
+                }
+                let response = AheadResponse { from: offset, raw, _permit: permit };
+                if responses.send(response).is_err() || failed {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -131,8 +251,8 @@ struct FetchOutcome {
     /// The fetch's id (see [`Consumer::next_fetch_id`]).
     id: u64,
     result: Result<Decoded, ClientError>,
-    /// The fetch it started from where this response ended, if any.
-    ahead: Option<Ahead>,
+    /// The partition's read-ahead, now at where this response ended.
+    ahead: Option<ReadAhead>,
 }
 
 impl Consumer {
@@ -315,6 +435,7 @@ impl Consumer {
             check_crcs: self.config.check_crcs,
             retry_backoff: self.config.retry_backoff,
             use_data_port: self.config.use_data_port,
+            read_ahead: self.config.read_ahead_fetches,
         };
         for a in &mut self.assignment {
             let (Fetch::Idle, Some(position)) = (&a.fetch, a.position) else { continue };
@@ -322,7 +443,7 @@ impl Consumer {
             self.next_fetch_id += 1;
             let (cluster, topic, partition) = (self.cluster.clone(), a.topic.clone(), a.partition);
             // The fetch read ahead from here, if one was (a seek or reset elsewhere drops it).
-            let ahead = a.ahead.take().filter(|ahead| ahead.offset == position);
+            let ahead = a.ahead.take().filter(|ahead| ahead.next == position);
             let task = self
                 .fetches
                 .spawn(fetch_task(cluster, topic, partition, position, params, ahead, id));
@@ -498,6 +619,8 @@ struct FetchParams {
     check_crcs: bool,
     retry_backoff: Duration,
     use_data_port: bool,
+    /// Raw fetches a partition's read-ahead runs beyond the responses decoded.
+    read_ahead: usize,
 }
 
 /// Errors after which the partition is simply fetched again: retriable ones, and timeouts
@@ -506,40 +629,45 @@ fn is_retried(error: &ClientError) -> bool {
     error.is_retriable() || matches!(error, ClientError::TimedOut { .. })
 }
 
-/// A fetch task: the raw response from `position` (the one read ahead, when given), then,
-/// before decoding it, a raw fetch from where it ended (read-ahead: the broker sends the next
-/// batches while this task decodes and the application processes these), then the records.
+/// A fetch task: the raw response from `position`, taken from the partition's read-ahead
+/// (started here when there is none from `position`), then decoded while the read-ahead
+/// fetches on (the broker sends the next batches while this task decodes and the application
+/// processes these).
 async fn fetch_task(
     cluster: Cluster,
     topic: String,
     partition: i32,
     position: i64,
     params: FetchParams,
-    ahead: Option<Ahead>,
+    ahead: Option<ReadAhead>,
     id: u64,
 ) -> FetchOutcome {
-    let raw = match ahead {
-        Some(mut ahead) => match (&mut ahead.raw).await {
-            Ok(raw) => raw,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Aborted only with its consumer or partition, which no longer wait for it.
-            Err(_) => Err(ClientError::Closed),
-        },
-        None => fetch_or_back_off(&cluster, &topic, partition, position, params).await,
+    let mut ahead = match ahead {
+        Some(ahead) if ahead.next == position => ahead,
+        _ => ReadAhead::start(cluster, topic.clone(), partition, position, params),
     };
+    let Some(AheadResponse { from, raw, _permit: permit }) = ahead.responses.recv().await else {
+        // The read-ahead ends only after sending an error (taken with its response), or by
+        // a panic, which goes on here.
+        if let Err(e) = (&mut ahead.task).await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        return FetchOutcome { id, result: Err(ClientError::Closed), ahead: None };
+    };
+    debug_assert_eq!(from, position, "a read-ahead answers in order");
+    // This response is now this task's (the partition's one decoded or buffered response):
+    // the read-ahead may fetch another while it is decoded.
+    drop(permit);
     let raw = match raw {
         Ok(raw) => raw,
+        // The read-ahead has ended.
         Err(error) => return FetchOutcome { id, result: Err(error), ahead: None },
     };
-    let ahead = (!raw.data.is_empty() && raw.next_offset > position).then(|| {
-        let (cluster, topic, offset) = (cluster.clone(), topic.clone(), raw.next_offset);
-        let raw = tokio::spawn(async move {
-            fetch_or_back_off(&cluster, &topic, partition, offset, params).await
-        });
-        Ahead { offset, raw }
-    });
+    ahead.next = fetch_after(position, &raw);
     let result = decode_raw(topic, partition, raw.data, position, params.check_crcs).await;
-    FetchOutcome { id, result, ahead }
+    FetchOutcome { id, result, ahead: Some(ahead) }
 }
 
 /// One raw fetch of a fetch task. After an error that [`is_retried`] it refreshes the metadata
@@ -551,9 +679,10 @@ async fn fetch_or_back_off(
     partition: i32,
     position: i64,
     params: FetchParams,
+    end_hint: Option<oneshot::Sender<i64>>,
 ) -> Result<Raw, ClientError> {
     let started = Instant::now();
-    let result = fetch_partition(cluster, topic, partition, position, params).await;
+    let result = fetch_partition(cluster, topic, partition, position, params, end_hint).await;
     if let Err(error) = &result
         && is_retried(error)
     {
@@ -568,13 +697,16 @@ async fn fetch_or_back_off(
     result
 }
 
-/// One fetch from the partition's leader, not decoded.
+/// One fetch from the partition's leader, not decoded. Through the data port, `end_hint`
+/// gets the response's `next_offset` as soon as its header says the response brings
+/// batches; it is dropped unsent otherwise.
 async fn fetch_partition(
     cluster: &Cluster,
     topic: &str,
     partition: i32,
     position: i64,
     params: FetchParams,
+    end_hint: Option<oneshot::Sender<i64>>,
 ) -> Result<Raw, ClientError> {
     let operation = format!("fetch from {topic}-{partition}");
     let address = cluster.leader(topic, partition).await?;
@@ -596,7 +728,16 @@ async fn fetch_partition(
                 min_bytes: params.min_bytes,
                 replica_id: None,
             };
-            let fetched = cluster.data_connections().fetch(&data_address, &request);
+            let on_header = |header: &pb::DataFetchResponse| {
+                if let (Some(hint), Some(p)) = (end_hint, header.partitions.first())
+                    && p.error_code == ErrorCode::Unspecified as i32
+                    && p.payload_length > 0
+                    && p.next_offset > position
+                {
+                    let _ = hint.send(p.next_offset);
+                }
+            };
+            let fetched = cluster.data_connections().fetch(&data_address, &request, on_header);
             let (header, mut payloads) = match tokio::time::timeout(limit, fetched).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(e)) => {

@@ -25,8 +25,8 @@ pub struct ConsumerConfig {
     /// Where to start without a valid position. Default [`AutoOffsetReset::Latest`].
     pub auto_offset_reset: AutoOffsetReset,
     /// Most bytes fetched per partition per request (`max.partition.fetch.bytes`); a batch
-    /// larger than this still comes whole. A partition holds up to two such responses at once
-    /// (one handed out at the next `poll`, one read ahead). Default 1 MiB.
+    /// larger than this still comes whole. A partition holds up to `read_ahead_fetches` + 1
+    /// such responses at once, besides those the caller holds. Default 1 MiB.
     pub max_partition_fetch_bytes: usize,
     /// Fewest bytes a broker waits for before answering a fetch (`fetch.min.bytes`).
     /// Default 1.
@@ -44,6 +44,11 @@ pub struct ConsumerConfig {
     /// come from the page cache without a copy on the broker), else through gRPC `Fetch`.
     /// Default true.
     pub use_data_port: bool,
+    /// Fetches a partition runs ahead of the one being decoded (read-ahead): each starts
+    /// from where the one before ended, and through the data port as soon as that one's
+    /// header has come, so the broker streams on while the client decodes. Each holds up to
+    /// `max_partition_fetch_bytes`. Between 1 and 16; default 2.
+    pub read_ahead_fetches: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -56,6 +61,7 @@ impl Default for ConsumerConfig {
             retry_backoff: Duration::from_millis(100),
             check_crcs: true,
             use_data_port: true,
+            read_ahead_fetches: 2,
         }
     }
 }
@@ -74,6 +80,9 @@ impl ConsumerConfig {
         }
         if i32::try_from(self.fetch_min_bytes).is_err() {
             return invalid("fetch_min_bytes must be below 2 GiB");
+        }
+        if !(1..=16).contains(&self.read_ahead_fetches) {
+            return invalid("read_ahead_fetches must be between 1 and 16");
         }
         Ok(())
     }

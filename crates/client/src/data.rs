@@ -34,11 +34,14 @@ impl DataConnections {
     }
 
     /// Sends `request` to the data port at `address` and reads the answer: the header and
-    /// each partition's batches. A connection that fails is dropped, not reused.
+    /// each partition's batches. `on_header` sees the header as soon as it has arrived, before
+    /// the batches (the consumer starts its next fetch from the `next_offset` it carries). A
+    /// connection that fails is dropped, not reused.
     pub(crate) async fn fetch(
         &self,
         address: &str,
         request: &pb::DataFetchRequest,
+        on_header: impl FnOnce(&pb::DataFetchResponse),
     ) -> std::io::Result<(pb::DataFetchResponse, Vec<Bytes>)> {
         let mut stream = match self.take(address) {
             Some(s) => s,
@@ -50,6 +53,7 @@ impl DataConnections {
         };
         data_frame::write_request(&mut stream, request).await?;
         let header = data_frame::read_header(&mut stream).await?;
+        on_header(&header);
         let mut payloads = Vec::with_capacity(header.partitions.len());
         for p in &header.partitions {
             let mut bytes = Vec::with_capacity(p.payload_length as usize);

@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fake::{Fake, cluster_with_topic, poll_offsets, produce_one_per_batch, serve, wait_until};
+use fake::{
+    Fake, cluster_with_topic, cluster_with_topic_and_data_port, poll_offsets,
+    produce_one_per_batch, serve, wait_until,
+};
 use tideline_client::{
     Acks, Admin, AutoOffsetReset, ClientConfig, ClientError, Cluster, Consumer, ConsumerConfig,
     ErrorCode, Producer, ProducerConfig, ProducerRecord, partitioner::partition_for_key,
@@ -520,4 +523,201 @@ async fn the_next_fetch_starts_before_a_response_is_decoded() {
     let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
     assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [0]);
     assert_eq!(consumer.position("orders", 0), Some(1));
+}
+
+/// Read-ahead over gRPC (no data port advertised), one batch per fetch: once `poll` has
+/// returned the record at offset 0, the partition goes on fetching without another `poll`,
+/// each fetch from where the one before ended, and stops at its memory bound. The next fetch
+/// task (started before `poll` returned) takes and decodes the response from offset 1 into
+/// the partition's buffer, and beyond it the read-ahead holds `read_ahead_fetches` raw
+/// responses: with 2, fetches from 1, 2 and 3 and none from 4; with 1, from 1 and 2 and none
+/// from 3 (`read_ahead_fetches` + 1 responses in all, as `Consumer` documents). Without
+/// read-ahead only the fetch from 1 would come. The responses fetched ahead are used: every
+/// record comes once, in order, and no offset is fetched twice.
+#[tokio::test]
+async fn read_ahead_fetches_on_without_polling_up_to_its_bound_over_grpc() {
+    for read_ahead_fetches in [2, 1] {
+        let (fake, cluster) = cluster_with_topic(1).await;
+        produce_one_per_batch(&cluster, 0, 8).await;
+        let config = ConsumerConfig {
+            // One batch, so one record, per fetch.
+            max_partition_fetch_bytes: 1,
+            read_ahead_fetches,
+            ..Default::default()
+        };
+        let mut consumer = Consumer::new(&cluster, config).unwrap();
+        consumer.assign(vec![("orders".to_string(), 0)]);
+        consumer.seek("orders", 0, 0).unwrap();
+        let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), [0]);
+
+        // The last offset fetched while nothing polls: one response buffered, decoded, and
+        // `read_ahead_fetches` raw ones beyond it.
+        let last = 1 + read_ahead_fetches as i64;
+        wait_until(Duration::from_secs(5), &format!("fetches from 1 to {last}"), || {
+            let state = fake.state();
+            (1..=last).all(|o| state.fetches.contains(&(0, o)))
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let fetched: Vec<i64> = fake.state().fetches.iter().map(|f| f.1).collect();
+        assert_eq!(
+            fetched,
+            (0..=last).collect::<Vec<_>>(),
+            "read_ahead_fetches {read_ahead_fetches}: in order, once each, none past {last}"
+        );
+
+        let read = poll_offsets(&mut consumer, 7, Duration::from_secs(10)).await;
+        assert_eq!(read, (1..8).map(|o| (0, o)).collect::<Vec<_>>());
+        let mut fetched: Vec<i64> =
+            fake.state().fetches.iter().map(|f| f.1).filter(|o| *o < 8).collect();
+        fetched.sort();
+        assert_eq!(fetched, (0..8).collect::<Vec<_>>(), "each offset fetched once");
+    }
+}
+
+/// `read_ahead_fetches` must be between 1 and 16: 0 and 17 are refused by `Consumer::new`
+/// with `InvalidArgument`, 1 and 16 are taken.
+#[tokio::test]
+async fn read_ahead_fetches_out_of_range_are_refused() {
+    let cluster = Cluster::new(ClientConfig::new(["127.0.0.1:1"])).unwrap();
+    for read_ahead_fetches in [0, 17] {
+        let config = ConsumerConfig { read_ahead_fetches, ..Default::default() };
+        let error = Consumer::new(&cluster, config).unwrap_err();
+        assert!(matches!(error, ClientError::InvalidArgument { .. }), "{error}");
+        assert!(error.to_string().contains("read_ahead_fetches"), "{error}");
+    }
+    for read_ahead_fetches in [1, 16] {
+        let config = ConsumerConfig { read_ahead_fetches, ..Default::default() };
+        Consumer::new(&cluster, config).unwrap();
+    }
+}
+
+/// Aborts a spawned task when dropped (the test's fake servers, also when an assertion fails).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A data port of `fake` (`docs/data-protocol.md`) that answers each request from the fake's
+/// log, but withholds the payload of every fetch from offset 0, after its header, until a
+/// fetch from offset 1 has come (on another connection: this one is busy answering). Logs
+/// each request as its connection's number and offset. Aborting the task closes its
+/// connections.
+async fn serve_withholding_data_port(
+    listener: tokio::net::TcpListener,
+    fake: Fake,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<(usize, i64)>>>,
+) {
+    let (one_came, one_has_come) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    for number in 0.. {
+        let Ok((mut stream, _)) = listener.accept().await else { return };
+        let (fake, requests, one_came) = (fake.clone(), requests.clone(), one_came.clone());
+        let mut one_has_come = one_has_come.clone();
+        connections.spawn(async move {
+            use prost::Message;
+            use tideline_proto::v1 as pb;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok(length) = stream.read_u32().await else { return };
+                let mut body = vec![0; length as usize];
+                stream.read_exact(&mut body).await.unwrap();
+                let request = pb::DataFetchRequest::decode(body.as_slice()).unwrap();
+                let [p] = &request.partitions[..] else { panic!("one partition per request") };
+                requests.lock().unwrap().push((number, p.offset));
+                if p.offset == 1 {
+                    one_came.send_replace(true);
+                }
+                let end = fake.end_offset(&p.topic, p.partition);
+                if p.offset >= end {
+                    // Nothing to read: the long poll waits it out.
+                    tokio::time::sleep(Duration::from_millis(request.max_wait_ms as u64)).await;
+                }
+                let (data, next_offset) =
+                    fake.read_batches(&p.topic, p.partition, p.offset, p.max_bytes as usize);
+                let header = pb::DataFetchResponse {
+                    partitions: vec![pb::DataFetchPartitionResult {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        error_code: ErrorCode::Unspecified as i32,
+                        error_message: String::new(),
+                        high_watermark: end,
+                        log_start_offset: 0,
+                        next_offset,
+                        payload_length: data.len() as u32,
+                    }],
+                }
+                .encode_to_vec();
+                let mut frame = (header.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(&header);
+                stream.write_all(&frame).await.unwrap();
+                stream.flush().await.unwrap();
+                if p.offset == 0 {
+                    one_has_come.wait_for(|came| *came).await.unwrap();
+                }
+                stream.write_all(&data).await.unwrap();
+                stream.flush().await.unwrap();
+            }
+        });
+    }
+}
+
+/// Through the data port, the next fetch starts as soon as the answer before it has sent its
+/// header (which says where it ends), before its payload, so two fetches overlap on two
+/// connections. The fake data port sends the header of the fetch from 0 (one batch,
+/// `next_offset` 1) and withholds its payload until a fetch from 1 has come: `poll` can
+/// return the record at offset 0 only if that fetch started off the header alone (waiting
+/// for the whole answer first would deadlock until the poll timed out). Nothing goes over
+/// gRPC, each offset is fetched once, and the fetch ahead from 1 brings the next record.
+#[tokio::test]
+async fn data_port_fetches_start_at_the_header_of_the_one_before() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let data_port = listener.local_addr().unwrap().port();
+    let (fake, cluster) = cluster_with_topic_and_data_port(1, data_port).await;
+    produce_one_per_batch(&cluster, 0, 2).await;
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let server = AbortOnDrop(tokio::spawn(serve_withholding_data_port(
+        listener,
+        fake.clone(),
+        requests.clone(),
+    )));
+
+    let config = ConsumerConfig {
+        // One batch per fetch.
+        max_partition_fetch_bytes: 1,
+        read_ahead_fetches: 2,
+        ..Default::default()
+    };
+    let mut consumer = Consumer::new(&cluster, config).unwrap();
+    consumer.assign(vec![("orders".to_string(), 0)]);
+    consumer.seek("orders", 0, 0).unwrap();
+    let records = consumer.poll(Duration::from_secs(10)).await.unwrap();
+    let got: Vec<(i64, Option<Bytes>)> =
+        records.iter().map(|r| (r.offset, r.value.clone())).collect();
+    assert_eq!(got, [(0, Some(Bytes::from("v0")))], "the record at 0, past the withheld payload");
+    {
+        let requests = requests.lock().unwrap();
+        let from =
+            |offset| requests.iter().filter(|r| r.1 == offset).map(|r| r.0).collect::<Vec<_>>();
+        let (zero, one) = (from(0), from(1));
+        assert_eq!(zero.len(), 1, "one fetch from 0, not retried: {requests:?}");
+        assert_eq!(one.len(), 1, "one fetch from 1: {requests:?}");
+        assert_ne!(zero[0], one[0], "the fetches from 0 and 1 on two connections");
+    }
+
+    let read = poll_offsets(&mut consumer, 1, Duration::from_secs(10)).await;
+    assert_eq!(read, [(0, 1)]);
+    assert_eq!(
+        requests.lock().unwrap().iter().filter(|r| r.1 <= 1).count(),
+        2,
+        "the record at 1 came from the fetch ahead: {:?}",
+        requests.lock().unwrap()
+    );
+    assert!(fake.state().fetches.is_empty(), "nothing over gRPC: {:?}", fake.state().fetches);
+    drop(consumer);
+    drop(server);
 }

@@ -5,6 +5,11 @@ use clap::Parser;
 use tideline_broker::options::Options;
 use tideline_common::process::{init_tracing, run_main, shutdown_signal};
 
+/// The global allocator: mimalloc keeps freed large buffers (fetch and produce payloads) for
+/// reuse, where glibc gives them back to the OS and every new one page-faults again.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     run_main(|| async {
         let options = Options::parse();

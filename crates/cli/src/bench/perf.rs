@@ -102,6 +102,9 @@ pub struct ConsumerArgs {
     /// Consumer `max.partition.fetch.bytes`.
     #[arg(long, default_value_t = ConsumerConfig::default().max_partition_fetch_bytes)]
     pub fetch_max_bytes: usize,
+    /// Consumer read-ahead: fetches a partition runs ahead of the one being decoded.
+    #[arg(long, default_value_t = ConsumerConfig::default().read_ahead_fetches)]
+    pub read_ahead_fetches: usize,
     /// Give up when no record arrived for this many seconds.
     #[arg(long, default_value_t = 10)]
     pub idle_timeout_secs: u64,
@@ -478,6 +481,7 @@ async fn position_consumers(
         auto_offset_reset: AutoOffsetReset::Earliest,
         max_partition_fetch_bytes: c.fetch_max_bytes,
         use_data_port: !c.grpc,
+        read_ahead_fetches: c.read_ahead_fetches,
         ..ConsumerConfig::default()
     };
     let mut consumers = Vec::with_capacity(count);

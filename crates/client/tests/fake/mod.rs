@@ -26,6 +26,9 @@ use tonic::{Request, Response, Status};
 #[derive(Default)]
 pub struct State {
     pub port: u32,
+    /// The data port advertised for the broker in the metadata (0: none, fetches go over
+    /// gRPC). Only the metadata carries it: the test serves the port itself.
+    pub data_port: u32,
     /// Partition count by topic.
     pub topics: HashMap<String, i32>,
     /// Batches by partition, with their base offsets.
@@ -102,6 +105,29 @@ impl Fake {
                 .collect(),
             ..Default::default()
         })
+    }
+
+    /// The batches a fetch of `topic`-`partition` from `offset` with `max_bytes` answers, as a
+    /// broker reads them (whole batches, at least one), and the offset past the last one
+    /// (`offset` when there are none).
+    pub fn read_batches(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> (Bytes, i64) {
+        let mut data = BytesMut::new();
+        let mut next_offset = offset;
+        let state = self.state();
+        for (base, batch) in state.logs.get(&(topic.to_string(), partition)).into_iter().flatten() {
+            let next = base + RecordBatch::parse(batch).unwrap().0.last_offset_delta() as i64 + 1;
+            if next > offset && (data.is_empty() || data.len() < max_bytes) {
+                data.extend_from_slice(batch);
+                next_offset = next;
+            }
+        }
+        (data.freeze(), next_offset)
     }
 
     pub fn end_offset(&self, topic: &str, partition: i32) -> i64 {
@@ -203,7 +229,7 @@ impl ControllerService for Fake {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let (port, coordinators, shards) = {
+        let (port, data_port, coordinators, shards) = {
             let state = self.state();
             let coordinators = state
                 .coordinators
@@ -227,7 +253,7 @@ impl ControllerService for Fake {
                     releasing: false,
                 }]
             };
-            (state.port, coordinators, shards)
+            (state.port, state.data_port, coordinators, shards)
         };
         Ok(Response::new(pb::GetMetadataResponse {
             version: 1,
@@ -236,6 +262,7 @@ impl ControllerService for Fake {
                     broker_id: 1,
                     host: "127.0.0.1".into(),
                     port,
+                    data_port,
                     ..Default::default()
                 }),
                 broker_epoch: 1,
@@ -373,19 +400,11 @@ impl BrokerService for Fake {
         if req.offset == end {
             tokio::time::sleep(Duration::from_millis(req.max_wait_ms as u64)).await;
         }
-        let mut data = BytesMut::new();
         // Past the last batch sent, as a broker answers.
-        let mut next_offset = req.offset;
-        let state = self.state();
-        for (base, batch) in state.logs.get(&(req.topic, req.partition)).into_iter().flatten() {
-            let next = base + RecordBatch::parse(batch).unwrap().0.last_offset_delta() as i64 + 1;
-            if next > req.offset && (data.is_empty() || data.len() < req.max_bytes as usize) {
-                data.extend_from_slice(batch);
-                next_offset = next;
-            }
-        }
+        let (data, next_offset) =
+            self.read_batches(&req.topic, req.partition, req.offset, req.max_bytes as usize);
         Ok(Response::new(pb::FetchResponse {
-            record_batches: data.freeze(),
+            record_batches: data,
             high_watermark: end,
             next_offset,
             ..Default::default()
@@ -460,7 +479,14 @@ pub async fn poll_offsets(
 }
 
 pub async fn cluster_with_topic(partitions: i32) -> (Fake, Cluster) {
+    cluster_with_topic_and_data_port(partitions, 0).await
+}
+
+/// As [`cluster_with_topic`], with the broker advertising `data_port` (0: none) in the
+/// metadata from the first request on.
+pub async fn cluster_with_topic_and_data_port(partitions: i32, data_port: u16) -> (Fake, Cluster) {
     let fake = Fake::default();
+    fake.state().data_port = u32::from(data_port);
     let address = serve(&fake).await;
     let mut config = ClientConfig::new([address]);
     config.request_timeout = Duration::from_secs(5);
