@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tideline_log::batch::BATCH_HEADER_LEN;
 use tideline_log::{Compression, RecordBatchBuilder, RecordHeader};
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 use tokio::time::Instant;
@@ -127,12 +128,18 @@ pub(crate) struct ProducerBatch {
 }
 
 impl ProducerBatch {
-    fn new(topic: Arc<str>, partition: i32, compression: Compression, now: Instant) -> Self {
+    fn new(
+        topic: Arc<str>,
+        partition: i32,
+        compression: Compression,
+        capacity: usize,
+        now: Instant,
+    ) -> Self {
         ProducerBatch {
             topic,
             partition,
             created: now,
-            builder: RecordBatchBuilder::new(compression),
+            builder: RecordBatchBuilder::with_capacity(compression, capacity),
             completions: Vec::new(),
             permit: None,
             done: watch::Sender::new(()),
@@ -234,11 +241,15 @@ impl Accumulator {
         record: PendingRecord,
         now: Instant,
     ) -> bool {
-        if !self.topics.contains_key(topic) {
-            let name: Arc<str> = Arc::from(topic);
-            self.topics.insert(name.clone(), TopicQueues { name, partitions: HashMap::new() });
-        }
-        let queues = self.topics.get_mut(topic).expect("inserted above");
+        let queues = match self.topics.get_mut(topic) {
+            Some(queues) => queues,
+            None => {
+                let name: Arc<str> = Arc::from(topic);
+                self.topics
+                    .entry(name.clone())
+                    .or_insert(TopicQueues { name, partitions: HashMap::new() })
+            }
+        };
         let queue = queues.partitions.entry(partition).or_default();
         let mut wake = false;
         if let Some(open) = &queue.open
@@ -251,7 +262,10 @@ impl Accumulator {
         }
         let open = queue.open.get_or_insert_with(|| {
             wake = true;
-            ProducerBatch::new(queues.name.clone(), partition, self.compression, now)
+            // Room for a whole batch (or this record, when larger): records are never
+            // moved as it fills.
+            let capacity = self.batch_size.max(BATCH_HEADER_LEN + record.size);
+            ProducerBatch::new(queues.name.clone(), partition, self.compression, capacity, now)
         });
         open.push(record);
         if open.size() >= self.batch_size {

@@ -146,12 +146,17 @@ impl Producer {
         }
 
         let permits = u32::try_from(size).expect("size is below buffer_memory, at most 4 GiB");
-        let permit = match tokio::time::timeout_at(
-            deadline,
-            shared.memory.clone().acquire_many_owned(permits),
-        )
-        .await
-        {
+        // Memory is free nearly always: take it without arming a timer.
+        let fast = shared.memory.clone().try_acquire_many_owned(permits);
+        let permit = match fast {
+            Ok(permit) => Ok(Ok(permit)),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(ClientError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                tokio::time::timeout_at(deadline, shared.memory.clone().acquire_many_owned(permits))
+                    .await
+            }
+        };
+        let permit = match permit {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(ClientError::Closed),
             Err(_) => {

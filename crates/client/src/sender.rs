@@ -287,9 +287,9 @@ async fn encode(
     compression: Compression,
 ) -> Result<Bytes, ClientError> {
     if compression == Compression::None {
-        return Ok(builder.build());
+        return Ok(builder.finish());
     }
-    match tokio::task::spawn_blocking(move || builder.build()).await {
+    match tokio::task::spawn_blocking(move || builder.finish()).await {
         Ok(bytes) => Ok(bytes),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // The runtime is shutting down.

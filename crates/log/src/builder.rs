@@ -1,6 +1,6 @@
 //! [`RecordBatchBuilder`]: encodes records into one Kafka v2 record batch, as a producer does.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 
 use crate::batch::{ATTRIBUTES_POS, BATCH_HEADER_LEN, CRC_POS, LOG_OVERHEAD, MAGIC_V2};
 use crate::compression::Compression;
@@ -20,7 +20,9 @@ pub struct RecordHeader {
 #[derive(Debug, Clone)]
 pub struct RecordBatchBuilder {
     compression: Compression,
-    records: Vec<u8>,
+    /// Room for the batch header (filled in by [`RecordBatchBuilder::finish`]), then the
+    /// encoded records.
+    buf: Vec<u8>,
     count: i32,
     base_timestamp: i64,
     max_timestamp: i64,
@@ -32,9 +34,17 @@ pub struct RecordBatchBuilder {
 impl RecordBatchBuilder {
     /// A builder for a batch compressed with `compression`.
     pub fn new(compression: Compression) -> Self {
+        Self::with_capacity(compression, 0)
+    }
+
+    /// A builder with room for `capacity` bytes of batch (header included) before it grows:
+    /// a producer passes its batch size, so records are never moved as the batch fills.
+    pub fn with_capacity(compression: Compression, capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity.max(BATCH_HEADER_LEN));
+        buf.resize(BATCH_HEADER_LEN, 0);
         RecordBatchBuilder {
             compression,
-            records: Vec::new(),
+            buf,
             count: 0,
             base_timestamp: 0,
             max_timestamp: -1,
@@ -65,7 +75,7 @@ impl RecordBatchBuilder {
     /// Size of the batch if it were built now without compression; an upper bound for the
     /// compressed size up to the codec's framing, used by producers to cap batch sizes.
     pub fn estimated_size(&self) -> usize {
-        BATCH_HEADER_LEN + self.records.len()
+        self.buf.len()
     }
 
     /// Size one more record would add, before compression.
@@ -97,7 +107,7 @@ impl RecordBatchBuilder {
         let timestamp_delta = timestamp_ms - self.base_timestamp;
         let offset_delta = self.count;
         let body = record_body_len(timestamp_delta, offset_delta, key, value, headers);
-        let out = &mut self.records;
+        let out = &mut self.buf;
         put_varint(out, i32::try_from(body).expect("record larger than 2 GiB"));
         out.push(0); // record attributes: unused
         put_varlong(out, timestamp_delta);
@@ -114,30 +124,45 @@ impl RecordBatchBuilder {
     }
 
     /// Encodes the batch: header, CRC-32C, records (compressed with the builder's codec).
+    /// The builder stays as it was; [`RecordBatchBuilder::finish`] does the same without
+    /// copying the records.
     pub fn build(&self) -> Bytes {
-        let section = match self.compression {
-            Compression::None => std::borrow::Cow::Borrowed(&self.records[..]),
-            codec => std::borrow::Cow::Owned(codec.compress(&self.records)),
+        self.clone().finish()
+    }
+
+    /// Encodes the batch, consuming the builder: an uncompressed batch is the builder's own
+    /// buffer with the header written in front of the records (no copy); a compressed one is
+    /// a new buffer with the compressed records.
+    pub fn finish(self) -> Bytes {
+        let mut buf = match self.compression {
+            Compression::None => self.buf,
+            codec => {
+                let section = codec.compress(&self.buf[BATCH_HEADER_LEN..]);
+                let mut buf = Vec::with_capacity(BATCH_HEADER_LEN + section.len());
+                buf.resize(BATCH_HEADER_LEN, 0);
+                buf.extend_from_slice(&section);
+                buf
+            }
         };
-        let size = BATCH_HEADER_LEN + section.len();
-        let mut buf = BytesMut::with_capacity(size);
-        buf.put_i64(0); // baseOffset: assigned by the log
-        buf.put_i32((size - LOG_OVERHEAD) as i32); // batchLength
-        buf.put_i32(-1); // partitionLeaderEpoch: assigned by the log
-        buf.put_i8(MAGIC_V2);
-        buf.put_u32(0); // crc, filled in below
-        buf.put_i16(i16::from(self.compression.id())); // attributes: codec, create time
-        buf.put_i32((self.count - 1).max(0)); // lastOffsetDelta
-        buf.put_i64(self.base_timestamp);
-        buf.put_i64(self.max_timestamp);
-        buf.put_i64(self.producer_id);
-        buf.put_i16(self.producer_epoch);
-        buf.put_i32(self.base_sequence);
-        buf.put_i32(self.count);
-        buf.put_slice(&section);
+        let size = buf.len();
+        let mut header = &mut buf[..BATCH_HEADER_LEN];
+        header.put_i64(0); // baseOffset: assigned by the log
+        header.put_i32((size - LOG_OVERHEAD) as i32); // batchLength
+        header.put_i32(-1); // partitionLeaderEpoch: assigned by the log
+        header.put_i8(MAGIC_V2);
+        header.put_u32(0); // crc, filled in below
+        header.put_i16(i16::from(self.compression.id())); // attributes: codec, create time
+        header.put_i32((self.count - 1).max(0)); // lastOffsetDelta
+        header.put_i64(self.base_timestamp);
+        header.put_i64(self.max_timestamp);
+        header.put_i64(self.producer_id);
+        header.put_i16(self.producer_epoch);
+        header.put_i32(self.base_sequence);
+        header.put_i32(self.count);
+        debug_assert!(header.is_empty(), "the header fills its room exactly");
         let crc = crate::batch::crc32c(&buf[ATTRIBUTES_POS..]);
         buf[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
-        buf.freeze()
+        Bytes::from(buf)
     }
 }
 
@@ -172,4 +197,46 @@ fn record_body_len(
         + nullable_len(value)
         + varint_len(headers.len() as i32)
         + headers_len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::batches;
+
+    fn filled(compression: Compression, capacity: usize) -> RecordBatchBuilder {
+        let mut b = RecordBatchBuilder::with_capacity(compression, capacity);
+        let header = [RecordHeader { key: "h".into(), value: Some(Bytes::from_static(b"x")) }];
+        for i in 0..50i64 {
+            let value = format!("value-{i}");
+            b.append(1_000 + i, Some(b"k"), Some(value.as_bytes()), &header);
+        }
+        b
+    }
+
+    /// `finish` gives the same bytes as `build` for every codec, and a valid batch.
+    #[test]
+    fn finish_and_build_agree() {
+        for compression in
+            [Compression::None, Compression::Gzip, Compression::Lz4, Compression::Zstd]
+        {
+            let b = filled(compression, 0);
+            let built = b.build();
+            let finished = b.finish();
+            assert_eq!(built, finished, "{compression:?}");
+            let batch = batches(&finished).next().unwrap().unwrap();
+            batch.verify_crc().unwrap();
+            assert_eq!(batch.records().unwrap().count(), 50, "{compression:?}");
+        }
+    }
+
+    /// An uncompressed batch is finished in the builder's own buffer: no copy, and with a
+    /// capacity for the whole batch, no reallocation while records were appended.
+    #[test]
+    fn uncompressed_batches_are_finished_in_place() {
+        let b = filled(Compression::None, 1 << 16);
+        let start = b.buf.as_ptr();
+        let finished = b.finish();
+        assert_eq!(finished.as_ptr(), start);
+    }
 }
