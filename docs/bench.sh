@@ -63,8 +63,10 @@ run() { # name, tide bench args...
 LIMITS=(--limits --limits-dir "$WORK" --limits-mib 1024)
 
 # One broker, RF=1: produce to 1 partition, then consume it (data port and gRPC, the
-# consumer's default 1 MiB fetches and 4 MiB ones) while it is in the page cache; produce to 4
-# partitions (one producer, and two), and consume those 4 partitions through the data port.
+# consumer's default 1 MiB fetches and 4 MiB ones) while it is in the page cache; end-to-end
+# latency at 10 MiB/s (before the next gigabyte-sized produce, whose writeback would run under
+# it); produce to 4 partitions (one producer, and two), and consume those 4 partitions through
+# the data port.
 start_dev 1
 fresh_memory
 run produce-rf1-acks1 produce --topic t1 --partitions 1 --records "$RECORDS" --acks 1 \
@@ -75,6 +77,10 @@ run consume-data-port-4MiB consume --topic t1 --records "$RECORDS" --fetch-max-b
 run consume-grpc consume --topic t1 --records "$RECORDS" --grpc "${LIMITS[@]}"
 run consume-grpc-4MiB consume --topic t1 --records "$RECORDS" --grpc --fetch-max-bytes 4194304 \
   "${LIMITS[@]}"
+run e2e-10MiBs e2e --topic e2e --partitions 1 --records 100000 --throughput 10240 --acks 1 \
+  --linger-ms 0
+run e2e-10MiBs-acks-all e2e --topic e2e-all --partitions 1 --records 100000 --throughput 10240 \
+  --acks all --linger-ms 0
 fresh_memory
 run produce-rf1-acks1-4partitions produce --topic t4 --partitions 4 --records "$RECORDS" \
   --acks 1 --batch-size 1048576 --linger-ms 5 "${LIMITS[@]}"
@@ -82,10 +88,6 @@ run consume-data-port-4partitions consume --topic t4 --records "$RECORDS" "${LIM
 fresh_memory
 run produce-rf1-acks1-4partitions-2producers produce --topic t4p --partitions 4 --producers 2 \
   --records "$RECORDS" --acks 1 --batch-size 1048576 --linger-ms 5 "${LIMITS[@]}"
-run e2e-10MiBs e2e --topic e2e --partitions 1 --records 100000 --throughput 10240 --acks 1 \
-  --linger-ms 0
-run e2e-10MiBs-acks-all e2e --topic e2e-all --partitions 1 --records 100000 --throughput 10240 \
-  --acks all --linger-ms 0
 stop_dev
 
 # Three brokers on this machine: RF=1 acks=1 against RF=3 acks=all, in the same cluster.
