@@ -233,13 +233,14 @@ impl Accumulator {
 
     /// Adds a record to the partition's open batch, closing it first if the record would not
     /// fit, and after if it is full. Returns whether the sender should look again (a batch
-    /// opened, so a linger timer starts, or one closed).
+    /// opened, so a linger timer starts, or one closed). `now` is called only when a batch
+    /// opens (its creation time): most records read no clock here.
     pub(crate) fn append(
         &mut self,
         topic: &str,
         partition: i32,
         record: PendingRecord,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> bool {
         let queues = match self.topics.get_mut(topic) {
             Some(queues) => queues,
@@ -265,7 +266,7 @@ impl Accumulator {
             // Room for a whole batch (or this record, when larger): records are never
             // moved as it fills.
             let capacity = self.batch_size.max(BATCH_HEADER_LEN + record.size);
-            ProducerBatch::new(queues.name.clone(), partition, self.compression, capacity, now)
+            ProducerBatch::new(queues.name.clone(), partition, self.compression, capacity, now())
         });
         open.push(record);
         if open.size() >= self.batch_size {
@@ -409,7 +410,7 @@ mod tests {
     }
 
     fn append(acc: &mut Accumulator, partition: i32, len: usize, now: Instant) -> bool {
-        acc.append("t", partition, record(len).0, now)
+        acc.append("t", partition, record(len).0, || now)
     }
 
     /// A batch closes once the next record would not fit; closed batches go one per
@@ -560,7 +561,7 @@ mod tests {
         for _ in 0..3 {
             let (mut r, _rx) = record(10);
             r.permit = Some(memory.clone().acquire_many_owned(100).await.unwrap());
-            acc.append("t", 0, r, now);
+            acc.append("t", 0, r, || now);
         }
         assert_eq!(memory.available_permits(), 700);
         let batch = acc.drain(now + LINGER).pop().unwrap();

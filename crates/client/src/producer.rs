@@ -119,7 +119,8 @@ impl Producer {
         if lock(&shared.accumulator).is_closing() {
             return Err(ClientError::Closed);
         }
-        let deadline = Instant::now() + config.max_block;
+        // `max_block` counts from the first wait; sending without one reads no clock here.
+        let mut deadline = None;
         let ProducerRecord { topic, partition, key, value, headers, timestamp_ms } = record;
         let headers: Vec<RecordHeader> =
             headers.into_iter().map(|(key, value)| RecordHeader { key, value }).collect();
@@ -131,7 +132,7 @@ impl Producer {
             });
         }
 
-        let metadata = self.wait_for_topic(&topic, deadline).await?;
+        let metadata = self.wait_for_topic(&topic, &mut deadline).await?;
         let partitions = metadata.partition_count(&topic).unwrap_or(0);
         if partitions <= 0 {
             return Err(ClientError::UnexpectedResponse {
@@ -152,6 +153,7 @@ impl Producer {
             Ok(permit) => Ok(Ok(permit)),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(ClientError::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + config.max_block);
                 tokio::time::timeout_at(deadline, shared.memory.clone().acquire_many_owned(permits))
                     .await
             }
@@ -194,7 +196,7 @@ impl Producer {
                     metadata.available_partitions(&topic),
                 )
             });
-            accumulator.append(&topic, partition, pending, Instant::now())
+            accumulator.append(&topic, partition, pending, Instant::now)
         };
         if wake {
             shared.wake.notify_one();
@@ -252,9 +254,9 @@ impl Producer {
     async fn wait_for_topic(
         &self,
         topic: &str,
-        deadline: Instant,
+        deadline: &mut Option<Instant>,
     ) -> Result<Arc<Metadata>, ClientError> {
-        let started = Instant::now();
+        let max_block = self.shared.config.max_block;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -265,11 +267,12 @@ impl Producer {
                 Err(e) => return Err(e),
             };
             let now = Instant::now();
+            let deadline = *deadline.get_or_insert(now + max_block);
             let backoff = self.shared.config.retry_backoff;
             if now + backoff >= deadline {
                 return Err(ClientError::TimedOut {
                     operation: format!("waiting for metadata of topic {topic}"),
-                    after: now - started,
+                    after: max_block.saturating_sub(deadline - now),
                     attempts,
                     last: Some(Box::new(error)),
                 });
