@@ -4,6 +4,7 @@
 //! client side of the data port's framing ([`data_frame`]).
 
 pub mod data_frame;
+pub mod grpc_frame;
 
 /// Generated types and services of package `tideline.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]

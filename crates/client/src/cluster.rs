@@ -317,10 +317,40 @@ impl Cluster {
         F: FnMut(BrokerServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let with_client = |channel| {
+            BrokerServiceClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        };
+        let mut call = call;
+        self.call_leader_on_channel(operation, topic, partition, deadline, backoff, |channel| {
+            call(with_client(channel))
+        })
+        .await
+    }
+
+    /// [`Cluster::call_leader`] with the bare channel to the leader, for a call framed by
+    /// hand (the producer's `Produce`, which sends its batches without tonic's copy).
+    ///
+    /// # Errors
+    /// As [`Cluster::call_leader`].
+    pub(crate) async fn call_leader_on_channel<T, F, Fut>(
+        &self,
+        operation: &str,
+        topic: &str,
+        partition: i32,
+        deadline: Instant,
+        backoff: Duration,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let target = || async {
             let address = self.leader(topic, partition).await?;
-            let client = self.broker_client(&address)?;
-            Ok((address, client))
+            let channel = self.channel(&address)?;
+            Ok((address, channel))
         };
         // A `TimedOut` here is a metadata refresh that found no controller: worth retrying.
         let retry = |e: &ClientError| e.is_retriable() || matches!(e, ClientError::TimedOut { .. });

@@ -196,13 +196,13 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
         current_leader_epoch: None,
         payload: Some(pb::produce_request::Payload::RecordBatches(bytes)),
     };
-    let produce = |mut client: pb::broker_service_client::BrokerServiceClient<_>| {
+    let produce = |channel| {
         let mut request = request.clone();
         // The leader epoch this attempt's metadata knows: a deposed leader that has not heard
         // yet refuses it (FENCED_LEADER_EPOCH) and the retry goes to the new one.
         request.current_leader_epoch =
             cluster.metadata().partition(&topic, partition).map(|p| p.leader_epoch);
-        async move { client.produce(request).await }
+        crate::grpc_produce::produce(channel, request)
     };
     // A slot among the leader's in-flight requests, taken before the first attempt and held
     // through its retries (counted against the broker the batch first went to): waiting for
@@ -220,7 +220,14 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
         }
         let deadline = Instant::now() + cluster.request_timeout();
         let result = cluster
-            .call_leader(&operation, &topic, partition, deadline, config.retry_backoff, produce)
+            .call_leader_on_channel(
+                &operation,
+                &topic,
+                partition,
+                deadline,
+                config.retry_backoff,
+                produce,
+            )
             .await;
         if let Err(error) = result {
             warn!(%topic, partition, %error, "acks=0 produce failed; records lost");
@@ -231,7 +238,14 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
 
     let deadline = created + config.delivery_timeout;
     let result = cluster
-        .call_leader(&operation, &topic, partition, deadline, config.retry_backoff, produce)
+        .call_leader_on_channel(
+            &operation,
+            &topic,
+            partition,
+            deadline,
+            config.retry_backoff,
+            produce,
+        )
         .await
         .map_err(|e| match e {
             // Count from the first record, not from the first attempt.

@@ -1,0 +1,184 @@
+//! gRPC messages with one large `bytes` field, framed by hand so the field's bytes are never
+//! copied: tonic encodes a message by copying every field into one buffer, which for a
+//! produce request or a fetch answer is a whole extra pass over a megabyte of batches. A
+//! message goes out as chunks of an HTTP/2 body instead: the 5-byte gRPC prefix with the
+//! fields before the large one and its key and length, the bytes themselves (handed to the
+//! socket writer as they are), and the fields after it. The bytes on the wire are exactly
+//! those tonic would send (fields in number order), so any gRPC peer reads them as usual.
+//! Used by the broker for `Fetch` answers and by the Rust producer for `Produce` requests.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::Frame;
+use tonic::Status;
+use tonic::codegen::http;
+
+/// The chunks of one uncompressed gRPC frame holding a message whose field `field` (a
+/// length-delimited `bytes` field, left out of `before` and `after`) is `large`: `before`
+/// encodes the fields numbered below it, `after` those above. An empty `large` is left out,
+/// as protobuf leaves out an empty `bytes` field.
+///
+/// # Panics
+/// If the message is 4 GiB or more (gRPC's length prefix cannot say it).
+pub fn chunks(before: Vec<u8>, field: u32, large: Bytes, after: Vec<u8>) -> Vec<Bytes> {
+    let mut field_head = BytesMut::new();
+    if !large.is_empty() {
+        prost::encoding::encode_key(
+            field,
+            prost::encoding::WireType::LengthDelimited,
+            &mut field_head,
+        );
+        prost::encoding::encode_varint(large.len() as u64, &mut field_head);
+    }
+    let message_len = before.len() + field_head.len() + large.len() + after.len();
+    let mut head = BytesMut::with_capacity(5 + before.len() + field_head.len());
+    head.put_u8(0);
+    head.put_u32(u32::try_from(message_len).expect("a gRPC message below 4 GiB"));
+    head.put_slice(&before);
+    head.put_slice(&field_head);
+    let mut chunks = vec![head.freeze()];
+    if !large.is_empty() {
+        chunks.push(large);
+    }
+    if !after.is_empty() {
+        chunks.push(Bytes::from(after));
+    }
+    chunks
+}
+
+/// The message of a body holding one uncompressed gRPC frame (a slice, not a copy).
+///
+/// # Errors
+/// `UNIMPLEMENTED` for a compressed frame, `INTERNAL` for a malformed one.
+pub fn unframe(body: &Bytes) -> Result<Bytes, Status> {
+    let invalid = |what: &str| Status::internal(format!("malformed gRPC frame: {what}"));
+    if body.len() < 5 {
+        return Err(invalid("shorter than the 5-byte prefix"));
+    }
+    if body[0] != 0 {
+        return Err(Status::unimplemented("compressed gRPC messages are not supported here"));
+    }
+    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if length != body.len() - 5 {
+        return Err(invalid(&format!(
+            "the prefix announces {length} bytes, {} follow",
+            body.len() - 5
+        )));
+    }
+    Ok(body.slice(5..))
+}
+
+/// An HTTP body of data chunks, then, for a response, the `grpc-status: 0` trailers.
+#[derive(Debug)]
+pub struct Chunks {
+    data: VecDeque<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Chunks {
+    /// A request body: the chunks and nothing after them.
+    pub fn request(data: Vec<Bytes>) -> Self {
+        Chunks { data: data.into(), trailers: None }
+    }
+
+    /// A successful response body: the chunks, then `grpc-status: 0`.
+    pub fn ok_response(data: Vec<Bytes>) -> Self {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        Chunks { data: data.into(), trailers: Some(trailers) }
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(chunk) = self.data.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty() && self.trailers.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1 as pb;
+    use prost::Message;
+
+    /// Put together, the chunks are the bytes tonic would send: the prefix, then exactly
+    /// `encode_to_vec()` of the whole message; the large field is not copied.
+    #[test]
+    fn chunks_are_the_bytes_tonic_would_send() {
+        for batches in [Bytes::new(), Bytes::from(vec![7u8; 300]), Bytes::from(vec![1u8; 70_000])] {
+            // The large field first (FetchResponse.record_batches = 1).
+            let response = pb::FetchResponse {
+                record_batches: batches.clone(),
+                records: Vec::new(),
+                high_watermark: 42,
+                log_start_offset: 3,
+                next_offset: 40,
+            };
+            let rest = pb::FetchResponse { record_batches: Bytes::new(), ..response.clone() };
+            let parts = chunks(Vec::new(), 1, batches.clone(), rest.encode_to_vec());
+            check(&parts, &response.encode_to_vec(), &batches);
+
+            // The large field in the middle (ProduceRequest.record_batches = 5, epoch = 7).
+            let request = pb::ProduceRequest {
+                topic: "orders".into(),
+                partition: 3,
+                acks: 1,
+                timeout_ms: 30_000,
+                current_leader_epoch: Some(9),
+                payload: Some(pb::produce_request::Payload::RecordBatches(batches.clone())),
+            };
+            let before =
+                pb::ProduceRequest { payload: None, current_leader_epoch: None, ..request.clone() };
+            let after = pb::ProduceRequest { current_leader_epoch: Some(9), ..Default::default() };
+            let parts = chunks(before.encode_to_vec(), 5, batches.clone(), after.encode_to_vec());
+            if batches.is_empty() {
+                // protobuf keeps a set oneof field even when empty; a producer never sends one.
+                continue;
+            }
+            check(&parts, &request.encode_to_vec(), &batches);
+        }
+    }
+
+    fn check(parts: &[Bytes], expected: &[u8], large: &Bytes) {
+        let wire: Vec<u8> = parts.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(wire[0], 0, "uncompressed");
+        assert_eq!(u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize, expected.len());
+        assert_eq!(&wire[5..], expected, "{} bytes in the large field", large.len());
+        if !large.is_empty() {
+            assert_eq!(parts[1].as_ptr(), large.as_ptr(), "the large field is not copied");
+        }
+        assert_eq!(unframe(&Bytes::from(wire)).unwrap(), expected);
+    }
+
+    /// Bad frames are refused with a status, never a panic.
+    #[test]
+    fn malformed_frames_are_refused() {
+        use tonic::Code;
+        assert_eq!(unframe(&Bytes::from_static(b"\0\0\0")).unwrap_err().code(), Code::Internal);
+        let compressed = Bytes::from_static(b"\x01\0\0\0\x01x");
+        assert_eq!(unframe(&compressed).unwrap_err().code(), Code::Unimplemented);
+        let short = Bytes::from_static(b"\0\0\0\0\x09abc");
+        assert_eq!(unframe(&short).unwrap_err().code(), Code::Internal);
+        let long = Bytes::from_static(b"\0\0\0\0\x01abc");
+        assert_eq!(unframe(&long).unwrap_err().code(), Code::Internal);
+        let good = Bytes::from_static(b"\0\0\0\0\x03abc");
+        assert_eq!(&unframe(&good).unwrap()[..], b"abc");
+    }
+}
