@@ -5,14 +5,16 @@
 //! fields before the large one and its key and length, the bytes themselves (handed to the
 //! socket writer as they are), and the fields after it. The bytes on the wire are exactly
 //! those tonic would send (fields in number order), so any gRPC peer reads them as usual.
-//! Used by the broker for `Fetch` answers and by the Rust producer for `Produce` requests.
+//! Used by the broker for `Fetch` answers and by the Rust producer for `Produce` requests;
+//! [`Rope`] reads a received message from its chunks without joining them (the Rust
+//! consumer's `Fetch` answers).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body::Frame;
 use tonic::Status;
 use tonic::codegen::http;
@@ -70,6 +72,94 @@ pub fn unframe(body: &Bytes) -> Result<Bytes, Status> {
         )));
     }
     Ok(body.slice(5..))
+}
+
+/// The data chunks of a received body, read as one buffer without joining them: prost
+/// decodes a message from it, and a `bytes` field that lies within one chunk comes out as a
+/// slice of that chunk (`copy_to_bytes`), not a copy. One that spans chunks is copied.
+#[derive(Debug, Default)]
+pub struct Rope {
+    chunks: VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Rope {
+    /// Appends a received chunk.
+    pub fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.remaining += chunk.len();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// The message of the uncompressed gRPC frame these chunks hold.
+    ///
+    /// # Errors
+    /// As [`unframe`].
+    pub fn unframe(mut self) -> Result<Rope, Status> {
+        if self.remaining < 5 {
+            return Err(Status::internal("malformed gRPC frame: shorter than the 5-byte prefix"));
+        }
+        if self.get_u8() != 0 {
+            return Err(Status::unimplemented("compressed gRPC messages are not supported here"));
+        }
+        let length = self.get_u32() as usize;
+        if length != self.remaining {
+            return Err(Status::internal(format!(
+                "malformed gRPC frame: the prefix announces {length} bytes, {} follow",
+                self.remaining
+            )));
+        }
+        Ok(self)
+    }
+}
+
+impl Buf for Rope {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.chunks.front().map_or(&[], |c| &c[..])
+    }
+
+    fn advance(&mut self, mut count: usize) {
+        assert!(count <= self.remaining, "advance past the end of the rope");
+        self.remaining -= count;
+        while count > 0 {
+            let Some(front) = self.chunks.front_mut() else { break };
+            if count < front.len() {
+                front.advance(count);
+                break;
+            }
+            count -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        assert!(len <= self.remaining, "copy_to_bytes past the end of the rope");
+        if let Some(front) = self.chunks.front_mut()
+            && front.len() >= len
+        {
+            let bytes = front.split_to(len);
+            if front.is_empty() {
+                self.chunks.pop_front();
+            }
+            self.remaining -= len;
+            return bytes;
+        }
+        let mut out = BytesMut::with_capacity(len);
+        let mut need = len;
+        while need > 0 {
+            let chunk = self.chunk();
+            let n = chunk.len().min(need);
+            out.extend_from_slice(&chunk[..n]);
+            self.advance(n);
+            need -= n;
+        }
+        out.freeze()
+    }
 }
 
 /// An HTTP body of data chunks, then, for a response, the `grpc-status: 0` trailers.
@@ -165,6 +255,45 @@ mod tests {
             assert_eq!(parts[1].as_ptr(), large.as_ptr(), "the large field is not copied");
         }
         assert_eq!(unframe(&Bytes::from(wire)).unwrap(), expected);
+    }
+
+    /// A message decoded from a rope of chunks: its large field is a slice of the chunk that
+    /// holds it; a field that spans chunks is copied, and both decode to the same message.
+    #[test]
+    fn ropes_decode_large_fields_without_a_copy() {
+        let batches = Bytes::from(vec![5u8; 10_000]);
+        let response = pb::FetchResponse {
+            record_batches: batches.clone(),
+            records: Vec::new(),
+            high_watermark: 42,
+            log_start_offset: 3,
+            next_offset: 40,
+        };
+        let rest = pb::FetchResponse { record_batches: Bytes::new(), ..response.clone() };
+        let parts = chunks(Vec::new(), 1, batches.clone(), rest.encode_to_vec());
+        let mut rope = Rope::default();
+        for part in &parts {
+            rope.push(part.clone());
+        }
+        let decoded = pb::FetchResponse::decode(rope.unframe().unwrap()).unwrap();
+        assert_eq!(decoded, response);
+        assert_eq!(decoded.record_batches.as_ptr(), batches.as_ptr(), "a slice, not a copy");
+
+        // The same bytes cut every 7 bytes: the field spans chunks and is copied.
+        let wire: Vec<u8> = parts.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut rope = Rope::default();
+        for piece in wire.chunks(7) {
+            rope.push(Bytes::copy_from_slice(piece));
+        }
+        assert_eq!(pb::FetchResponse::decode(rope.unframe().unwrap()).unwrap(), response);
+
+        let mut short = Rope::default();
+        short.push(Bytes::from_static(b"\0\0\0\0\x09abc"));
+        assert_eq!(short.unframe().unwrap_err().code(), tonic::Code::Internal);
+        let mut compressed = Rope::default();
+        compressed.push(Bytes::from_static(b"\x01\0\0\0\x01x"));
+        assert_eq!(compressed.unframe().unwrap_err().code(), tonic::Code::Unimplemented);
+        assert_eq!(Rope::default().unframe().unwrap_err().code(), tonic::Code::Internal);
     }
 
     /// Bad frames are refused with a status, never a panic.

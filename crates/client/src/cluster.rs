@@ -25,6 +25,8 @@ use crate::metadata::Metadata;
 
 /// Largest gRPC message sent or received (fetches of many MiB, big produce batches).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest HTTP/2 frame the client accepts (the protocol's maximum).
+const MAX_FRAME_BYTES: u32 = 16_777_215;
 /// HTTP/2 flow-control windows large enough for MiB-sized batches without stalls.
 const STREAM_WINDOW_BYTES: u32 = 16 << 20;
 const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
@@ -280,16 +282,6 @@ impl Cluster {
     /// The pool of connections to brokers' data ports.
     pub(crate) fn data_connections(&self) -> &crate::data::DataConnections {
         &self.inner.data
-    }
-
-    /// A `BrokerService` client on the channel to `address`.
-    pub(crate) fn broker_client(
-        &self,
-        address: &str,
-    ) -> Result<BrokerServiceClient<Channel>, ClientError> {
-        Ok(BrokerServiceClient::new(self.channel(address)?)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
     /// The request timeout.
@@ -623,7 +615,7 @@ impl Cluster {
     }
 
     /// The channel to `address` (`host:port`), created lazily on first use.
-    fn channel(&self, address: &str) -> Result<Channel, ClientError> {
+    pub(crate) fn channel(&self, address: &str) -> Result<Channel, ClientError> {
         let mut channels = lock(&self.inner.channels);
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
@@ -636,6 +628,9 @@ impl Cluster {
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            // A fetch answer's batches arrive in one frame, which `grpc_call::fetch` hands
+            // out as they are (frames of 16 KiB would have to be joined: a copy).
+            .max_frame_size(MAX_FRAME_BYTES)
             .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
         let channel = endpoint.connect_lazy();

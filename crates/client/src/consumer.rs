@@ -19,6 +19,10 @@ use crate::error::ClientError;
 use crate::fetch::{Decoded, decode};
 use crate::record::ConsumerRecord;
 
+/// A gRPC fetch answer may exceed `max_bytes` by this much (the answer's own fields, and a
+/// first batch larger than `max_bytes`, which comes whole, up to the broker's message limit).
+const MAX_FETCH_ANSWER_OVERHEAD: usize = 64 << 20;
+
 /// Fetch responses larger than this are decoded on the blocking pool.
 const BLOCKING_DECODE_BYTES: usize = 64 << 10;
 
@@ -821,7 +825,7 @@ async fn fetch_grpc(
     params: FetchParams,
     operation: String,
 ) -> Result<Raw, ClientError> {
-    let mut client = cluster.broker_client(address)?;
+    let channel = cluster.channel(address)?;
     let request = pb::FetchRequest {
         topic: topic.to_string(),
         partition,
@@ -837,7 +841,9 @@ async fn fetch_grpc(
             .map(|p| p.leader_epoch),
     };
     let limit = params.max_wait + cluster.request_timeout();
-    match tokio::time::timeout(limit, client.fetch(request)).await {
+    let max_answer = params.max_bytes as usize + MAX_FETCH_ANSWER_OVERHEAD;
+    let fetched = crate::grpc_call::fetch(channel, &request, max_answer);
+    match tokio::time::timeout(limit, fetched).await {
         Ok(Ok(response)) => {
             let response = response.into_inner();
             Ok(Raw { data: response.record_batches, next_offset: response.next_offset })

@@ -80,7 +80,7 @@ mod error;
 mod fetch;
 mod group_consumer;
 mod group_consumer_config;
-mod grpc_produce;
+mod grpc_call;
 mod metadata;
 pub mod partitioner;
 mod producer;

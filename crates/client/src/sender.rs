@@ -202,7 +202,7 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
         // yet refuses it (FENCED_LEADER_EPOCH) and the retry goes to the new one.
         request.current_leader_epoch =
             cluster.metadata().partition(&topic, partition).map(|p| p.leader_epoch);
-        crate::grpc_produce::produce(channel, request)
+        crate::grpc_call::produce(channel, request)
     };
     // A slot among the leader's in-flight requests, taken before the first attempt and held
     // through its retries (counted against the broker the batch first went to): waiting for
