@@ -19,7 +19,7 @@ pub mod appender;
 pub mod cleaner;
 pub mod config;
 pub mod data;
-pub mod grpc_fetch;
+pub mod grpc_bulk;
 mod leader_link;
 pub mod log_config;
 pub mod membership;
@@ -125,7 +125,7 @@ impl Broker {
                 .initial_stream_window_size(16 << 20)
                 .initial_connection_window_size(32 << 20)
                 .max_frame_size(16_777_215)
-                .add_service(grpc_fetch::BrokerGrpc::new(BrokerApi::new(Arc::clone(&shared)), api))
+                .add_service(grpc_bulk::BrokerGrpc::new(BrokerApi::new(Arc::clone(&shared)), api))
                 .add_service(health_service)
                 .add_service(reflection)
                 .serve_with_incoming_shutdown(
