@@ -113,6 +113,9 @@ pub(crate) struct Completion {
 }
 
 /// Records of one partition encoded into one batch, with their completions in order.
+/// Most bytes reserved up front for a new batch's buffer (it grows past this if needed).
+const MAX_RESERVED: usize = 1 << 20;
+
 #[derive(Debug)]
 pub(crate) struct ProducerBatch {
     pub(crate) topic: Arc<str>,
@@ -263,9 +266,10 @@ impl Accumulator {
         }
         let open = queue.open.get_or_insert_with(|| {
             wake = true;
-            // Room for a whole batch (or this record, when larger): records are never
-            // moved as it fills.
-            let capacity = self.batch_size.max(BATCH_HEADER_LEN + record.size);
+            // Room for a whole batch (or this record, when larger), up to 1 MiB: records
+            // are not moved as it fills, and a large `batch_size` over many partitions does
+            // not reserve far more than `buffer_memory` counts.
+            let capacity = self.batch_size.max(BATCH_HEADER_LEN + record.size).min(MAX_RESERVED);
             ProducerBatch::new(queues.name.clone(), partition, self.compression, capacity, now())
         });
         open.push(record);

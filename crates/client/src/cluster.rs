@@ -24,7 +24,7 @@ use crate::error::ClientError;
 use crate::metadata::Metadata;
 
 /// Largest gRPC message sent or received (fetches of many MiB, big produce batches).
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Largest HTTP/2 frame the client accepts (the protocol's maximum).
 const MAX_FRAME_BYTES: u32 = 16_777_215;
 /// HTTP/2 flow-control windows large enough for MiB-sized batches without stalls.

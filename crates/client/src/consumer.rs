@@ -648,19 +648,28 @@ async fn fetch_task(
 ) -> FetchOutcome {
     let mut ahead = match ahead {
         Some(ahead) if ahead.next == position => ahead,
-        _ => ReadAhead::start(cluster, topic.clone(), partition, position, params),
+        _ => ReadAhead::start(cluster.clone(), topic.clone(), partition, position, params),
     };
-    let Some(AheadResponse { from, raw, _permit: permit }) = ahead.responses.recv().await else {
-        // The read-ahead ends only after sending an error (taken with its response), or by
-        // a panic, which goes on here.
-        if let Err(e) = (&mut ahead.task).await
-            && e.is_panic()
-        {
-            std::panic::resume_unwind(e.into_panic());
+    let (raw, permit) = loop {
+        let Some(AheadResponse { from, raw, _permit: permit }) = ahead.responses.recv().await
+        else {
+            // The read-ahead ends only after sending an error (taken with its response), or
+            // by a panic, which goes on here.
+            if let Err(e) = (&mut ahead.task).await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            return FetchOutcome { id, result: Err(ClientError::Closed), ahead: None };
+        };
+        if from == position {
+            break (raw, permit);
         }
-        return FetchOutcome { id, result: Err(ClientError::Closed), ahead: None };
+        // Never expected (it answers in order, from where each answer ended): a read-ahead
+        // out of step with the position starts over from the position.
+        warn!(%topic, partition, from, position, "read-ahead out of step; fetching again");
+        ahead = ReadAhead::start(cluster.clone(), topic.clone(), partition, position, params);
     };
-    debug_assert_eq!(from, position, "a read-ahead answers in order");
     // This response is now this task's (the partition's one decoded or buffered response):
     // the read-ahead may fetch another while it is decoded.
     drop(permit);

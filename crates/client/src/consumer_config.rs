@@ -47,7 +47,10 @@ pub struct ConsumerConfig {
     /// Fetches a partition runs ahead of the one being decoded (read-ahead): each starts
     /// from where the one before ended, and through the data port as soon as that one's
     /// header has come, so the broker streams on while the client decodes. Each holds up to
-    /// `max_partition_fetch_bytes`. Between 1 and 16; default 2.
+    /// `max_partition_fetch_bytes`. Between 1 and 16; default 2. Records are slices of the
+    /// response they came in (no copy), so a record kept keeps its response's buffer alive:
+    /// through the data port that is the response itself; through gRPC it is the HTTP/2
+    /// receive buffer the response arrived in, which may be larger.
     pub read_ahead_fetches: usize,
 }
 

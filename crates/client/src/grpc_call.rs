@@ -17,6 +17,8 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::cluster::MAX_MESSAGE_BYTES;
+
 /// The HTTP/2 path of `BrokerService/Produce`.
 const PRODUCE_PATH: &str = "/tideline.v1.BrokerService/Produce";
 
@@ -40,6 +42,15 @@ pub(crate) async fn produce(
 ) -> Result<tonic::Response<pb::ProduceResponse>, Status> {
     let pb::ProduceRequest { topic, partition, acks, timeout_ms, current_leader_epoch, payload } =
         request;
+    if let Some(pb::produce_request::Payload::RecordBatches(batches)) = &payload
+        && batches.len() > MAX_MESSAGE_BYTES
+    {
+        // As tonic's `max_encoding_message_size`: refused before anything is sent.
+        return Err(Status::out_of_range(format!(
+            "Produce of {} bytes of batches exceeds the message limit of {MAX_MESSAGE_BYTES}",
+            batches.len()
+        )));
+    }
     let chunks = match payload {
         Some(pb::produce_request::Payload::RecordBatches(batches)) if !batches.is_empty() => {
             let before = pb::ProduceRequest {
@@ -113,7 +124,9 @@ async fn unary(
     headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
 
-    std::future::poll_fn(|cx| channel.poll_ready(cx)).await.map_err(transport_status)?;
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
     let response = channel.call(request).await.map_err(transport_status)?;
     let (parts, mut body) = response.into_parts();
     if let Some(status) = Status::from_header_map(&parts.headers) {
@@ -143,12 +156,21 @@ async fn unary(
             Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
-    match trailers.as_ref().and_then(Status::from_header_map) {
-        Some(status) if status.code() == Code::Ok => {}
-        Some(status) => return Err(status),
-        None => return Err(Status::internal(format!("{path} answer without grpc-status"))),
-    }
+    trailer_status(path, trailers.as_ref())?;
     Ok((MetadataMap::from_headers(parts.headers), message.unframe()?))
+}
+
+/// The outcome an answer's trailers give.
+fn trailer_status(path: &str, trailers: Option<&http::HeaderMap>) -> Result<(), Status> {
+    match trailers.and_then(Status::from_header_map) {
+        Some(status) if status.code() == Code::Ok => Ok(()),
+        Some(status) => Err(status),
+        // As tonic: a stream that ended without a status (reset by a proxy, a broker that
+        // went away) is UNKNOWN, which the client retries.
+        None => Err(Status::unknown(format!(
+            "protocol error: {path} answer ended without a grpc-status trailer"
+        ))),
+    }
 }
 
 /// The status for a failed call on the channel (no connection, a reset stream), as tonic
@@ -168,4 +190,48 @@ fn http_status(path: &str, status: http::StatusCode) -> Status {
         _ => Code::Unknown,
     };
     Status::new(code, format!("{path} answered HTTP status {status}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trailers give OK, the broker's status, or UNKNOWN (retried) when they are missing, as
+    /// tonic's client reads them.
+    #[test]
+    fn trailers_give_the_status_tonic_would() {
+        let mut ok = http::HeaderMap::new();
+        ok.insert("grpc-status", http::HeaderValue::from_static("0"));
+        assert!(trailer_status(FETCH_PATH, Some(&ok)).is_ok());
+        let mut refused = http::HeaderMap::new();
+        refused.insert("grpc-status", http::HeaderValue::from_static("11"));
+        refused.insert("grpc-message", http::HeaderValue::from_static("offset%2011%20past"));
+        let status = trailer_status(FETCH_PATH, Some(&refused)).unwrap_err();
+        assert_eq!((status.code(), status.message()), (Code::OutOfRange, "offset 11 past"));
+        for missing in [None, Some(&http::HeaderMap::new())] {
+            assert_eq!(trailer_status(FETCH_PATH, missing).unwrap_err().code(), Code::Unknown);
+        }
+        assert_eq!(
+            http_status(FETCH_PATH, http::StatusCode::BAD_GATEWAY).code(),
+            Code::Unavailable
+        );
+    }
+
+    /// A batch beyond the message limit is refused before anything is sent (the channel
+    /// points nowhere), as tonic's encoding limit refused it.
+    #[tokio::test]
+    async fn oversized_produce_is_refused_before_sending() {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let request = pb::ProduceRequest {
+            topic: "t".into(),
+            payload: Some(pb::produce_request::Payload::RecordBatches(Bytes::from(vec![
+                0u8;
+                MAX_MESSAGE_BYTES
+                    + 1
+            ]))),
+            ..Default::default()
+        };
+        let status = produce(channel, request).await.unwrap_err();
+        assert_eq!(status.code(), Code::OutOfRange, "{status}");
+    }
 }

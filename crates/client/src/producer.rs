@@ -119,7 +119,8 @@ impl Producer {
         if lock(&shared.accumulator).is_closing() {
             return Err(ClientError::Closed);
         }
-        // `max_block` counts from the first wait; sending without one reads no clock here.
+        // `max_block` counts from the first wait (set by whichever wait comes first); a send
+        // that does not wait reads no clock here.
         let mut deadline = None;
         let ProducerRecord { topic, partition, key, value, headers, timestamp_ms } = record;
         let headers: Vec<RecordHeader> =
@@ -260,7 +261,18 @@ impl Producer {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let error = match self.shared.cluster.topic_metadata(topic).await {
+            let mut lookup = std::pin::pin!(self.shared.cluster.topic_metadata(topic));
+            // Known nearly always: answered on the first poll, and no clock is read. A lookup
+            // that has to wait (a metadata request) starts `max_block`'s clock before it does.
+            let first = lookup.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop()));
+            let result = match first {
+                Poll::Ready(result) => result,
+                Poll::Pending => {
+                    deadline.get_or_insert_with(|| Instant::now() + max_block);
+                    lookup.await
+                }
+            };
+            let error = match result {
                 Ok(metadata) => return Ok(metadata),
                 // Not there yet, or no controller answered: wait.
                 Err(e @ (ClientError::UnknownTopic { .. } | ClientError::TimedOut { .. })) => e,

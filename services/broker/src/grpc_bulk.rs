@@ -150,7 +150,14 @@ async fn read_request<T: Message + Default>(
 /// A successful answer: `metadata` as headers, the frame `chunks`, `grpc-status: 0`.
 fn ok_response(metadata: MetadataMap, chunks: Vec<Bytes>) -> http::Response<Body> {
     let mut response = http::Response::new(Body::new(Chunks::ok_response(chunks)));
-    *response.headers_mut() = metadata.into_headers();
+    let mut headers = metadata.into_headers();
+    // As tonic: headers reserved for gRPC itself never come from a handler's metadata.
+    for reserved in
+        ["te", "user-agent", "content-type", "grpc-message", "grpc-message-type", "grpc-status"]
+    {
+        headers.remove(reserved);
+    }
+    *response.headers_mut() = headers;
     response
         .headers_mut()
         .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));

@@ -356,7 +356,7 @@ impl BrokerApi {
             let ts = if r.timestamp_ms == 0 { now } else { r.timestamp_ms };
             builder.append(ts, r.key.as_deref(), r.value.as_deref(), &headers);
         }
-        Ok(builder.build())
+        Ok(builder.finish())
     }
 }
 
