@@ -52,26 +52,40 @@ pub fn chunks(before: Vec<u8>, field: u32, large: Bytes, after: Vec<u8>) -> Vec<
     chunks
 }
 
-/// The message of a body holding one uncompressed gRPC frame (a slice, not a copy).
+/// The chunks of the gRPC frame of a small message, with no field sent apart.
+pub fn message(message: &impl prost::Message) -> Vec<Bytes> {
+    chunks(message.encode_to_vec(), 0, Bytes::new(), Vec::new())
+}
+
+/// Reads a received gRPC body: its data chunks (at most `limit` bytes of message, else
+/// `OUT_OF_RANGE` naming `what`), unframed, and its trailers if it has any.
 ///
 /// # Errors
-/// `UNIMPLEMENTED` for a compressed frame, `INTERNAL` for a malformed one.
-pub fn unframe(body: &Bytes) -> Result<Bytes, Status> {
-    let invalid = |what: &str| Status::internal(format!("malformed gRPC frame: {what}"));
-    if body.len() < 5 {
-        return Err(invalid("shorter than the 5-byte prefix"));
+/// The body's own error, `OUT_OF_RANGE` past `limit`, or a malformed frame (as
+/// [`Rope::unframe`]).
+pub async fn read_body<B>(
+    body: B,
+    limit: usize,
+    what: &str,
+) -> Result<(Rope, Option<http::HeaderMap>), Status>
+where
+    B: http_body::Body<Data = Bytes, Error = Status>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut message = Rope::default();
+    let mut trailers = None;
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        match frame?.into_data() {
+            Ok(data) => {
+                if message.remaining() + data.len() > limit + 5 {
+                    return Err(Status::out_of_range(format!("{what} larger than {limit} bytes")));
+                }
+                message.push(data);
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
     }
-    if body[0] != 0 {
-        return Err(Status::unimplemented("compressed gRPC messages are not supported here"));
-    }
-    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    if length != body.len() - 5 {
-        return Err(invalid(&format!(
-            "the prefix announces {length} bytes, {} follow",
-            body.len() - 5
-        )));
-    }
-    Ok(body.slice(5..))
+    Ok((message.unframe()?, trailers))
 }
 
 /// The data chunks of a received body, read as one buffer without joining them: prost
@@ -95,7 +109,7 @@ impl Rope {
     /// The message of the uncompressed gRPC frame these chunks hold.
     ///
     /// # Errors
-    /// As [`unframe`].
+    /// `UNIMPLEMENTED` for a compressed frame, `INTERNAL` for a malformed one.
     pub fn unframe(mut self) -> Result<Rope, Status> {
         if self.remaining < 5 {
             return Err(Status::internal("malformed gRPC frame: shorter than the 5-byte prefix"));
@@ -214,15 +228,7 @@ mod tests {
     fn chunks_are_the_bytes_tonic_would_send() {
         for batches in [Bytes::new(), Bytes::from(vec![7u8; 300]), Bytes::from(vec![1u8; 70_000])] {
             // The large field first (FetchResponse.record_batches = 1).
-            let response = pb::FetchResponse {
-                record_batches: batches.clone(),
-                records: Vec::new(),
-                high_watermark: 42,
-                log_start_offset: 3,
-                next_offset: 40,
-            };
-            let rest = pb::FetchResponse { record_batches: Bytes::new(), ..response.clone() };
-            let parts = chunks(Vec::new(), 1, batches.clone(), rest.encode_to_vec());
+            let (response, parts) = fetch_response(&batches);
             check(&parts, &response.encode_to_vec(), &batches);
 
             // The large field in the middle (ProduceRequest.record_batches = 5, epoch = 7).
@@ -254,14 +260,14 @@ mod tests {
         if !large.is_empty() {
             assert_eq!(parts[1].as_ptr(), large.as_ptr(), "the large field is not copied");
         }
-        assert_eq!(unframe(&Bytes::from(wire)).unwrap(), expected);
+        assert_eq!(
+            rope(&[Bytes::from(wire)]).unframe().unwrap().copy_to_bytes(expected.len()),
+            expected
+        );
     }
 
-    /// A message decoded from a rope of chunks: its large field is a slice of the chunk that
-    /// holds it; a field that spans chunks is copied, and both decode to the same message.
-    #[test]
-    fn ropes_decode_large_fields_without_a_copy() {
-        let batches = Bytes::from(vec![5u8; 10_000]);
+    /// A fetch answer carrying `batches`, and its chunks.
+    fn fetch_response(batches: &Bytes) -> (pb::FetchResponse, Vec<Bytes>) {
         let response = pb::FetchResponse {
             record_batches: batches.clone(),
             records: Vec::new(),
@@ -270,22 +276,31 @@ mod tests {
             next_offset: 40,
         };
         let rest = pb::FetchResponse { record_batches: Bytes::new(), ..response.clone() };
-        let parts = chunks(Vec::new(), 1, batches.clone(), rest.encode_to_vec());
+        (response, chunks(Vec::new(), 1, batches.clone(), rest.encode_to_vec()))
+    }
+
+    fn rope(parts: &[Bytes]) -> Rope {
         let mut rope = Rope::default();
-        for part in &parts {
+        for part in parts {
             rope.push(part.clone());
         }
-        let decoded = pb::FetchResponse::decode(rope.unframe().unwrap()).unwrap();
+        rope
+    }
+
+    /// A message decoded from a rope of chunks: its large field is a slice of the chunk that
+    /// holds it; a field that spans chunks is copied, and both decode to the same message.
+    #[test]
+    fn ropes_decode_large_fields_without_a_copy() {
+        let batches = Bytes::from(vec![5u8; 10_000]);
+        let (response, parts) = fetch_response(&batches);
+        let decoded = pb::FetchResponse::decode(rope(&parts).unframe().unwrap()).unwrap();
         assert_eq!(decoded, response);
         assert_eq!(decoded.record_batches.as_ptr(), batches.as_ptr(), "a slice, not a copy");
 
         // The same bytes cut every 7 bytes: the field spans chunks and is copied.
         let wire: Vec<u8> = parts.iter().flat_map(|c| c.iter().copied()).collect();
-        let mut rope = Rope::default();
-        for piece in wire.chunks(7) {
-            rope.push(Bytes::copy_from_slice(piece));
-        }
-        assert_eq!(pb::FetchResponse::decode(rope.unframe().unwrap()).unwrap(), response);
+        let pieces: Vec<Bytes> = wire.chunks(7).map(Bytes::copy_from_slice).collect();
+        assert_eq!(pb::FetchResponse::decode(rope(&pieces).unframe().unwrap()).unwrap(), response);
 
         let mut short = Rope::default();
         short.push(Bytes::from_static(b"\0\0\0\0\x09abc"));
@@ -300,14 +315,11 @@ mod tests {
     #[test]
     fn malformed_frames_are_refused() {
         use tonic::Code;
-        assert_eq!(unframe(&Bytes::from_static(b"\0\0\0")).unwrap_err().code(), Code::Internal);
-        let compressed = Bytes::from_static(b"\x01\0\0\0\x01x");
-        assert_eq!(unframe(&compressed).unwrap_err().code(), Code::Unimplemented);
-        let short = Bytes::from_static(b"\0\0\0\0\x09abc");
-        assert_eq!(unframe(&short).unwrap_err().code(), Code::Internal);
-        let long = Bytes::from_static(b"\0\0\0\0\x01abc");
-        assert_eq!(unframe(&long).unwrap_err().code(), Code::Internal);
-        let good = Bytes::from_static(b"\0\0\0\0\x03abc");
-        assert_eq!(&unframe(&good).unwrap()[..], b"abc");
+        let unframe = |frame: &'static [u8]| rope(&[Bytes::from_static(frame)]).unframe();
+        assert_eq!(unframe(b"\0\0\0").unwrap_err().code(), Code::Internal);
+        assert_eq!(unframe(b"\x01\0\0\0\x01x").unwrap_err().code(), Code::Unimplemented);
+        assert_eq!(unframe(b"\0\0\0\0\x09abc").unwrap_err().code(), Code::Internal);
+        assert_eq!(unframe(b"\0\0\0\0\x01abc").unwrap_err().code(), Code::Internal);
+        assert_eq!(&unframe(b"\0\0\0\0\x03abc").unwrap().copy_to_bytes(3)[..], b"abc");
     }
 }

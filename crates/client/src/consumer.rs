@@ -75,13 +75,7 @@ struct ReadAhead {
     /// Where the next queued response was fetched from.
     next: i64,
     responses: mpsc::UnboundedReceiver<AheadResponse>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    task: AbortOnDrop<()>,
 }
 
 /// One raw fetch of a read-ahead, and its share of the read-ahead's memory bound, given back
@@ -105,7 +99,7 @@ impl ReadAhead {
         let permits = Arc::new(Semaphore::new(params.read_ahead));
         let task =
             tokio::spawn(read_ahead(cluster, topic, partition, from, params, permits, sender));
-        ReadAhead { next: from, responses, task }
+        ReadAhead { next: from, responses, task: AbortOnDrop(task) }
     }
 }
 
@@ -115,7 +109,8 @@ fn fetch_after(from: i64, raw: &Raw) -> i64 {
     if !raw.data.is_empty() && raw.next_offset > from { raw.next_offset } else { from }
 }
 
-/// Aborts a spawned fetch when dropped.
+/// Aborts a spawned task (a read-ahead, or one of its fetches) when dropped.
+#[derive(Debug)]
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
@@ -655,7 +650,7 @@ async fn fetch_task(
         else {
             // The read-ahead ends only after sending an error (taken with its response), or
             // by a panic, which goes on here.
-            if let Err(e) = (&mut ahead.task).await
+            if let Err(e) = (&mut ahead.task.0).await
                 && e.is_panic()
             {
                 std::panic::resume_unwind(e.into_panic());

@@ -6,8 +6,7 @@
 //! in one). Both read the answer as tonic would: a trailers-only error, or one message and
 //! then `grpc-status` in the trailers; the bytes on the wire are those tonic would send.
 
-use bytes::{Buf, Bytes};
-use http_body_util::BodyExt;
+use bytes::Bytes;
 use prost::Message;
 use tideline_proto::grpc_frame::{self, Chunks, Rope};
 use tideline_proto::v1 as pb;
@@ -78,7 +77,7 @@ pub(crate) async fn produce(
                 current_leader_epoch,
                 payload,
             };
-            whole(&request)
+            grpc_frame::message(&request)
         }
     };
     let (metadata, message) =
@@ -98,15 +97,11 @@ pub(crate) async fn fetch(
     request: &pb::FetchRequest,
     max_answer: usize,
 ) -> Result<tonic::Response<pb::FetchResponse>, Status> {
-    let (metadata, message) = unary(channel, FETCH_PATH, whole(request), max_answer).await?;
+    let (metadata, message) =
+        unary(channel, FETCH_PATH, grpc_frame::message(request), max_answer).await?;
     let message = pb::FetchResponse::decode(message)
         .map_err(|e| Status::internal(format!("failed to decode FetchResponse: {e}")))?;
     Ok(tonic::Response::from_parts(metadata, message, http::Extensions::default()))
-}
-
-/// A small message as the one chunk of its gRPC frame.
-fn whole(message: &impl Message) -> Vec<Bytes> {
-    grpc_frame::chunks(message.encode_to_vec(), 0, Bytes::new(), Vec::new())
 }
 
 /// One unary call: sends the frame `chunks` to `path` and returns the answer's headers and
@@ -128,7 +123,7 @@ async fn unary(
         .await
         .map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
     let response = channel.call(request).await.map_err(transport_status)?;
-    let (parts, mut body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     if let Some(status) = Status::from_header_map(&parts.headers) {
         // Trailers-only: an error (an OK without a message is one here too).
         return Err(if status.code() == Code::Ok {
@@ -140,24 +135,10 @@ async fn unary(
     if parts.status != http::StatusCode::OK {
         return Err(http_status(path, parts.status));
     }
-    let mut message = Rope::default();
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        match frame?.into_data() {
-            Ok(data) => {
-                if message.remaining() + data.len() > max_answer + 5 {
-                    return Err(Status::new(
-                        Code::OutOfRange,
-                        format!("{path} answer larger than {max_answer} bytes"),
-                    ));
-                }
-                message.push(data);
-            }
-            Err(frame) => trailers = frame.into_trailers().ok(),
-        }
-    }
+    let what = format!("{path} answer");
+    let (message, trailers) = grpc_frame::read_body(body, max_answer, &what).await?;
     trailer_status(path, trailers.as_ref())?;
-    Ok((MetadataMap::from_headers(parts.headers), message.unframe()?))
+    Ok((MetadataMap::from_headers(parts.headers), message))
 }
 
 /// The outcome an answer's trailers give.

@@ -210,6 +210,17 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
     let leader = cluster.metadata().partition(&topic, partition).map_or(-1, |p| p.leader);
     let _slot = shared.slots(leader).acquire_owned().await;
 
+    let send = |deadline| {
+        cluster.call_leader_on_channel(
+            &operation,
+            &topic,
+            partition,
+            deadline,
+            config.retry_backoff,
+            produce,
+        )
+    };
+
     if config.acks == Acks::None {
         // Fire and forget: the records count as delivered once the request is on its way.
         // The task still waits for the answer (immediate with acks=0), so that one request
@@ -218,42 +229,20 @@ async fn send_batch(shared: Arc<Shared>, batch: ProducerBatch) {
             let metadata = record_metadata(&topic, partition, -1, &c);
             c.delivery.send(Ok(metadata));
         }
-        let deadline = Instant::now() + cluster.request_timeout();
-        let result = cluster
-            .call_leader_on_channel(
-                &operation,
-                &topic,
-                partition,
-                deadline,
-                config.retry_backoff,
-                produce,
-            )
-            .await;
-        if let Err(error) = result {
+        if let Err(error) = send(Instant::now() + cluster.request_timeout()).await {
             warn!(%topic, partition, %error, "acks=0 produce failed; records lost");
         }
         drop((permit, done));
         return;
     }
 
-    let deadline = created + config.delivery_timeout;
-    let result = cluster
-        .call_leader_on_channel(
-            &operation,
-            &topic,
-            partition,
-            deadline,
-            config.retry_backoff,
-            produce,
-        )
-        .await
-        .map_err(|e| match e {
-            // Count from the first record, not from the first attempt.
-            ClientError::TimedOut { operation, attempts, last, .. } => {
-                ClientError::TimedOut { operation, after: created.elapsed(), attempts, last }
-            }
-            e => e,
-        });
+    let result = send(created + config.delivery_timeout).await.map_err(|e| match e {
+        // Count from the first record, not from the first attempt.
+        ClientError::TimedOut { operation, attempts, last, .. } => {
+            ClientError::TimedOut { operation, after: created.elapsed(), attempts, last }
+        }
+        e => e,
+    });
     match result {
         Ok(response) => {
             let expected = completions.len() as i64;

@@ -11,17 +11,16 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use http_body_util::BodyExt;
+use bytes::Bytes;
 use prost::Message;
-use tideline_proto::grpc_frame::{self, Chunks, Rope};
+use tideline_proto::grpc_frame::{self, Chunks};
 use tideline_proto::v1 as pb;
 use tideline_proto::v1::broker_service_server::{BrokerService, BrokerServiceServer};
+use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
-use tonic::{Code, Status};
 
 use crate::config::MAX_MESSAGE_BYTES;
 use crate::service::BrokerApi;
@@ -106,8 +105,7 @@ async fn produce(
 ) -> Result<http::Response<Body>, Status> {
     let request = read_request::<pb::ProduceRequest>(request, MAX_MESSAGE_BYTES).await?;
     let (metadata, answer, _) = api.produce(request).await?.into_parts();
-    let chunks = grpc_frame::chunks(answer.encode_to_vec(), 0, Bytes::new(), Vec::new());
-    Ok(ok_response(metadata, chunks))
+    Ok(ok_response(metadata, grpc_frame::message(&answer)))
 }
 
 /// Reads a unary request of at most `limit` bytes from its HTTP/2 frames without joining
@@ -116,7 +114,7 @@ async fn read_request<T: Message + Default>(
     request: http::Request<Body>,
     limit: usize,
 ) -> Result<tonic::Request<T>, Status> {
-    let (parts, mut body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     if let Some(encoding) = parts.headers.get("grpc-encoding")
         && encoding.as_bytes() != b"identity"
     {
@@ -125,19 +123,9 @@ async fn read_request<T: Message + Default>(
             parts.uri.path()
         )));
     }
-    let mut message = Rope::default();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
-            if message.remaining() + data.len() > limit + 5 {
-                return Err(Status::new(
-                    Code::OutOfRange,
-                    format!("{} request larger than {limit} bytes", parts.uri.path()),
-                ));
-            }
-            message.push(data);
-        }
-    }
-    let message = T::decode(message.unframe()?).map_err(|e| {
+    let what = format!("{} request", parts.uri.path());
+    let (message, _trailers) = grpc_frame::read_body(body, limit, &what).await?;
+    let message = T::decode(message).map_err(|e| {
         Status::internal(format!("failed to decode the {} request: {e}", parts.uri.path()))
     })?;
     Ok(tonic::Request::from_parts(
