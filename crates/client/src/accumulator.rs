@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 use tideline_log::batch::BATCH_HEADER_LEN;
 use tideline_log::{Compression, RecordBatchBuilder, RecordHeader};
 use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
@@ -188,7 +189,7 @@ impl PartitionQueue {
 #[derive(Debug)]
 struct TopicQueues {
     name: Arc<str>,
-    partitions: HashMap<i32, PartitionQueue>,
+    partitions: HashMap<i32, PartitionQueue, RandomState>,
 }
 
 /// The batches of a producer, by topic and partition.
@@ -197,7 +198,8 @@ pub(crate) struct Accumulator {
     batch_size: usize,
     linger: Duration,
     compression: Compression,
-    topics: HashMap<Arc<str>, TopicQueues>,
+    /// Looked up for every record: a fast hash, not SipHash.
+    topics: HashMap<Arc<str>, TopicQueues, RandomState>,
     partitioner: Partitioner,
     /// Flushes under way: while any is, open batches are sent without lingering.
     flushes: usize,
@@ -215,7 +217,7 @@ impl Accumulator {
             batch_size,
             linger,
             compression,
-            topics: HashMap::new(),
+            topics: HashMap::default(),
             partitioner,
             flushes: 0,
             closing: false,
@@ -251,7 +253,7 @@ impl Accumulator {
                 let name: Arc<str> = Arc::from(topic);
                 self.topics
                     .entry(name.clone())
-                    .or_insert(TopicQueues { name, partitions: HashMap::new() })
+                    .or_insert(TopicQueues { name, partitions: HashMap::default() })
             }
         };
         let queue = queues.partitions.entry(partition).or_default();

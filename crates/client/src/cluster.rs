@@ -4,7 +4,7 @@
 //! leader brokers and groups to coordinators, refreshing it when a request says it is wrong or
 //! when it gets old.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -86,7 +86,7 @@ struct MetadataCache {
     /// When an admin change made the metadata outdated.
     invalidated_at: Option<Instant>,
     /// Topics clients asked about: refreshes ask for these.
-    wanted: BTreeSet<String>,
+    wanted: HashSet<String, foldhash::fast::RandomState>,
 }
 
 impl MetadataCache {
@@ -117,7 +117,7 @@ impl Cluster {
                     current: Arc::new(Metadata::default()),
                     fetched_at: None,
                     invalidated_at: None,
-                    wanted: BTreeSet::new(),
+                    wanted: HashSet::default(),
                 }),
                 refresh: tokio::sync::Mutex::new(()),
                 background_refresh: AtomicBool::new(false),
@@ -190,7 +190,9 @@ impl Cluster {
             cache.wanted.clone()
         };
         let sent_at = Instant::now();
-        let response = match self.get_metadata(wanted.iter().cloned().collect()).await {
+        let mut topics: Vec<String> = wanted.iter().cloned().collect();
+        topics.sort_unstable();
+        let response = match self.get_metadata(topics).await {
             // A topic we track is gone (or never existed): the controller refuses the whole
             // request, so ask for every topic and keep ours.
             Err(e)
@@ -680,7 +682,7 @@ mod tests {
             current: Arc::new(Metadata::default()),
             fetched_at: None,
             invalidated_at: None,
-            wanted: BTreeSet::new(),
+            wanted: HashSet::default(),
         };
         assert!(!cache.valid_since(t0));
         cache.fetched_at = Some(t1);

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use tideline_proto::v1::{
     BrokerMetadata, CoordinatorMetadata, GetMetadataResponse, PartitionMetadata, ShardAssignment,
     TopicMetadata,
@@ -16,7 +18,8 @@ pub struct Metadata {
     version: u64,
     controller_leader_id: i32,
     brokers: HashMap<i32, BrokerMetadata>,
-    topics: HashMap<String, TopicEntry>,
+    /// Looked up for every record a producer sends: a fast hash, not SipHash.
+    topics: HashMap<String, TopicEntry, RandomState>,
     /// Live group coordinators by coordinator id.
     coordinators: HashMap<String, CoordinatorMetadata>,
     /// Owner of each shard of `__consumer_offsets`, by shard index.

@@ -46,7 +46,7 @@ pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
 /// Partitioner state of a producer: the sticky partition of each topic.
 #[derive(Debug)]
 pub(crate) struct Partitioner {
-    sticky: HashMap<String, Sticky>,
+    sticky: HashMap<String, Sticky, foldhash::fast::RandomState>,
     rng: XorShift,
 }
 
@@ -60,7 +60,7 @@ struct Sticky {
 impl Partitioner {
     /// A partitioner whose random choices come from `seed`.
     pub(crate) fn new(seed: u64) -> Self {
-        Partitioner { sticky: HashMap::new(), rng: XorShift::new(seed) }
+        Partitioner { sticky: HashMap::default(), rng: XorShift::new(seed) }
     }
 
     /// The partition for a record of `topic` with `key`, given the topic's partition count and
