@@ -183,6 +183,61 @@ async fn unknown_topics_fail_after_max_block() {
     assert!(error.to_string().contains("unknown topic nope"), "{error}");
 }
 
+/// Backpressure: once `buffer_memory` is taken by records not yet acknowledged, `send` waits
+/// for memory and goes on when a batch completes; with the broker slower than `max_block`, it
+/// fails with a timeout naming the buffer. Every record that was accepted is delivered.
+#[tokio::test]
+async fn a_full_buffer_blocks_send_until_memory_frees_or_max_block() {
+    let (fake, cluster) = cluster_with_topic(1).await;
+    fake.state().produce_delay = Some(Duration::from_millis(300));
+    let config = ProducerConfig {
+        acks: Acks::Leader,
+        buffer_memory: 4096,
+        batch_size: 1024,
+        linger: Duration::ZERO,
+        max_block: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let producer = Producer::new(&cluster, config).unwrap();
+    let record = || ProducerRecord::new("orders").partition(0).value(vec![7u8; 900]);
+    // Four records of ~910 bytes fill the 4 KiB buffer; the fifth waits for the first batch.
+    let mut deliveries = Vec::new();
+    for _ in 0..4 {
+        deliveries.push(producer.send(record()).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    deliveries.push(producer.send(record()).await.unwrap());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(200), "send returned after {waited:?}");
+    let offsets: Vec<i64> = {
+        let mut v = Vec::new();
+        for d in deliveries {
+            v.push(d.await.unwrap().offset);
+        }
+        v
+    };
+    assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
+    producer.close().await;
+
+    let config = ProducerConfig {
+        acks: Acks::Leader,
+        buffer_memory: 2048,
+        batch_size: 1024,
+        linger: Duration::ZERO,
+        max_block: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let producer = Producer::new(&cluster, config).unwrap();
+    let first = producer.send(record()).await.unwrap();
+    let second = producer.send(record()).await.unwrap();
+    let error = producer.send(record()).await.unwrap_err();
+    assert!(matches!(error, ClientError::TimedOut { .. }), "{error}");
+    assert!(error.to_string().contains("buffer memory"), "{error}");
+    assert_eq!((first.await.unwrap().offset, second.await.unwrap().offset), (5, 6));
+    producer.close().await;
+    assert_eq!(fake.end_offset("orders", 0), 7);
+}
+
 /// A write sent to a follower controller follows its NOT_CONTROLLER redirect to the leader.
 #[tokio::test]
 async fn controller_writes_follow_redirects() {
