@@ -149,12 +149,9 @@ impl Cluster {
         lock(&self.inner.metadata).invalidated_at = Some(Instant::now());
     }
 
-    /// Metadata that has `topic`: the cached one (refreshed in the background when old), or
-    /// a fresh one when the cache lacks the topic.
-    ///
-    /// # Errors
-    /// [`ClientError::UnknownTopic`] when fresh metadata lacks it too; the refresh's error.
-    pub(crate) async fn topic_metadata(&self, topic: &str) -> Result<Arc<Metadata>, ClientError> {
+    /// The cached metadata if it has `topic` (refreshed in the background when old); never
+    /// waits. Notes the topic as wanted, so refreshes ask for it.
+    pub(crate) fn cached_topic_metadata(&self, topic: &str) -> Option<Arc<Metadata>> {
         let (current, fresh) = {
             let mut cache = lock(&self.inner.metadata);
             let max_age = self.inner.config.metadata_max_age;
@@ -164,10 +161,20 @@ impl Cluster {
             }
             (cache.current.clone(), fresh)
         };
-        if current.topic(topic).is_some() {
-            if !fresh {
-                self.spawn_background_refresh();
-            }
+        current.topic(topic)?;
+        if !fresh {
+            self.spawn_background_refresh();
+        }
+        Some(current)
+    }
+
+    /// Metadata that has `topic`: the cached one (refreshed in the background when old), or
+    /// a fresh one when the cache lacks the topic.
+    ///
+    /// # Errors
+    /// [`ClientError::UnknownTopic`] when fresh metadata lacks it too; the refresh's error.
+    pub(crate) async fn topic_metadata(&self, topic: &str) -> Result<Arc<Metadata>, ClientError> {
+        if let Some(current) = self.cached_topic_metadata(topic) {
             return Ok(current);
         }
         let metadata = self.refresh_after(Instant::now()).await?;

@@ -97,7 +97,8 @@ impl Producer {
     /// stops first). It runs on the task that sent the batch, in the order of the partition's
     /// records, concurrently with other partitions' callbacks: keep it short. A callback that
     /// panics is logged. Cheaper than a future per record when records are many and small.
-    /// Not called when `send_with_callback` itself fails.
+    /// When `send_with_callback` itself fails, the callback gets the same error; when its
+    /// future is dropped before the record was added, [`ClientError::Closed`].
     ///
     /// # Errors
     /// Those of [`Producer::send`].
@@ -109,7 +110,8 @@ impl Producer {
         self.enqueue(record, DeliverySender::callback(Box::new(callback))).await
     }
 
-    /// Puts the record in its partition's batch, its outcome to go to `delivery`.
+    /// Puts the record in its partition's batch, its outcome to go to `delivery`. When that
+    /// fails, `delivery` gets the same error (as a Kafka callback does).
     ///
     /// Nearly always the topic's metadata is cached and buffer memory is free: the record is
     /// appended without waiting, and the future holds little more than the record. Only a send
@@ -120,19 +122,25 @@ impl Producer {
         record: ProducerRecord,
         delivery: DeliverySender,
     ) -> Result<(), ClientError> {
-        let record = self.accept(record, delivery)?;
-        match self.try_append(record, None)? {
-            None => Ok(()),
-            Some(record) => Box::pin(self.append_waiting(record)).await,
+        // Taken by `append` once the record is in a batch; until then, errors go to it.
+        let mut delivery = Some(delivery);
+        let result = match self.accept(record) {
+            Ok(record) => match self.try_append(record, &mut delivery) {
+                Ok(None) => Ok(()),
+                Ok(Some(record)) => Box::pin(self.append_waiting(record, &mut delivery)).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let (Err(error), Some(delivery)) = (&result, delivery) {
+            delivery.send(Err(error.clone()));
         }
+        result
     }
 
-    /// Checks a record and encodes its headers' shape; the first step of every send.
-    fn accept(
-        &self,
-        record: ProducerRecord,
-        delivery: DeliverySender,
-    ) -> Result<Accepted, ClientError> {
+    /// Checks that the producer is open and that the record fits in `buffer_memory`, and
+    /// computes its encoded size: the first step of every send.
+    fn accept(&self, record: ProducerRecord) -> Result<Accepted, ClientError> {
         let config = &self.shared.config;
         if lock(&self.shared.accumulator).is_closing() {
             return Err(ClientError::Closed);
@@ -147,44 +155,38 @@ impl Producer {
                 max: config.buffer_memory,
             });
         }
-        Ok(Accepted { topic, partition, key, value, headers, timestamp_ms, size, delivery })
+        Ok(Accepted { topic, partition, key, value, headers, timestamp_ms, size })
     }
 
-    /// Appends the record if the topic's metadata is at hand and buffer memory is free (or
-    /// `permit` already holds it); else hands the record back (`Ok(Some)`) for
-    /// [`Producer::append_waiting`]. Never waits.
+    /// Appends the record if the topic's metadata is cached and buffer memory is free; else
+    /// hands the record back (`Ok(Some)`) for [`Producer::append_waiting`]. Never waits.
     fn try_append(
         &self,
         record: Accepted,
-        permit: Option<OwnedSemaphorePermit>,
+        delivery: &mut Option<DeliverySender>,
     ) -> Result<Option<Accepted>, ClientError> {
         let shared = &self.shared;
-        // A cached topic is answered on the first poll; one that is not is left to
-        // `append_waiting` (this lookup is dropped, cancelling a request it began).
-        let polled = {
-            let mut lookup = std::pin::pin!(shared.cluster.topic_metadata(&record.topic));
-            lookup.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop()))
-        };
-        let metadata = match polled {
-            Poll::Ready(Ok(metadata)) => metadata,
-            Poll::Ready(Err(_)) | Poll::Pending => return Ok(Some(record)),
+        let Some(metadata) = shared.cluster.cached_topic_metadata(&record.topic) else {
+            return Ok(Some(record));
         };
         let partitions = partition_count(&metadata, &record)?;
-        let permit = match permit {
-            Some(permit) => permit,
-            None => match shared.memory.clone().try_acquire_many_owned(record.permits()) {
-                Ok(permit) => permit,
-                Err(tokio::sync::TryAcquireError::Closed) => return Err(ClientError::Closed),
-                Err(tokio::sync::TryAcquireError::NoPermits) => return Ok(Some(record)),
-            },
+        let permit = match shared.memory.clone().try_acquire_many_owned(record.permits()) {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(ClientError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Ok(Some(record)),
         };
-        self.append(record, &metadata, partitions, permit)?;
+        self.append(record, delivery, &metadata, partitions, permit)?;
         Ok(None)
     }
 
     /// The rest of a send that has to wait: for the topic's metadata and for buffer memory,
-    /// together at most `max_block` (counted from the first wait).
-    async fn append_waiting(&self, record: Accepted) -> Result<(), ClientError> {
+    /// `max_block` counted from the first wait (a metadata request under way may overrun it
+    /// by up to the request timeout).
+    async fn append_waiting(
+        &self,
+        record: Accepted,
+        delivery: &mut Option<DeliverySender>,
+    ) -> Result<(), ClientError> {
         let shared = &self.shared;
         let config = &shared.config;
         let mut deadline = None;
@@ -192,12 +194,8 @@ impl Producer {
         let partitions = partition_count(&metadata, &record)?;
         let permits = record.permits();
         let deadline = *deadline.get_or_insert_with(|| Instant::now() + config.max_block);
-        let permit = match tokio::time::timeout_at(
-            deadline,
-            shared.memory.clone().acquire_many_owned(permits),
-        )
-        .await
-        {
+        let memory = shared.memory.clone().acquire_many_owned(permits);
+        let permit = match tokio::time::timeout_at(deadline, memory).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(ClientError::Closed),
             Err(_) => {
@@ -212,42 +210,47 @@ impl Producer {
                 });
             }
         };
-        self.append(record, &metadata, partitions, permit)
+        self.append(record, delivery, &metadata, partitions, permit)
     }
 
-    /// Adds the accepted record, its memory held by `permit`, to its partition's open batch.
+    /// Adds the accepted record, its memory held by `permit`, to its partition's open batch;
+    /// takes `delivery` once the record is in.
     fn append(
         &self,
         record: Accepted,
+        delivery: &mut Option<DeliverySender>,
         metadata: &Metadata,
         partitions: i32,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), ClientError> {
         let shared = &self.shared;
-        let Accepted { topic, partition, key, value, headers, timestamp_ms, size, delivery } =
-            record;
-        let pending = PendingRecord {
-            timestamp_ms: timestamp_ms.unwrap_or_else(now_ms),
-            key,
-            value,
-            headers,
-            size,
-            permit: Some(permit),
-            delivery,
-        };
+        let Accepted { topic, partition, key, value, headers, timestamp_ms, size } = record;
+        let timestamp_ms = timestamp_ms.unwrap_or_else(now_ms);
         let wake = {
             let mut accumulator = lock(&shared.accumulator);
             if accumulator.is_closing() {
                 return Err(ClientError::Closed);
             }
+            let Some(delivery) = delivery.take() else {
+                return Err(ClientError::Closed);
+            };
             let partition = partition.unwrap_or_else(|| {
                 accumulator.choose_partition(
                     &topic,
-                    pending.key.as_deref(),
+                    key.as_deref(),
                     partitions,
                     metadata.available_partitions(&topic),
                 )
             });
+            let pending = PendingRecord {
+                timestamp_ms,
+                key,
+                value,
+                headers,
+                size,
+                permit: Some(permit),
+                delivery,
+            };
             accumulator.append(&topic, partition, pending, Instant::now)
         };
         if wake {
@@ -363,7 +366,6 @@ struct Accepted {
     timestamp_ms: Option<i64>,
     /// Encoded size ([`RecordBatchBuilder::record_size`]), below `buffer_memory`.
     size: usize,
-    delivery: DeliverySender,
 }
 
 impl Accepted {

@@ -189,7 +189,7 @@ async fn unknown_topics_fail_after_max_block() {
 #[tokio::test]
 async fn a_full_buffer_blocks_send_until_memory_frees_or_max_block() {
     let (fake, cluster) = cluster_with_topic(1).await;
-    fake.state().produce_delay = Some(Duration::from_millis(300));
+    fake.state().produce_delay = Some(Duration::from_millis(150));
     let config = ProducerConfig {
         acks: Acks::Leader,
         buffer_memory: 4096,
@@ -208,7 +208,7 @@ async fn a_full_buffer_blocks_send_until_memory_frees_or_max_block() {
     let started = std::time::Instant::now();
     deliveries.push(producer.send(record()).await.unwrap());
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(200), "send returned after {waited:?}");
+    assert!(waited >= Duration::from_millis(100), "send returned after {waited:?}");
     let offsets: Vec<i64> = {
         let mut v = Vec::new();
         for d in deliveries {
@@ -224,7 +224,7 @@ async fn a_full_buffer_blocks_send_until_memory_frees_or_max_block() {
         buffer_memory: 2048,
         batch_size: 1024,
         linger: Duration::ZERO,
-        max_block: Duration::from_millis(100),
+        max_block: Duration::from_millis(50),
         ..Default::default()
     };
     let producer = Producer::new(&cluster, config).unwrap();
@@ -509,7 +509,8 @@ async fn produce_requests_in_flight_per_broker_are_bounded() {
 }
 
 /// `send_with_callback` reports each record's outcome through its callback: the offsets of
-/// delivered records, in order per partition, and the error of a failed batch.
+/// delivered records, in order per partition, the error of a failed batch, and the error of
+/// a send that failed at once.
 #[tokio::test]
 async fn callbacks_get_each_records_outcome() {
     let (fake, cluster) = cluster_with_topic(2).await;
@@ -542,6 +543,23 @@ async fn callbacks_get_each_records_outcome() {
     producer.send_with_callback(record, move |r| drop(tx.send(r))).await.unwrap();
     let failed = rx.await.unwrap().unwrap_err();
     assert_eq!(failed.code(), Some(ErrorCode::MessageTooLarge));
+    // A send that fails at once (a partition the topic lacks) returns the error and calls
+    // the callback once, with the same error.
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let record = ProducerRecord::new("orders").partition(5).value("x");
+    let error = producer
+        .send_with_callback(record, move |r| seen.lock().unwrap().push(r))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ClientError::UnknownPartition { partition: 5, .. }), "{error}");
+    {
+        let calls = calls.lock().unwrap();
+        assert!(
+            matches!(calls[..], [Err(ClientError::UnknownPartition { partition: 5, .. })]),
+            "{calls:?}"
+        );
+    }
     producer.close().await;
 }
 
