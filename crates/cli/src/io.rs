@@ -251,7 +251,7 @@ fn print_record(r: &ConsumerRecord, out: Output, args: &ConsumeArgs) {
         output::emit(&format!(
             "{}\n",
             json!({
-                "topic": r.topic, "partition": r.partition, "offset": r.offset,
+                "topic": &*r.topic, "partition": r.partition, "offset": r.offset,
                 "timestamp_ms": r.timestamp_ms,
                 "key": r.key.as_deref().map(String::from_utf8_lossy),
                 "value": r.value.as_deref().map(String::from_utf8_lossy),
@@ -416,7 +416,7 @@ async fn consume_group(
             }
             print_record(r, out, args);
             printed += 1;
-            next.insert((r.topic.clone(), r.partition), r.offset + 1);
+            next.insert((r.topic.to_string(), r.partition), r.offset + 1);
         }
         if let Err(e) = consumer.commit_offsets(next).await {
             eprintln!("warning: commit failed: {e}");

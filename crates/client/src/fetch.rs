@@ -31,6 +31,8 @@ pub(crate) fn decode(
     check_crcs: bool,
 ) -> Result<Decoded, BatchError> {
     let mut records = Vec::new();
+    // One name for all the records, not an allocation each.
+    let shared_topic: std::sync::Arc<str> = std::sync::Arc::from(topic);
     let mut next_position = position;
     let mut parsed_any = false;
     for batch in batches(data) {
@@ -61,7 +63,7 @@ pub(crate) fn decode(
                     continue;
                 }
                 records.push(ConsumerRecord {
-                    topic: topic.to_string(),
+                    topic: shared_topic.clone(),
                     partition,
                     offset: record.offset,
                     timestamp_ms: append_time.unwrap_or(record.timestamp),
@@ -118,7 +120,7 @@ mod tests {
             assert_eq!(offsets, [12, 13, 14, 15, 16, 17], "{compression:?}");
             assert_eq!(decoded.next_position, 18);
             let r = &decoded.records[0];
-            assert_eq!((r.topic.as_str(), r.partition, r.timestamp_ms), ("t", 2, 1_012));
+            assert_eq!((&*r.topic, r.partition, r.timestamp_ms), ("t", 2, 1_012));
             assert_eq!(r.key.as_deref(), Some(&b"k"[..]));
             assert_eq!(r.value.as_deref(), Some(&b"v12"[..]));
             assert_eq!(r.headers, [("h".to_string(), Some(Bytes::from_static(b"12")))]);

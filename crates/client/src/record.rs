@@ -80,8 +80,8 @@ pub struct RecordMetadata {
 /// A record read by a consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    /// Topic name.
-    pub topic: String,
+    /// Topic name, shared by the records of one fetch (`&*record.topic` for a `&str`).
+    pub topic: std::sync::Arc<str>,
     /// Partition index.
     pub partition: i32,
     /// Offset in the partition.

@@ -131,7 +131,7 @@ impl Delivered {
             assert_eq!(r.offset, *expected, "{how}: partition {} read out of order", r.partition);
             *expected += 1;
             let (i, s) = self.sent_at(r.partition, r.offset);
-            assert_eq!(r.topic, s.topic, "{how}: record {i}");
+            assert_eq!(&*r.topic, s.topic.as_str(), "{how}: record {i}");
             assert_eq!(r.key, s.key, "{how}: key of record {i}");
             assert_eq!(r.value, s.value, "{how}: value of record {i}");
             assert_eq!(r.headers, s.headers, "{how}: headers of record {i}");

@@ -99,7 +99,7 @@ fn check_read_back(
             panic!("read {}@{} that was never acknowledged", r.partition, r.offset)
         });
         let s = &sent[i];
-        assert_eq!(r.topic, s.topic);
+        assert_eq!(&*r.topic, s.topic.as_str());
         assert_eq!(r.key, s.key, "key of record {i}");
         assert_eq!(r.value, s.value, "value of record {i}");
         assert_eq!(r.headers, s.headers, "headers of record {i}");

@@ -578,18 +578,34 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    #[inline]
     fn varint(&mut self, field: &str) -> Result<i32, String> {
+        // Most varints of a record (attributes aside, each field) fit in one byte.
+        if let Some(&first) = self.buf.first()
+            && first < 0x80
+        {
+            self.buf = &self.buf[1..];
+            return Ok(i32::from(first >> 1) ^ -i32::from(first & 1));
+        }
         let (v, n) = get_varint(self.buf).map_err(|e| varint_msg(field, e))?;
         self.buf = &self.buf[n..];
         Ok(v)
     }
 
+    #[inline]
     fn varlong(&mut self, field: &str) -> Result<i64, String> {
+        if let Some(&first) = self.buf.first()
+            && first < 0x80
+        {
+            self.buf = &self.buf[1..];
+            return Ok(i64::from(first >> 1) ^ -i64::from(first & 1));
+        }
         let (v, n) = get_varlong(self.buf).map_err(|e| varint_msg(field, e))?;
         self.buf = &self.buf[n..];
         Ok(v)
     }
 
+    #[inline]
     fn bytes(&mut self, len: usize, field: &str) -> Result<&'a [u8], String> {
         if self.buf.len() < len {
             return Err(format!("{field} needs {len} bytes, {} left", self.buf.len()));
@@ -600,6 +616,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A varint length followed by that many bytes; -1 means null.
+    #[inline]
     fn nullable_bytes(&mut self, field: &str) -> Result<Option<&'a [u8]>, String> {
         match self.varint(field)? {
             -1 => Ok(None),
