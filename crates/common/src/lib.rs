@@ -7,6 +7,7 @@
 #[cfg(feature = "process")]
 pub mod controllers;
 pub mod error;
+pub mod hostname;
 pub mod ids;
 #[cfg(feature = "process")]
 pub mod process;

@@ -1,5 +1,6 @@
 //! What every Tideline binary does the same way: a runtime, one-line errors with a non-zero
-//! exit status, text or JSON logs, and a clean stop on SIGTERM or Ctrl-C.
+//! exit status, text or JSON logs, Prometheus metrics on an admin port, and a clean stop on
+//! SIGTERM or Ctrl-C.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -46,4 +47,16 @@ pub async fn shutdown_signal() {
         }
     }
     tracing::info!("shutting down");
+}
+
+/// Serves the process's metrics (the `metrics` facade) for Prometheus at `http://addr/metrics`
+/// (`--metrics-listen`). Call once per process, inside the runtime.
+///
+/// # Errors
+/// One line naming the address when it cannot be served (taken, or a recorder is installed).
+pub fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
 }

@@ -61,6 +61,8 @@ pub struct BrokerConfig {
     pub data_listen: Option<std::net::SocketAddr>,
     /// Most connections the data listener serves at once; one more is closed at once.
     pub data_max_connections: usize,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// A follower that has not caught up with the leader for this long leaves the ISR
     /// (`replica.lag.time.max.ms`).
     pub replica_lag_time_max: Duration,
@@ -86,6 +88,7 @@ impl BrokerConfig {
             max_fetch_wait: Duration::from_secs(30),
             data_listen: None,
             data_max_connections: 1024,
+            metrics_listen: None,
             replica_lag_time_max: Duration::from_secs(30),
             produce_timeout: Duration::from_secs(30),
             log_cleaner: LogCleanerConfig::default(),

@@ -354,6 +354,9 @@ pub async fn run(
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| BrokerError::Listen(format!("cannot listen on {listen}: {e}")))?;
+    if let Some(addr) = config.metrics_listen {
+        tideline_common::process::serve_metrics(addr).map_err(BrokerError::Listen)?;
+    }
     let mut broker = Broker::start(config, listener).await?;
     tokio::select! {
         _ = shutdown => {}

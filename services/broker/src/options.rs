@@ -13,9 +13,17 @@ use crate::config::{BrokerConfig, LogCleanerConfig};
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "tideline-broker", version)]
 pub struct Options {
-    /// This broker's id, unique in the cluster.
-    #[arg(long, env = "TIDELINE_BROKER_ID", allow_negative_numbers = true)]
-    pub broker_id: i32,
+    /// This broker's id, unique in the cluster. Or --broker-id-from-hostname.
+    #[arg(
+        long,
+        env = "TIDELINE_BROKER_ID",
+        allow_negative_numbers = true,
+        required_unless_present = "broker_id_from_hostname"
+    )]
+    pub broker_id: Option<i32>,
+    /// Take the broker id from the hostname of a StatefulSet pod: `NAME-N` is broker N.
+    #[arg(long, env = "TIDELINE_BROKER_ID_FROM_HOSTNAME", conflicts_with = "broker_id")]
+    pub broker_id_from_hostname: bool,
     /// Controller addresses as HOST:PORT, comma separated (any one is enough to start).
     #[arg(long, env = "TIDELINE_CONTROLLERS", value_delimiter = ',', required = true)]
     pub controllers: Vec<String>,
@@ -90,27 +98,53 @@ pub struct Options {
     /// Log format: text or json.
     #[arg(long, env = "TIDELINE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
-}
-
-fn hostname() -> Option<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    let name = name.trim();
-    (!name.is_empty()).then(|| name.to_string())
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "TIDELINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl TryFrom<Options> for (BrokerConfig, SocketAddr) {
     type Error = String;
 
     fn try_from(o: Options) -> Result<Self, String> {
+        o.resolve(tideline_common::hostname::own_hostname)
+    }
+}
+
+impl Options {
+    /// The config and listen address, with `hostname` for --broker-id-from-hostname and a
+    /// default advertised host.
+    fn resolve(
+        self,
+        hostname: impl Fn() -> Result<String, String>,
+    ) -> Result<(BrokerConfig, SocketAddr), String> {
+        let o = self;
+        let broker_id = match o.broker_id {
+            Some(id) => id,
+            None => tideline_common::hostname::ordinal_of(&hostname()?)
+                .ok()
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "--broker-id-from-hostname: hostname {:?} does not end in -N (a \
+                         StatefulSet pod ordinal)",
+                        hostname().unwrap_or_default()
+                    )
+                })?,
+        };
         if o.log_format != "text" && o.log_format != "json" {
             return Err(format!("--log-format {:?} is not text or json", o.log_format));
         }
         let advertised_host = match o.advertised_host {
             Some(h) => h,
             None if !o.listen.ip().is_unspecified() => o.listen.ip().to_string(),
-            None => hostname().ok_or("cannot tell the host name; set --advertised-host")?,
+            None => hostname()
+                .ok()
+                .filter(|h| !h.is_empty())
+                .ok_or("cannot tell the host name; set --advertised-host")?,
         };
-        let mut c = BrokerConfig::new(o.broker_id, o.data_dir, o.controllers);
+        let mut c = BrokerConfig::new(broker_id, o.data_dir, o.controllers);
+        c.metrics_listen = o.metrics_listen;
         c.advertised_host = advertised_host;
         c.rack = o.rack;
         c.log_defaults.segment_bytes = o.log_segment_bytes;
@@ -147,6 +181,20 @@ mod tests {
         let mut all = vec!["tideline-broker"];
         all.extend_from_slice(args);
         Options::try_parse_from(all).map_err(|e| e.to_string())?.try_into()
+    }
+
+    /// --broker-id-from-hostname: pod `NAME-N` is broker N; a hostname without an ordinal is
+    /// one clear error, and the two ways of naming the id exclude each other.
+    #[test]
+    fn the_broker_id_can_come_from_a_statefulset_hostname() {
+        let args = ["b", "--controllers", "a:1", "--broker-id-from-hostname"];
+        let options = Options::try_parse_from(args).unwrap();
+        let (c, _) = options.clone().resolve(|| Ok("tideline-broker-4".into())).unwrap();
+        assert_eq!((c.broker_id, c.advertised_host.as_str()), (4, "tideline-broker-4"));
+        let error = options.resolve(|| Ok("broker".into())).unwrap_err();
+        assert!(error.contains("--broker-id-from-hostname") && error.contains("-N"), "{error}");
+        let both = Options::try_parse_from(args.into_iter().chain(["--broker-id", "1"]));
+        assert!(both.unwrap_err().to_string().contains("cannot be used with"));
     }
 
     #[test]

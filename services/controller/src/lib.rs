@@ -42,6 +42,9 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| NodeError::Config(format!("cannot listen on {listen}: {e}")))?;
+    if let Some(addr) = config.metrics_listen {
+        tideline_common::process::serve_metrics(addr).map_err(NodeError::Config)?;
+    }
     let node = ControllerNode::start(config, listener).await?;
     shutdown.await;
     node.shutdown().await;

@@ -46,6 +46,8 @@ pub struct NodeConfig {
     /// Replication factor of `__consumer_offsets` (Kafka's `offsets.topic.replication.factor`):
     /// it is created once that many brokers are live.
     pub offsets_topic_replication_factor: i32,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl NodeConfig {
@@ -61,6 +63,7 @@ impl NodeConfig {
             offsets_topic_partitions: 16,
             offsets_topic_segment_bytes: 100 << 20,
             offsets_topic_replication_factor: 3,
+            metrics_listen: None,
         }
     }
 }

@@ -11,9 +11,13 @@ use crate::node::NodeConfig;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "tideline-controller", version)]
 pub struct Options {
-    /// This controller's node id; must appear in --peers.
-    #[arg(long, env = "TIDELINE_NODE_ID")]
-    pub node_id: u64,
+    /// This controller's node id; must appear in --peers. Or --node-id-from-hostname.
+    #[arg(long, env = "TIDELINE_NODE_ID", required_unless_present = "node_id_from_hostname")]
+    pub node_id: Option<u64>,
+    /// Take the node id from the hostname of a StatefulSet pod: `NAME-N` is node N + 1
+    /// (`tideline-controller-0` is node 1).
+    #[arg(long, env = "TIDELINE_NODE_ID_FROM_HOSTNAME", conflicts_with = "node_id")]
+    pub node_id_from_hostname: bool,
     /// Every controller of the quorum as ID=HOST:PORT, comma separated, this one included.
     #[arg(long, env = "TIDELINE_PEERS", value_delimiter = ',', required = true)]
     pub peers: Vec<String>,
@@ -43,12 +47,41 @@ pub struct Options {
     /// Log format: text or json.
     #[arg(long, env = "TIDELINE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "TIDELINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Options {
+    /// The node id: --node-id, or the hostname's StatefulSet ordinal + 1.
+    fn node_id(&self, hostname: impl FnOnce() -> Result<String, String>) -> Result<u64, String> {
+        match self.node_id {
+            Some(id) => Ok(id),
+            None => {
+                let ordinal = tideline_common::hostname::ordinal_of(&hostname()?)
+                    .map_err(|e| format!("--node-id-from-hostname: {e}"))?;
+                Ok(ordinal + 1)
+            }
+        }
+    }
 }
 
 impl TryFrom<Options> for (NodeConfig, SocketAddr) {
     type Error = String;
 
     fn try_from(o: Options) -> Result<Self, String> {
+        o.resolve(tideline_common::hostname::own_hostname)
+    }
+}
+
+impl Options {
+    /// The config and listen address, with `hostname` for --node-id-from-hostname.
+    fn resolve(
+        self,
+        hostname: impl FnOnce() -> Result<String, String>,
+    ) -> Result<(NodeConfig, SocketAddr), String> {
+        let o = self;
+        let node_id = o.node_id(hostname)?;
         let mut peers = BTreeMap::new();
         for p in &o.peers {
             let (id, addr) = p
@@ -65,9 +98,8 @@ impl TryFrom<Options> for (NodeConfig, SocketAddr) {
                 return Err(format!("--peers names node {id} twice"));
             }
         }
-        let own = peers
-            .get(&o.node_id)
-            .ok_or_else(|| format!("--node-id {} is not in --peers", o.node_id))?;
+        let own =
+            peers.get(&node_id).ok_or_else(|| format!("--node-id {node_id} is not in --peers"))?;
         let listen = match o.listen {
             Some(a) => a,
             None => {
@@ -104,7 +136,8 @@ impl TryFrom<Options> for (NodeConfig, SocketAddr) {
         if o.log_format != "text" && o.log_format != "json" {
             return Err(format!("--log-format {:?} is not text or json", o.log_format));
         }
-        let mut config = NodeConfig::new(o.node_id, o.data_dir, peers);
+        let mut config = NodeConfig::new(node_id, o.data_dir, peers);
+        config.metrics_listen = o.metrics_listen;
         config.broker_lease_ms = o.broker_lease_ms;
         config.heartbeat_interval_ms = o.raft_heartbeat_ms;
         config.offsets_topic_partitions = o.offsets_topic_partitions;
@@ -124,6 +157,23 @@ mod tests {
         let mut all = vec!["tideline-controller"];
         all.extend_from_slice(args);
         Options::try_parse_from(all).map_err(|e| e.to_string())?.try_into()
+    }
+
+    /// --node-id-from-hostname: pod `NAME-N` is node N + 1; a hostname without an ordinal,
+    /// or both ways at once, is one clear error.
+    #[test]
+    fn the_node_id_can_come_from_a_statefulset_hostname() {
+        let peers = ["--peers", "1=a:7001,2=b:7002,3=c:7003", "--node-id-from-hostname"];
+        let options = Options::try_parse_from(std::iter::once("c").chain(peers)).unwrap();
+        let (config, listen) =
+            options.clone().resolve(|| Ok("tideline-controller-2".into())).unwrap();
+        assert_eq!((config.node_id, listen.port()), (3, 7003));
+        let error = options.resolve(|| Ok("controller".into())).unwrap_err();
+        assert!(error.contains("--node-id-from-hostname") && error.contains("-N"), "{error}");
+        let both = Options::try_parse_from(["c", "--node-id", "1"].into_iter().chain(peers));
+        assert!(both.unwrap_err().to_string().contains("cannot be used with"));
+        let neither = Options::try_parse_from(["c", "--peers", "1=a:1"]);
+        assert!(neither.unwrap_err().to_string().contains("--node-id"));
     }
 
     #[test]

@@ -225,12 +225,7 @@ pub async fn run(
         .await
         .map_err(|e| CoordinatorError::Listen(format!("cannot listen on {listen}: {e}")))?;
     if let Some(addr) = config.metrics_listen {
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .with_http_listener(addr)
-            .install()
-            .map_err(|e| {
-                CoordinatorError::Listen(format!("cannot serve metrics on {addr}: {e}"))
-            })?;
+        tideline_common::process::serve_metrics(addr).map_err(CoordinatorError::Listen)?;
     }
     let mut coordinator = Coordinator::start(config, listener).await?;
     tokio::select! {
