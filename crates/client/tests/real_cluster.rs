@@ -43,10 +43,10 @@ fn mixed_record(topic: &str, i: usize) -> ProducerRecord {
     if i % 500 != 7 {
         r = r.value(format!("value-{i}-{}", "x".repeat(i % 40)));
     }
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         r = r.header("null", None);
     }
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         r = r.header("empty", Some(Bytes::new()));
     }
     r

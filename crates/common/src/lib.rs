@@ -1,12 +1,15 @@
 //! `tideline-common`: what every Tideline service, the client and the CLI share: typed ids at
 //! crate boundaries ([`ids`]), Kafka's topic naming rules, and the one mapping from
-//! [`ErrorCode`] to gRPC statuses ([`error`]). With feature `process`, what every binary does
-//! alike (`process`); with `test-util`, shared test helpers (`testing`).
+//! [`ErrorCode`] to gRPC statuses ([`error`]), and StatefulSet ordinals ([`hostname`]). With
+//! feature `process`, what every binary does alike (`process`) and per-RPC metrics
+//! (`grpc_metrics`); with `test-util`, shared test helpers (`testing`).
 #![warn(missing_docs)]
 
 #[cfg(feature = "process")]
 pub mod controllers;
 pub mod error;
+#[cfg(feature = "process")]
+pub mod grpc_metrics;
 pub mod hostname;
 pub mod ids;
 #[cfg(feature = "process")]

@@ -55,8 +55,14 @@ pub async fn shutdown_signal() {
 /// # Errors
 /// One line naming the address when it cannot be served (taken, or a recorder is installed).
 pub fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    // Durations (`*_seconds`) as histograms with these buckets, not summaries: histograms
+    // aggregate over instances and over time in PromQL.
+    const SECONDS: [f64; 14] =
+        [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    PrometheusBuilder::new()
         .with_http_listener(addr)
-        .install()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
+        .and_then(|b| b.install())
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
 }

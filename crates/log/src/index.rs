@@ -60,7 +60,7 @@ impl OffsetIndex {
 
     /// Decodes an index file, checking that it can belong to a segment of `segment_size` bytes.
     pub fn decode(bytes: &[u8], segment_size: u64) -> Result<Self, String> {
-        if bytes.len() % Self::ENTRY_LEN != 0 {
+        if !bytes.len().is_multiple_of(Self::ENTRY_LEN) {
             return Err(format!("size {} is not a multiple of {}", bytes.len(), Self::ENTRY_LEN));
         }
         let mut index = OffsetIndex::default();
@@ -134,7 +134,7 @@ impl TimeIndex {
 
     /// Decodes a time index file, checking entries against the segment's offset range.
     pub fn decode(bytes: &[u8], max_relative_offset: u32) -> Result<Self, String> {
-        if bytes.len() % Self::ENTRY_LEN != 0 {
+        if !bytes.len().is_multiple_of(Self::ENTRY_LEN) {
             return Err(format!("size {} is not a multiple of {}", bytes.len(), Self::ENTRY_LEN));
         }
         let mut index = TimeIndex::default();
