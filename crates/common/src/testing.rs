@@ -80,3 +80,26 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The Prometheus text served at `addr` (`GET /metrics` of a service started with
+/// `--metrics-listen`), or empty when it cannot be read.
+pub async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut body = Vec::new();
+    let _ = s.read_to_end(&mut body).await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The value of the series named exactly `series` (name and labels) in `text`.
+pub fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}

@@ -267,6 +267,7 @@ async fn read(
         .map_err(join_status)?
         .map_err(|e| read_status(&p.topic, p.partition, e, &replica, follower.is_some()))?;
     let region = read.region;
+    crate::metrics::fetched(&p.topic, "data_port", region.len());
     let answer = pb::DataFetchPartitionResult {
         topic: p.topic.clone(),
         partition: p.partition,

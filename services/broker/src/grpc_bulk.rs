@@ -91,8 +91,10 @@ async fn fetch(
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, Status> {
     let request = read_request::<pb::FetchRequest>(request, MAX_FETCH_REQUEST_BYTES).await?;
+    let topic = request.get_ref().topic.clone();
     let (metadata, mut answer, _) = api.fetch(request).await?.into_parts();
     let batches = std::mem::take(&mut answer.record_batches);
+    crate::metrics::fetched(&topic, "grpc", batches.len() as u64);
     let chunks =
         grpc_frame::chunks(Vec::new(), RECORD_BATCHES_FIELD, batches, answer.encode_to_vec());
     Ok(ok_response(metadata, chunks))

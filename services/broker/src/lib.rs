@@ -23,6 +23,7 @@ pub mod grpc_bulk;
 mod leader_link;
 pub mod log_config;
 pub mod membership;
+mod metrics;
 pub mod options;
 pub mod producer_state;
 pub mod replicas;
@@ -35,6 +36,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use tideline_common::grpc_metrics::Metered;
 use tideline_proto::v1::broker_service_server::BrokerServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -125,7 +127,10 @@ impl Broker {
                 .initial_stream_window_size(16 << 20)
                 .initial_connection_window_size(32 << 20)
                 .max_frame_size(16_777_215)
-                .add_service(grpc_bulk::BrokerGrpc::new(BrokerApi::new(Arc::clone(&shared)), api))
+                .add_service(Metered::new(grpc_bulk::BrokerGrpc::new(
+                    BrokerApi::new(Arc::clone(&shared)),
+                    api,
+                )))
                 .add_service(health_service)
                 .add_service(reflection)
                 .serve_with_incoming_shutdown(
@@ -137,14 +142,17 @@ impl Broker {
                     },
                 ),
         );
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(membership::run_lease(Arc::clone(&shared), stopped.clone())),
             tokio::spawn(membership::run_watch(Arc::clone(&shared), stopped.clone())),
             tokio::spawn(replication::run_isr_maintenance(Arc::clone(&shared), stopped.clone())),
             tokio::spawn(cleaner::run_cleaner(Arc::clone(&shared), stopped.clone())),
             tokio::spawn(data::run(Arc::clone(&shared), data_listener, stopped.clone())),
-            tokio::spawn(housekeeping(Arc::clone(&shared), stopped)),
+            tokio::spawn(housekeeping(Arc::clone(&shared), stopped.clone())),
         ];
+        if shared.config.metrics_listen.is_some() {
+            tasks.push(tokio::spawn(metrics::run_gauges(Arc::clone(&shared), stopped)));
+        }
         tracing::info!(broker_id = shared.config.broker_id, %local_addr, data_dir = %shared.config.data_dir.display(), "broker started");
         Ok(Broker { shared, local_addr, stop, tasks, server: Some(server) })
     }

@@ -451,7 +451,9 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
         };
         // Validation and the write run on the partition's writer thread, grouped with the
         // produces that arrive meanwhile.
+        let appended = bytes.len();
         let info = crate::appender::append(&replica, me, &topic, partition, bytes, epoch).await?;
+        crate::metrics::produced(&topic, appended, info.last_offset - info.first_offset + 1);
         replica.raise_log_end(info.last_offset + 1);
         crate::replication::update_leader_high_watermark(&replica, me);
         if matches!(acks, pb::Acks::All | pb::Acks::Unspecified) {

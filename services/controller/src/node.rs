@@ -19,6 +19,7 @@ use crate::service::ControllerApi;
 use crate::store::{LogStore, StateMachineStore, open_db};
 use crate::types::TypeConfig;
 use std::time::Duration;
+use tideline_common::grpc_metrics::Metered;
 use tideline_proto::v1::controller_service_server::ControllerServiceServer;
 
 /// Settings of one controller.
@@ -170,8 +171,8 @@ impl ControllerNode {
             .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(raft_service)
-                .add_service(ControllerServiceServer::new(api.clone()))
+                .add_service(Metered::new(raft_service))
+                .add_service(Metered::new(ControllerServiceServer::new(api.clone())))
                 .add_service(health_service)
                 .add_service(reflection)
                 .serve_with_incoming_shutdown(
@@ -184,6 +185,9 @@ impl ControllerNode {
                 ),
         );
         let lease_checker = tokio::spawn(api.run_lease_checker());
+        if config.metrics_listen.is_some() {
+            tokio::spawn(publish_raft_metrics(raft.metrics()));
+        }
 
         let initialized =
             raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -206,5 +210,33 @@ impl ControllerNode {
         let _ = self.lease_checker.await;
         let _ = self.stop.send(());
         let _ = self.server.await;
+    }
+}
+
+/// Publishes this node's Raft state as gauges whenever it changes, until the Raft node stops:
+/// `tideline_controller_raft_term`, `tideline_controller_raft_leader` (the leader's node id,
+/// -1 when there is none), `tideline_controller_raft_is_leader`,
+/// `tideline_controller_raft_last_log_index` and `tideline_controller_raft_applied_index`
+/// (what this node's metadata state has applied: the commit index it has seen through).
+async fn publish_raft_metrics(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, BasicNode>>,
+) {
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            metrics::gauge!("tideline_controller_raft_term").set(m.current_term as f64);
+            let leader = m.current_leader.map_or(-1.0, |l| l as f64);
+            metrics::gauge!("tideline_controller_raft_leader").set(leader);
+            let is_leader = m.current_leader == Some(m.id);
+            metrics::gauge!("tideline_controller_raft_is_leader")
+                .set(f64::from(u8::from(is_leader)));
+            let last_log = m.last_log_index.map_or(0.0, |i| i as f64);
+            metrics::gauge!("tideline_controller_raft_last_log_index").set(last_log);
+            let applied = m.last_applied.map_or(0.0, |l| l.index as f64);
+            metrics::gauge!("tideline_controller_raft_applied_index").set(applied);
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }

@@ -236,3 +236,56 @@ async fn kill_9_during_writes_and_startup_loses_no_acknowledged_write() {
         assert!(present.contains(name), "acknowledged topic {name} was lost");
     }
 }
+
+/// A controller started with `--node-id-from-hostname` rather than `--node-id` is refused with
+/// one line when its hostname has no ordinal, and one started with `--metrics-listen` serves
+/// its Raft state and its RPC counts for Prometheus.
+#[tokio::test]
+async fn metrics_show_the_raft_state_and_rpcs() {
+    use tideline_common::testing::{scrape, series};
+    let root = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let log = root.path().join("controller-1.log");
+    let out = File::options().create(true).append(true).open(&log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tideline-controller"))
+        .args(["--node-id", "1", "--peers", &format!("1={addr}")])
+        .arg("--data-dir")
+        .arg(root.path().join("data-1"))
+        .args(["--raft-heartbeat-ms", "100", "--metrics-listen", &metrics])
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .expect("start tideline-controller");
+    let _controller = Controller { id: 1, child, log };
+    assert_eq!(leader(&[(1, addr.clone())]).await, 1);
+    topics(&addr).await.expect("list topics");
+    let text = wait_until(Duration::from_secs(20), "the raft state in the metrics", || async {
+        let text = scrape(&metrics).await;
+        let listed = r#"tideline_grpc_requests_total{service="tideline.v1.ControllerService",method="ListTopics",code="OK"}"#;
+        (series(&text, "tideline_controller_raft_is_leader") == Some(1.0)
+            && series(&text, listed) == Some(1.0))
+        .then_some(text)
+    })
+    .await;
+    assert_eq!(series(&text, "tideline_controller_raft_leader"), Some(1.0), "{text}");
+    assert!(series(&text, "tideline_controller_raft_term").unwrap_or(0.0) >= 1.0, "{text}");
+    let applied = series(&text, "tideline_controller_raft_applied_index").unwrap_or(0.0);
+    assert!(applied >= 1.0, "the initial membership entry at least: {text}");
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_tideline-controller"))
+        .args(["--node-id-from-hostname", "--peers", "1=127.0.0.1:1"])
+        .env("HOSTNAME", "not-a-pod")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if tideline_common::hostname::ordinal_of(&hostname).is_err() {
+        assert!(
+            stderr.contains("--node-id-from-hostname") && stderr.contains("does not end in -N"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}

@@ -142,9 +142,9 @@ impl Coordinator {
         let mut server_stopped = stopped.clone();
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(CoordinatorServiceServer::new(CoordinatorApi::new(Arc::clone(
-                    &shared,
-                ))))
+                .add_service(tideline_common::grpc_metrics::Metered::new(
+                    CoordinatorServiceServer::new(CoordinatorApi::new(Arc::clone(&shared))),
+                ))
                 .add_service(health_service)
                 .add_service(reflection)
                 .serve_with_incoming_shutdown(

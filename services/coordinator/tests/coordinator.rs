@@ -394,8 +394,8 @@ async fn metrics_show_members_rebalances_and_lag() {
     let text = wait_until(Duration::from_secs(20), "metrics", || {
         let addr = addr.clone();
         async move {
-            let text = common::scrape(&addr).await;
-            let lag = common::series(
+            let text = tideline_common::testing::scrape(&addr).await;
+            let lag = tideline_common::testing::series(
                 &text,
                 r#"tideline_coordinator_group_lag{group="m",topic="t",partition="0"}"#,
             );
@@ -404,27 +404,62 @@ async fn metrics_show_members_rebalances_and_lag() {
     })
     .await;
     assert_eq!(
-        common::series(&text, r#"tideline_coordinator_group_members{group="m"}"#),
+        tideline_common::testing::series(&text, r#"tideline_coordinator_group_members{group="m"}"#),
         Some(2.0),
         "{text}"
     );
     assert!(
-        common::series(&text, r#"tideline_coordinator_group_rebalances_total{group="m"}"#)
-            .unwrap_or(0.0)
+        tideline_common::testing::series(
+            &text,
+            r#"tideline_coordinator_group_rebalances_total{group="m"}"#
+        )
+        .unwrap_or(0.0)
             >= 1.0,
         "{text}"
     );
     assert!(
-        common::series(&text, r#"tideline_coordinator_group_rebalance_seconds_count{group="m"}"#)
-            .unwrap_or(0.0)
+        tideline_common::testing::series(
+            &text,
+            r#"tideline_coordinator_group_rebalance_seconds_count{group="m"}"#
+        )
+        .unwrap_or(0.0)
             >= 1.0,
         "{text}"
     );
-    assert_eq!(common::series(&text, "tideline_coordinator_shards_owned"), Some(1.0), "{text}");
-    assert!(
-        common::series(&text, "tideline_coordinator_records_written_total").unwrap_or(0.0) >= 3.0,
+    assert_eq!(
+        tideline_common::testing::series(&text, "tideline_coordinator_shards_owned"),
+        Some(1.0),
         "{text}"
     );
+    assert!(
+        tideline_common::testing::series(&text, "tideline_coordinator_records_written_total")
+            .unwrap_or(0.0)
+            >= 3.0,
+        "{text}"
+    );
+    assert!(
+        tideline_common::testing::series(
+            &text,
+            r#"tideline_grpc_requests_total{service="tideline.v1.CoordinatorService",method="ConsumerGroupHeartbeat",code="OK"}"#
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "per-RPC counts: {text}"
+    );
+    // The member catches up: the lag drains to 0.
+    commit(&mut c, "m", owner, &[("t", 0, 10)]).await.unwrap();
+    wait_until(Duration::from_secs(20), "the lag to drain", || {
+        let addr = addr.clone();
+        async move {
+            let text = tideline_common::testing::scrape(&addr).await;
+            let lag = tideline_common::testing::series(
+                &text,
+                r#"tideline_coordinator_group_lag{group="m",topic="t",partition="0"}"#,
+            );
+            (lag == Some(0.0)).then_some(())
+        }
+    })
+    .await;
     cluster.shutdown().await;
 }
 
