@@ -118,6 +118,12 @@ async fn unary(
     let headers = request.headers_mut();
     headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    // The caller's trace context (W3C `traceparent`), when OpenTelemetry is set up: the
+    // broker's span of this call joins the caller's trace.
+    let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&context, &mut HeaderInjector(headers));
+    });
 
     std::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
@@ -171,6 +177,19 @@ fn http_status(path: &str, status: http::StatusCode) -> Status {
         _ => Code::Unknown,
     };
     Status::new(code, format!("{path} answered HTTP status {status}"))
+}
+
+/// Writes W3C trace context into request headers.
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
+        {
+            self.0.insert(name, value);
+        }
+    }
 }
 
 #[cfg(test)]

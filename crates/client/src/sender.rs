@@ -120,7 +120,16 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             (batches, accumulator.next_linger_deadline(), finished)
         };
         for batch in batches {
-            tasks.spawn(send_batch(shared.clone(), batch));
+            // One client span per produce request, its context sent along (see grpc_call).
+            let span = tracing::info_span!(
+                "produce",
+                otel.name = "produce",
+                otel.kind = "client",
+                topic = %batch.topic,
+                partition = batch.partition,
+                records = batch.completions.len(),
+            );
+            tasks.spawn(tracing::Instrument::instrument(send_batch(shared.clone(), batch), span));
         }
         if finished {
             break;

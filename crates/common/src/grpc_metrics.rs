@@ -10,14 +10,21 @@
 //! The code is the `grpc-status` of the response headers (errors are trailers-only responses),
 //! `OK` when there is none there (a success puts it in the trailers). Calls to methods the
 //! service lacks count under `method="unknown"`, so that a client cannot grow the label set.
+//!
+//! Each call also runs in a `tracing` span (`SERVICE/METHOD`, kind server) whose parent is
+//! the W3C trace context the caller sent (`traceparent`), so that with OTLP export on (see
+//! `process::init_tracing`) a call is part of its caller's trace.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use opentelemetry::propagation::Extractor;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// A gRPC service whose calls are counted and timed (see the module doc).
 #[derive(Debug, Clone)]
@@ -76,7 +83,20 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
         let started = Instant::now();
-        let call = self.inner.call(request);
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(request.headers()))
+        });
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = format!("{}/{method}", S::NAME),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = S::NAME,
+            rpc.method = method.as_str(),
+        );
+        // Without an OpenTelemetry layer there is nothing to parent: not an error.
+        let _ = span.set_parent(parent);
+        let call = self.inner.call(request).instrument(span);
         Box::pin(async move {
             let result = call.await;
             let code = match &result {
@@ -104,5 +124,18 @@ where
             .record(started.elapsed().as_secs_f64());
             result
         })
+    }
+}
+
+/// Reads W3C trace context from request headers.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
     }
 }

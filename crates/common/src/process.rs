@@ -22,15 +22,49 @@ pub fn run_main<E: Display, F: Future<Output = Result<(), E>>>(main: impl FnOnce
 }
 
 /// Starts logging to stderr as `text` or `json`, filtered by `RUST_LOG` (default: info, with
-/// openraft and sled at warn).
-pub fn init_tracing(format: &str) {
+/// openraft and sled at warn). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also
+/// exported over OTLP/gRPC as those of `service` (the `OTEL_*` variables of the OpenTelemetry
+/// SDK apply, e.g. `OTEL_BSP_SCHEDULE_DELAY`), and W3C trace context is read from and written
+/// to gRPC calls, so that one request is one trace across processes. Call inside the runtime.
+pub fn init_tracing(service: &'static str, format: &str) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
-    if format == "json" {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if format == "json" { fmt.json().boxed() } else { fmt.boxed() };
+    let otel = match std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Some(_) => match otlp_tracer(service) {
+            Ok(tracer) => Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+            Err(e) => {
+                eprintln!("warning: no OTLP trace export: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    tracing_subscriber::registry().with(fmt).with(otel).with(filter).init();
+}
+
+/// A tracer exporting `service`'s spans over OTLP/gRPC (the endpoint and batching from the
+/// `OTEL_*` environment), installed as the global provider with the W3C propagator.
+///
+/// # Errors
+/// The exporter's, as text.
+pub fn otlp_tracer(service: &'static str) -> Result<opentelemetry_sdk::trace::Tracer, String> {
+    use opentelemetry::trace::TracerProvider as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(provider.tracer(service))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

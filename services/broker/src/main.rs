@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     run_main(|| async {
         let options = Options::parse();
-        init_tracing(&options.log_format);
+        init_tracing("tideline-broker", &options.log_format);
         let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), broker_id = config.broker_id, %listen, controllers = ?config.controllers, "starting broker");
         tideline_broker::run(config, listen, shutdown_signal()).await?;

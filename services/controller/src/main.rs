@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     run_main(|| async {
         let options = Options::parse();
-        init_tracing(&options.log_format);
+        init_tracing("tideline-controller", &options.log_format);
         let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), node_id = config.node_id, %listen, peers = ?config.peers, data_dir = %config.data_dir.display(), "starting controller");
         tideline_controller::run(config, listen, shutdown_signal()).await?;
