@@ -391,18 +391,7 @@ async fn metrics_show_members_rebalances_and_lag() {
     let owner = if a.owned.contains(&("t".to_string(), 0)) { &a } else { &b };
     commit(&mut c, "m", owner, &[("t", 0, 4)]).await.unwrap();
     let addr = cluster.coordinators["c1"].metrics_addr.clone();
-    let text = wait_until(Duration::from_secs(20), "metrics", || {
-        let addr = addr.clone();
-        async move {
-            let text = tideline_common::testing::scrape(&addr).await;
-            let lag = tideline_common::testing::series(
-                &text,
-                r#"tideline_coordinator_group_lag{group="m",topic="t",partition="0"}"#,
-            );
-            (lag == Some(6.0)).then_some(text)
-        }
-    })
-    .await;
+    let text = wait_for_lag(&addr, 6.0).await;
     assert_eq!(
         tideline_common::testing::series(&text, r#"tideline_coordinator_group_members{group="m"}"#),
         Some(2.0),
@@ -448,19 +437,21 @@ async fn metrics_show_members_rebalances_and_lag() {
     );
     // The member catches up: the lag drains to 0.
     commit(&mut c, "m", owner, &[("t", 0, 10)]).await.unwrap();
-    wait_until(Duration::from_secs(20), "the lag to drain", || {
-        let addr = addr.clone();
-        async move {
-            let text = tideline_common::testing::scrape(&addr).await;
-            let lag = tideline_common::testing::series(
-                &text,
-                r#"tideline_coordinator_group_lag{group="m",topic="t",partition="0"}"#,
-            );
-            (lag == Some(0.0)).then_some(())
-        }
-    })
-    .await;
+    wait_for_lag(&addr, 0.0).await;
     cluster.shutdown().await;
+}
+
+/// The metrics text of the coordinator at `addr` once it shows `lag` for group `m`, `t`-0.
+async fn wait_for_lag(addr: &str, lag: f64) -> String {
+    wait_until(Duration::from_secs(20), &format!("lag {lag} in the metrics"), || async move {
+        let text = tideline_common::testing::scrape(addr).await;
+        let seen = tideline_common::testing::series(
+            &text,
+            r#"tideline_coordinator_group_lag{group="m",topic="t",partition="0"}"#,
+        );
+        (seen == Some(lag)).then_some(text)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
