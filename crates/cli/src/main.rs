@@ -90,22 +90,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => io::produce(&cli.bootstrap, cli.output, args).await,
         Command::Consume(args) => io::consume(&cli.bootstrap, cli.output, args).await,
         Command::Controller(options) => {
-            init_tracing("tideline-controller", &options.log_format);
+            let tracing = init_tracing("tideline-controller", &options.log_format);
             let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
-            tideline_controller::run(config, listen, shutdown_signal()).await?;
-            Ok(())
+            let result = tideline_controller::run(config, listen, shutdown_signal()).await;
+            tracing.shutdown().await;
+            Ok(result?)
         }
         Command::Broker(options) => {
-            init_tracing("tideline-broker", &options.log_format);
+            let tracing = init_tracing("tideline-broker", &options.log_format);
             let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
-            tideline_broker::run(config, listen, shutdown_signal()).await?;
-            Ok(())
+            let result = tideline_broker::run(config, listen, shutdown_signal()).await;
+            tracing.shutdown().await;
+            Ok(result?)
         }
         Command::Coordinator(options) => {
-            init_tracing("tideline-coordinator", &options.log_format);
+            let tracing = init_tracing("tideline-coordinator", &options.log_format);
             let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
-            tideline_coordinator::run(config, listen, shutdown_signal()).await?;
-            Ok(())
+            let result = tideline_coordinator::run(config, listen, shutdown_signal()).await;
+            tracing.shutdown().await;
+            Ok(result?)
         }
     }
 }

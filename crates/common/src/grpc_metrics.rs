@@ -11,6 +11,9 @@
 //! `OK` when there is none there (a success puts it in the trailers). Calls to methods the
 //! service lacks count under `method="unknown"`, so that a client cannot grow the label set.
 //!
+//! A call whose future is dropped before it answered (the client gave up or went away)
+//! counts as `CANCELLED`.
+//!
 //! Each call also runs in a `tracing` span (`SERVICE/METHOD`, kind server) whose parent is
 //! the W3C trace context the caller sent (`traceparent`), so that with OTLP export on (see
 //! `process::init_tracing`) a call is part of its caller's trace.
@@ -30,12 +33,49 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 #[derive(Debug, Clone)]
 pub struct Metered<S> {
     inner: S,
+    /// Whether each call gets a span (not for chatty internal services).
+    traced: bool,
 }
 
 impl<S> Metered<S> {
     /// Wraps `inner`.
     pub fn new(inner: S) -> Self {
-        Metered { inner }
+        Metered { inner, traced: true }
+    }
+
+    /// Wraps `inner`, counting and timing its calls without a span each: for the Raft
+    /// service, whose heartbeats would otherwise be several traces a second per follower.
+    pub fn untraced(inner: S) -> Self {
+        Metered { inner, traced: false }
+    }
+}
+
+/// Records a call when dropped: with the code set once the call answered, or as `CANCELLED`
+/// when the call's future was dropped first (a client that gave up or went away).
+struct Record {
+    service: &'static str,
+    method: String,
+    started: Instant,
+    code: &'static str,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let method =
+            if self.code == "UNIMPLEMENTED" { "unknown".to_string() } else { self.method.clone() };
+        metrics::counter!(
+            "tideline_grpc_requests_total",
+            "service" => self.service,
+            "method" => method.clone(),
+            "code" => self.code,
+        )
+        .increment(1);
+        metrics::histogram!(
+            "tideline_grpc_request_duration_seconds",
+            "service" => self.service,
+            "method" => method,
+        )
+        .record(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -83,23 +123,29 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
         let started = Instant::now();
-        let parent = opentelemetry::global::get_text_map_propagator(|p| {
-            p.extract(&HeaderExtractor(request.headers()))
-        });
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = format!("{}/{method}", S::NAME),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = S::NAME,
-            rpc.method = method.as_str(),
-        );
-        // Without an OpenTelemetry layer there is nothing to parent: not an error.
-        let _ = span.set_parent(parent);
+        let span = if self.traced {
+            let parent = opentelemetry::global::get_text_map_propagator(|p| {
+                p.extract(&HeaderExtractor(request.headers()))
+            });
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = format!("{}/{method}", S::NAME),
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = S::NAME,
+                rpc.method = method.as_str(),
+            );
+            // Without an OpenTelemetry layer there is nothing to parent: not an error.
+            let _ = span.set_parent(parent);
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let mut record = Record { service: S::NAME, method, started, code: "CANCELLED" };
         let call = self.inner.call(request).instrument(span);
         Box::pin(async move {
             let result = call.await;
-            let code = match &result {
+            record.code = match &result {
                 Ok(response) => response
                     .headers()
                     .get("grpc-status")
@@ -108,20 +154,7 @@ where
                 // The transport failed under the call: no gRPC answer.
                 Err(_) => "UNAVAILABLE",
             };
-            let method = if code == "UNIMPLEMENTED" { "unknown".to_string() } else { method };
-            metrics::counter!(
-                "tideline_grpc_requests_total",
-                "service" => S::NAME,
-                "method" => method.clone(),
-                "code" => code,
-            )
-            .increment(1);
-            metrics::histogram!(
-                "tideline_grpc_request_duration_seconds",
-                "service" => S::NAME,
-                "method" => method,
-            )
-            .record(started.elapsed().as_secs_f64());
+            drop(record);
             result
         })
     }

@@ -25,16 +25,17 @@ pub fn run_main<E: Display, F: Future<Output = Result<(), E>>>(main: impl FnOnce
 /// openraft and sled at warn). When `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also
 /// exported over OTLP/gRPC as those of `service` (the `OTEL_*` variables of the OpenTelemetry
 /// SDK apply, e.g. `OTEL_BSP_SCHEDULE_DELAY`), and W3C trace context is read from and written
-/// to gRPC calls, so that one request is one trace across processes. Call inside the runtime.
-pub fn init_tracing(service: &'static str, format: &str) {
+/// to gRPC calls, so that one request is one trace across processes. Call inside the runtime,
+/// and [`Tracing::shutdown`] the result at the end, so that the last spans are sent.
+pub fn init_tracing(service: &'static str, format: &str) -> Tracing {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if format == "json" { fmt.json().boxed() } else { fmt.boxed() };
-    let otel = match std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Some(_) => match otlp_tracer(service) {
-            Ok(tracer) => Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+    let provider = match std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        Some(_) => match otlp_provider(service) {
+            Ok(provider) => Some(provider),
             Err(e) => {
                 eprintln!("warning: no OTLP trace export: {e}");
                 None
@@ -42,16 +43,37 @@ pub fn init_tracing(service: &'static str, format: &str) {
         },
         None => None,
     };
+    let otel = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer().with_tracer(p.tracer(service))
+    });
     tracing_subscriber::registry().with(fmt).with(otel).with(filter).init();
+    Tracing(provider)
 }
 
-/// A tracer exporting `service`'s spans over OTLP/gRPC (the endpoint and batching from the
-/// `OTEL_*` environment), installed as the global provider with the W3C propagator.
+/// Trace export of a process, from [`init_tracing`].
+#[derive(Debug)]
+#[must_use = "shut it down at the end, or the spans of the last moments are lost"]
+pub struct Tracing(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Tracing {
+    /// Sends the spans still batched and stops the export (nothing to do without it).
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.0 {
+            // The SDK's shutdown blocks until the exporter is done.
+            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        }
+    }
+}
+
+/// A tracer provider exporting `service`'s spans over OTLP/gRPC (the endpoint and batching
+/// from the `OTEL_*` environment), installed as the global one with the W3C propagator.
 ///
 /// # Errors
 /// The exporter's, as text.
-pub fn otlp_tracer(service: &'static str) -> Result<opentelemetry_sdk::trace::Tracer, String> {
-    use opentelemetry::trace::TracerProvider as _;
+pub fn otlp_provider(
+    service: &'static str,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()
@@ -64,7 +86,7 @@ pub fn otlp_tracer(service: &'static str) -> Result<opentelemetry_sdk::trace::Tr
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     opentelemetry::global::set_tracer_provider(provider.clone());
-    Ok(provider.tracer(service))
+    Ok(provider)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -121,16 +121,14 @@ impl Options {
         let o = self;
         let broker_id = match o.broker_id {
             Some(id) => id,
-            None => tideline_common::hostname::ordinal_of(&hostname()?)
-                .ok()
-                .and_then(|n| i32::try_from(n).ok())
-                .ok_or_else(|| {
-                    format!(
-                        "--broker-id-from-hostname: hostname {:?} does not end in -N (a \
-                         StatefulSet pod ordinal)",
-                        hostname().unwrap_or_default()
-                    )
-                })?,
+            None => {
+                let host = hostname().map_err(|e| format!("--broker-id-from-hostname: {e}"))?;
+                let ordinal = tideline_common::hostname::ordinal_of(&host)
+                    .map_err(|e| format!("--broker-id-from-hostname: {e}"))?;
+                i32::try_from(ordinal).map_err(|_| {
+                    format!("--broker-id-from-hostname: ordinal {ordinal} is not a broker id")
+                })?
+            }
         };
         if o.log_format != "text" && o.log_format != "json" {
             return Err(format!("--log-format {:?} is not text or json", o.log_format));

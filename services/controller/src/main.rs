@@ -13,10 +13,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     run_main(|| async {
         let options = Options::parse();
-        init_tracing("tideline-controller", &options.log_format);
+        let tracing = init_tracing("tideline-controller", &options.log_format);
         let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), node_id = config.node_id, %listen, peers = ?config.peers, data_dir = %config.data_dir.display(), "starting controller");
-        tideline_controller::run(config, listen, shutdown_signal()).await?;
+        let result = tideline_controller::run(config, listen, shutdown_signal()).await;
+        tracing.shutdown().await;
+        result?;
         anyhow::Ok(())
     });
 }

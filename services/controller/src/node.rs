@@ -171,7 +171,7 @@ impl ControllerNode {
             .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
         let server = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(Metered::new(raft_service))
+                .add_service(Metered::untraced(raft_service))
                 .add_service(Metered::new(ControllerServiceServer::new(api.clone())))
                 .add_service(health_service)
                 .add_service(reflection)

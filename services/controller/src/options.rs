@@ -60,7 +60,9 @@ impl Options {
             None => {
                 let ordinal = tideline_common::hostname::ordinal_of(&hostname()?)
                     .map_err(|e| format!("--node-id-from-hostname: {e}"))?;
-                Ok(ordinal + 1)
+                ordinal.checked_add(1).ok_or_else(|| {
+                    format!("--node-id-from-hostname: ordinal {ordinal} is too large")
+                })
             }
         }
     }

@@ -14,10 +14,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     run_main(|| async {
         let options = Options::parse();
-        init_tracing("tideline-coordinator", &options.log_format);
+        let tracing = init_tracing("tideline-coordinator", &options.log_format);
         let (config, listen) = <(_, _)>::try_from(options).map_err(anyhow::Error::msg)?;
         tracing::info!(version = env!("CARGO_PKG_VERSION"), coordinator_id = %config.coordinator_id, %listen, controllers = ?config.controllers, "starting coordinator");
-        tideline_coordinator::run(config, listen, shutdown_signal()).await?;
+        let result = tideline_coordinator::run(config, listen, shutdown_signal()).await;
+        tracing.shutdown().await;
+        result?;
         anyhow::Ok(())
     });
 }

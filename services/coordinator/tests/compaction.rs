@@ -32,7 +32,7 @@ async fn broker_process() {
         std::iter::once("tideline-broker").chain(args.split('\t')),
     )
     .unwrap();
-    tideline_common::process::init_tracing("tideline-broker", "text");
+    let _tracing = tideline_common::process::init_tracing("tideline-broker", "text");
     let (config, listen) = <(_, _)>::try_from(options).unwrap();
     tideline_broker::run(config, listen, std::future::pending()).await.unwrap();
 }
