@@ -198,7 +198,7 @@ async fn a_full_buffer_blocks_send_until_memory_frees_or_max_block() {
         max_block: Duration::from_secs(10),
         ..Default::default()
     };
-    let producer = Producer::new(&cluster, config).unwrap();
+    let producer = Producer::new(&cluster, config.clone()).unwrap();
     let record = || ProducerRecord::new("orders").partition(0).value(vec![7u8; 900]);
     // Four records of ~910 bytes fill the 4 KiB buffer; the fifth waits for the first batch.
     let mut deliveries = Vec::new();
@@ -209,24 +209,15 @@ async fn a_full_buffer_blocks_send_until_memory_frees_or_max_block() {
     deliveries.push(producer.send(record()).await.unwrap());
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(100), "send returned after {waited:?}");
-    let offsets: Vec<i64> = {
-        let mut v = Vec::new();
-        for d in deliveries {
-            v.push(d.await.unwrap().offset);
-        }
-        v
-    };
+    let mut offsets = Vec::new();
+    for d in deliveries {
+        offsets.push(d.await.unwrap().offset);
+    }
     assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
     producer.close().await;
 
-    let config = ProducerConfig {
-        acks: Acks::Leader,
-        buffer_memory: 2048,
-        batch_size: 1024,
-        linger: Duration::ZERO,
-        max_block: Duration::from_millis(50),
-        ..Default::default()
-    };
+    let config =
+        ProducerConfig { buffer_memory: 2048, max_block: Duration::from_millis(50), ..config };
     let producer = Producer::new(&cluster, config).unwrap();
     let first = producer.send(record()).await.unwrap();
     let second = producer.send(record()).await.unwrap();

@@ -20,6 +20,16 @@ pub fn ordinal_of(hostname: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("hostname {host:?} does not end in -N (a StatefulSet pod ordinal)"))
 }
 
+/// The ordinal for an option that takes an id from the hostname (`flag`, e.g.
+/// `--broker-id-from-hostname`): a failure to read `hostname` or to find its ordinal is one
+/// message naming the option.
+///
+/// # Errors
+/// That message.
+pub fn ordinal_for(flag: &str, hostname: Result<String, String>) -> Result<u64, String> {
+    hostname.and_then(|h| ordinal_of(&h)).map_err(|e| format!("{flag}: {e}"))
+}
+
 /// This machine's hostname: `/proc/sys/kernel/hostname`, else `$HOSTNAME`.
 ///
 /// # Errors

@@ -122,12 +122,10 @@ impl Options {
         let broker_id = match o.broker_id {
             Some(id) => id,
             None => {
-                let host = hostname().map_err(|e| format!("--broker-id-from-hostname: {e}"))?;
-                let ordinal = tideline_common::hostname::ordinal_of(&host)
-                    .map_err(|e| format!("--broker-id-from-hostname: {e}"))?;
-                i32::try_from(ordinal).map_err(|_| {
-                    format!("--broker-id-from-hostname: ordinal {ordinal} is not a broker id")
-                })?
+                let flag = "--broker-id-from-hostname";
+                let ordinal = tideline_common::hostname::ordinal_for(flag, hostname())?;
+                i32::try_from(ordinal)
+                    .map_err(|_| format!("{flag}: ordinal {ordinal} is not a broker id"))?
             }
         };
         if o.log_format != "text" && o.log_format != "json" {

@@ -52,22 +52,6 @@ pub struct Options {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-impl Options {
-    /// The node id: --node-id, or the hostname's StatefulSet ordinal + 1.
-    fn node_id(&self, hostname: impl FnOnce() -> Result<String, String>) -> Result<u64, String> {
-        match self.node_id {
-            Some(id) => Ok(id),
-            None => {
-                let ordinal = tideline_common::hostname::ordinal_of(&hostname()?)
-                    .map_err(|e| format!("--node-id-from-hostname: {e}"))?;
-                ordinal.checked_add(1).ok_or_else(|| {
-                    format!("--node-id-from-hostname: ordinal {ordinal} is too large")
-                })
-            }
-        }
-    }
-}
-
 impl TryFrom<Options> for (NodeConfig, SocketAddr) {
     type Error = String;
 
@@ -83,7 +67,17 @@ impl Options {
         hostname: impl FnOnce() -> Result<String, String>,
     ) -> Result<(NodeConfig, SocketAddr), String> {
         let o = self;
-        let node_id = o.node_id(hostname)?;
+        // --node-id, or the hostname's StatefulSet ordinal + 1.
+        let node_id = match o.node_id {
+            Some(id) => id,
+            None => {
+                let flag = "--node-id-from-hostname";
+                let ordinal = tideline_common::hostname::ordinal_for(flag, hostname())?;
+                ordinal
+                    .checked_add(1)
+                    .ok_or_else(|| format!("{flag}: ordinal {ordinal} is too large"))?
+            }
+        };
         let mut peers = BTreeMap::new();
         for p in &o.peers {
             let (id, addr) = p

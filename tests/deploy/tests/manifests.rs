@@ -195,13 +195,24 @@ fn has_port(containers: &[Container], port: &IntOrString) -> bool {
 /// The references between the objects of one rendered overlay.
 fn check_references(overlay: &str, o: &Objects, problems: &mut Vec<String>) {
     let mut problem = |p: String| problems.push(format!("{overlay}: {p}"));
+    let selectors = o
+        .stateful_sets
+        .iter()
+        .map(|s| ("StatefulSet", &s.metadata, &s.spec.as_ref().expect("strict checked").selector))
+        .chain(o.deployments.iter().map(|d| {
+            ("Deployment", &d.metadata, &d.spec.as_ref().expect("strict checked").selector)
+        }));
+    for (kind, metadata, selector) in selectors {
+        let name = metadata.name.clone().unwrap_or_default();
+        let selector = selector.match_labels.clone().unwrap_or_default();
+        let template = &o.workloads[&format!("{kind}/{name}")];
+        if !labels_match(&selector, &pod_labels(template)) {
+            problem(format!("{kind}/{name}: selector {selector:?} misses its pod labels"));
+        }
+    }
     for s in &o.stateful_sets {
         let name = s.metadata.name.clone().unwrap_or_default();
         let spec = s.spec.as_ref().expect("strict checked");
-        let selector = spec.selector.match_labels.clone().unwrap_or_default();
-        if !labels_match(&selector, &pod_labels(&spec.template)) {
-            problem(format!("StatefulSet/{name}: selector {selector:?} misses its pod labels"));
-        }
         if !o
             .services
             .iter()
@@ -211,14 +222,6 @@ fn check_references(overlay: &str, o: &Objects, problems: &mut Vec<String>) {
                 "StatefulSet/{name}: serviceName {:?} is no Service",
                 spec.service_name
             ));
-        }
-    }
-    for d in &o.deployments {
-        let name = d.metadata.name.clone().unwrap_or_default();
-        let spec = d.spec.as_ref().expect("strict checked");
-        let selector = spec.selector.match_labels.clone().unwrap_or_default();
-        if !labels_match(&selector, &pod_labels(&spec.template)) {
-            problem(format!("Deployment/{name}: selector {selector:?} misses its pod labels"));
         }
     }
     for svc in &o.services {
