@@ -9,6 +9,8 @@ mod dev;
 mod group;
 mod io;
 mod output;
+mod partitions;
+mod quorum;
 
 use std::future::Future;
 
@@ -63,6 +65,12 @@ enum Command {
     /// Cluster health: controllers, brokers, topics.
     #[command(subcommand)]
     Cluster(admin::ClusterCommand),
+    /// Move partition replicas between brokers (`tide partitions reassign`).
+    #[command(subcommand)]
+    Partitions(partitions::PartitionsCommand),
+    /// The controller quorum: list, add and remove controllers.
+    #[command(subcommand)]
+    Controllers(quorum::ControllersCommand),
     /// Run a controller (what `tide dev` starts; same options as `tideline-controller`).
     #[command(hide = true)]
     Controller(tideline_controller::options::Options),
@@ -85,6 +93,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await,
         Command::Topic(c) => admin::topic(&cli.bootstrap, cli.output, c).await,
         Command::Cluster(c) => admin::cluster(&cli.bootstrap, cli.output, c).await,
+        Command::Partitions(c) => partitions::partitions(&cli.bootstrap, cli.output, c).await,
+        Command::Controllers(c) => quorum::controllers(&cli.bootstrap, cli.output, c).await,
         Command::Group(c) => group::group(&cli.bootstrap, cli.output, c).await,
         Command::Bench(c) => bench::bench(&cli.bootstrap, cli.output, c).await,
         Command::Produce(args) => io::produce(&cli.bootstrap, cli.output, args).await,

@@ -170,6 +170,123 @@ impl Admin {
         Ok(Metadata::from_response(response))
     }
 
+    /// Starts moving each partition in `moves` (topic, partition, target replicas with the
+    /// preferred leader first) to its target: the new replicas copy the log, at most
+    /// `throttle_bytes_per_sec` per adding broker when not 0, and once all are in the ISR the
+    /// replica set becomes the target and the old replicas leave. All or none: one invalid
+    /// target refuses the request. Submitting a move already in progress again only updates
+    /// its throttle. Progress is in the metadata (`target_replicas`, `adding_replicas`,
+    /// `removing_replicas` of each partition).
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] with `INVALID_REPLICA_ASSIGNMENT` (wrong count, unknown or
+    /// repeated broker), `REASSIGNMENT_IN_PROGRESS` (moving to another target),
+    /// `UNKNOWN_TOPIC_OR_PARTITION`; [`ClientError::TimedOut`].
+    pub async fn reassign_partitions(
+        &self,
+        moves: &[(String, i32, Vec<i32>)],
+        throttle_bytes_per_sec: u64,
+    ) -> Result<pb::AlterPartitionReassignmentsResponse, ClientError> {
+        let request = pb::AlterPartitionReassignmentsRequest {
+            reassignments: moves
+                .iter()
+                .map(|(topic, partition, replicas)| pb::PartitionReassignment {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    replicas: replicas.clone(),
+                })
+                .collect(),
+            cancel: false,
+            throttle_bytes_per_sec,
+        };
+        self.alter_reassignments(request).await
+    }
+
+    /// Cancels the moves of `partitions` (every move when empty): each goes back to its
+    /// replicas from before. Partitions that do not move are left alone.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] with `INVALID_REPLICA_ASSIGNMENT` when no original replica is in
+    /// sync to take the partition back, `UNKNOWN_TOPIC_OR_PARTITION`; [`ClientError::TimedOut`].
+    pub async fn cancel_reassignments(
+        &self,
+        partitions: &[(String, i32)],
+    ) -> Result<pb::AlterPartitionReassignmentsResponse, ClientError> {
+        let request = pb::AlterPartitionReassignmentsRequest {
+            reassignments: partitions
+                .iter()
+                .map(|(topic, partition)| pb::PartitionReassignment {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    replicas: Vec::new(),
+                })
+                .collect(),
+            cancel: true,
+            throttle_bytes_per_sec: 0,
+        };
+        self.alter_reassignments(request).await
+    }
+
+    async fn alter_reassignments(
+        &self,
+        request: pb::AlterPartitionReassignmentsRequest,
+    ) -> Result<pb::AlterPartitionReassignmentsResponse, ClientError> {
+        let response = self
+            .cluster
+            .call_controller("reassign partitions", move |mut client| {
+                let request = request.clone();
+                async move { client.alter_partition_reassignments(request).await }
+            })
+            .await?;
+        self.cluster.invalidate_metadata();
+        Ok(response)
+    }
+
+    /// Adds controller `node_id`, running at `address` (HOST:PORT) and started to join, to the
+    /// quorum: as a learner until it caught up with the Raft log, then as a voter. Returns the
+    /// voters after the change. Adding a voter again at the same address changes nothing.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] with `INVALID_REQUEST` (bad id or address, id in use elsewhere)
+    /// or `REQUEST_TIMED_OUT` (the node did not catch up: not running, or not reachable);
+    /// [`ClientError::TimedOut`].
+    pub async fn add_controller(
+        &self,
+        node_id: i32,
+        address: &str,
+    ) -> Result<Vec<pb::ControllerMember>, ClientError> {
+        let request = pb::AddControllerRequest { node_id, address: address.to_string() };
+        let response = self
+            .cluster
+            .call_controller(&format!("add controller {node_id}"), move |mut client| {
+                let request = request.clone();
+                async move { client.add_controller(request).await }
+            })
+            .await?;
+        Ok(response.members)
+    }
+
+    /// Removes controller `node_id` from the quorum (a voter or a learner). Returns the voters
+    /// after the change. Stop the removed node afterwards.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] with `INVALID_REQUEST` when it is not a member or the only
+    /// voter; [`ClientError::TimedOut`].
+    pub async fn remove_controller(
+        &self,
+        node_id: i32,
+    ) -> Result<Vec<pb::ControllerMember>, ClientError> {
+        let request = pb::RemoveControllerRequest { node_id };
+        let response = self
+            .cluster
+            .call_controller(
+                &format!("remove controller {node_id}"),
+                move |mut client| async move { client.remove_controller(request).await },
+            )
+            .await?;
+        Ok(response.members)
+    }
+
     /// The controller quorum as one controller sees it: members, Raft leader, term, commit
     /// index.
     ///

@@ -85,6 +85,7 @@ mod metadata;
 pub mod partitioner;
 mod producer;
 mod producer_config;
+pub mod reassign;
 mod rebalance;
 mod record;
 mod sender;

@@ -35,7 +35,8 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         | E::OutOfOrderSequence
         | E::UnknownMemberId
         | E::StaleMemberEpoch
-        | E::NonEmptyGroup => C::FailedPrecondition,
+        | E::NonEmptyGroup
+        | E::ReassignmentInProgress => C::FailedPrecondition,
         E::NotCoordinator | E::CoordinatorLoadInProgress | E::CoordinatorNotAvailable => {
             C::Unavailable
         }
@@ -51,6 +52,7 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
         | E::InvalidReplicationFactor
         | E::InvalidPartitions
         | E::InvalidRequest
+        | E::InvalidReplicaAssignment
         | E::UnsupportedCompression => C::InvalidArgument,
         E::RequestTimedOut => C::DeadlineExceeded,
     }

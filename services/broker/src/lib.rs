@@ -29,6 +29,7 @@ pub mod producer_state;
 pub mod replicas;
 pub mod replication;
 pub mod service;
+pub mod throttle;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,6 +111,7 @@ impl Broker {
             fetchers: Default::default(),
             counters: Default::default(),
             isr_check: tokio::sync::Notify::new(),
+            reassignment_throttle: Default::default(),
         });
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tideline_proto::FILE_DESCRIPTOR_SET)

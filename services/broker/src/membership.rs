@@ -132,6 +132,8 @@ pub struct Shared {
     pub counters: crate::replication::ReplicationCounters,
     /// Wakes the ISR maintenance when a follower may rejoin.
     pub isr_check: tokio::sync::Notify,
+    /// The byte budget of the replicas this broker is adding in reassignments.
+    pub reassignment_throttle: crate::throttle::Throttle,
 }
 
 impl Shared {

@@ -11,7 +11,9 @@
 //! - `tideline_broker_partitions{role}` (`leader`, `follower`),
 //!   `tideline_broker_under_replicated_partitions` (led here, ISR smaller than the replica
 //!   set), `tideline_broker_offline_partitions` (held here, no leader), and the counters
-//!   `tideline_broker_isr_shrinks_total`, `tideline_broker_isr_expands_total`: every second.
+//!   `tideline_broker_isr_shrinks_total`, `tideline_broker_isr_expands_total`: every second;
+//! - `tideline_broker_reassignment_throttle_wait_seconds` (histogram): each pause a replica
+//!   being added in a reassignment took to keep to the throttle.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -90,6 +90,9 @@ pub struct Replica {
     pub replicas: Vec<i32>,
     /// Broker ids of the in-sync replicas, as the controller recorded them.
     pub isr: Vec<i32>,
+    /// While this broker is adding the partition in a reassignment: the bytes per second it
+    /// may copy for all such partitions together (0: no limit, or not adding).
+    pub throttle: u64,
     /// The offset below which records are committed (held by every in-sync replica) and
     /// readable by consumers. Consumer fetches and acks=all produces wait on it.
     pub high_watermark: Arc<tokio::sync::watch::Sender<i64>>,
@@ -415,6 +418,7 @@ impl ReplicaManager {
                 r.partition_epoch = p.partition_epoch;
                 r.replicas = p.replicas.clone();
                 r.isr = p.isr.clone();
+                r.throttle = self.throttle_of(p);
             }
             // Waits for leader appends in flight at the old epoch to finish.
             let mut st = replica.state.write().unwrap_or_else(|e| e.into_inner());
@@ -473,6 +477,7 @@ impl ReplicaManager {
                 partition_epoch: p.partition_epoch,
                 replicas: p.replicas.clone(),
                 isr: p.isr.clone(),
+                throttle: self.throttle_of(p),
                 progress: Arc::new(std::sync::Mutex::new(Progress::new(p.leader_epoch, end))),
                 producers: Arc::new(std::sync::Mutex::new(producers)),
                 appends: Default::default(),
@@ -488,6 +493,12 @@ impl ReplicaManager {
         );
         outcome.opened.push(key.clone());
         Ok(())
+    }
+
+    /// The reassignment throttle this broker applies to `p`: the partition's when this broker
+    /// is one of its adding replicas.
+    fn throttle_of(&self, p: &pb::PartitionMetadata) -> u64 {
+        if p.adding_replicas.contains(&self.broker_id) { p.reassignment_throttle } else { 0 }
     }
 
     /// Closes every log cleanly (the next start skips recovery scans).
@@ -534,6 +545,7 @@ mod tests {
                     partition_epoch: 0,
                     replicas: r.to_vec(),
                     isr: r.to_vec(),
+                    ..Default::default()
                 })
                 .collect(),
         }
@@ -644,6 +656,7 @@ mod ownership_tests {
                 partition_epoch: 0,
                 replicas: vec![1],
                 isr: vec![1],
+                ..Default::default()
             }],
         };
         let outcome = m.apply(&[topic("broken", 1), topic("fine", 2)]);

@@ -317,11 +317,19 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
             }
         }
         let offset = replica.log.log_end_offset();
+        // A replica being added in a reassignment copies at the throttled rate (the metadata
+        // of each fetcher's replica snapshot says whether, and at what rate).
+        let throttle = replica.throttle;
+        let max_bytes = if throttle > 0 {
+            crate::throttle::Throttle::fetch_size(throttle, 8 << 20)
+        } else {
+            8 << 20
+        };
         let request = pb::FetchRequest {
             topic: topic.clone(),
             partition,
             offset,
-            max_bytes: 8 << 20,
+            max_bytes,
             max_wait_ms: 500,
             min_bytes: 1,
             decode_records: false,
@@ -373,6 +381,16 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
                 }
                 let end = replica.log.log_end_offset();
                 replica.advance_high_watermark(r.high_watermark.min(end));
+                let pause =
+                    shared.reassignment_throttle.charge(r.record_batches.len() as u64, throttle);
+                if !pause.is_zero() {
+                    metrics::histogram!("tideline_broker_reassignment_throttle_wait_seconds")
+                        .record(pause.as_secs_f64());
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
             }
             Err(s) => match error_code_of(&s) {
                 Some(ErrorCode::OffsetOutOfRange) => {

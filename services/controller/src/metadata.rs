@@ -140,6 +140,23 @@ pub enum MetadataCommand {
         /// The registration removed; an older epoch is a no-op.
         coordinator_epoch: i64,
     },
+    /// Starts moving partitions to new replica sets (validated here, all or none). Each
+    /// partition's `replicas` becomes the original set followed by the adding replicas; the
+    /// move completes (here, or at the `AlterPartition` that brings the last adding replica
+    /// into the ISR) as described at [`PartitionRecord::target`]. Moving a partition to the
+    /// target it already moves to is a no-op; to another one is refused.
+    ReassignPartitions {
+        /// (topic, partition, target replicas with the preferred leader first).
+        moves: Vec<(String, i32, Vec<i32>)>,
+        /// Replication throttle for the adding replicas, bytes per second (0: none).
+        throttle: u64,
+    },
+    /// Cancels moves: each partition goes back to its original replicas. An empty list cancels
+    /// every move; a listed partition that does not move is left alone.
+    CancelReassignments {
+        /// (topic, partition).
+        partitions: Vec<(String, i32)>,
+    },
     /// A coordinator gave up shards it was asked to release; they go to their new owners.
     ReleaseShards {
         /// Coordinator id.
@@ -269,6 +286,26 @@ pub enum MetadataError {
         /// What is wrong.
         reason: String,
     },
+    /// A reassignment target is invalid, or a move cannot be cancelled.
+    #[error("invalid reassignment of {topic}/{partition}: {reason}")]
+    InvalidReassignment {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The partition already moves to another target.
+    #[error("{topic}/{partition} is already moving to {target:?}; cancel that reassignment first")]
+    ReassignmentInProgress {
+        /// Topic name.
+        topic: String,
+        /// Partition index.
+        partition: i32,
+        /// The target it moves to.
+        target: Vec<i32>,
+    },
     /// A replica assignment is empty, has duplicates, names an unknown broker, or does not
     /// match the replication factor.
     #[error("invalid replica assignment for partition {partition}: {reason}")]
@@ -352,7 +389,7 @@ pub struct BrokerRecord {
 }
 
 /// A partition's replicas and leadership.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionRecord {
     /// Replica broker ids, the preferred leader first.
     pub replicas: Vec<i32>,
@@ -364,6 +401,43 @@ pub struct PartitionRecord {
     pub partition_epoch: i32,
     /// In-sync replicas.
     pub isr: Vec<i32>,
+    /// While the partition moves (empty otherwise): the replica set it moves to, the preferred
+    /// leader first. `replicas` is then the original set followed by the adding replicas
+    /// (those of `target` not in it), so the preferred leader and the election order stay the
+    /// original ones until the move completes. It completes once every adding replica is in
+    /// the ISR: `replicas` becomes `target`, the ISR keeps only target members, and the lead
+    /// goes to `target[0]` when it is in sync and live, else (when the leader is not in the
+    /// target) to the first target replica in sync and live. The replicas left out stop and
+    /// delete their logs when they see it.
+    #[serde(default)]
+    pub target: Vec<i32>,
+    /// While the partition moves: the target replicas not in the original set, in target
+    /// order (the tail of `replicas`).
+    #[serde(default)]
+    pub adding: Vec<i32>,
+    /// While the partition moves: bytes per second each adding broker may copy (0: no limit).
+    #[serde(default)]
+    pub throttle: u64,
+}
+
+impl PartitionRecord {
+    /// Whether a reassignment is in progress.
+    pub fn is_moving(&self) -> bool {
+        !self.target.is_empty()
+    }
+
+    /// The replica set from before the move (the whole set when not moving).
+    pub fn original(&self) -> Vec<i32> {
+        self.replicas.iter().copied().filter(|r| !self.adding.contains(r)).collect()
+    }
+
+    /// While moving: original replicas not in the target.
+    pub fn removing(&self) -> Vec<i32> {
+        if !self.is_moving() {
+            return Vec::new();
+        }
+        self.original().into_iter().filter(|r| !self.target.contains(r)).collect()
+    }
 }
 
 /// A topic.
@@ -673,6 +747,9 @@ impl MetadataState {
                 })?;
                 let mut next = record.clone();
                 next.isr = isr.clone();
+                // The last adding replica joining the ISR completes a move (which may move the
+                // lead to the target's first replica, below, or off a removed leader).
+                complete_reassignment(&mut next, brokers);
                 // Preferred-leader rebalancing: once the preferred replica (the first) is back in
                 // the ISR and live, it takes the lead again. This is how leadership returns to
                 // the first replica after it restarted: it registers, catches up, the current
@@ -755,6 +832,92 @@ impl MetadataState {
                 self.version += 1;
                 Ok(MetadataResponse::Applied { version: self.version })
             }
+            MetadataCommand::ReassignPartitions { moves, throttle } => {
+                // Everything is checked before anything changes: all or none.
+                for (i, (topic, partition, target)) in moves.iter().enumerate() {
+                    if moves[..i].iter().any(|(t, p, _)| t == topic && p == partition) {
+                        return Err(MetadataError::InvalidReassignment {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            reason: "listed twice in the request".into(),
+                        });
+                    }
+                    self.check_target(topic, *partition, target)?;
+                }
+                let brokers = &self.brokers;
+                let mut changed = false;
+                for (topic, partition, target) in moves {
+                    let p = self
+                        .topics
+                        .get_mut(topic)
+                        .and_then(|t| t.partitions.get_mut(*partition as usize))
+                        .expect("checked above");
+                    if p.is_moving() {
+                        // The same target again (checked above): only the throttle may change.
+                        if p.throttle != *throttle {
+                            p.throttle = *throttle;
+                            p.partition_epoch += 1;
+                            changed = true;
+                        }
+                        continue;
+                    }
+                    if p.replicas == *target {
+                        continue;
+                    }
+                    p.adding = target.iter().copied().filter(|r| !p.replicas.contains(r)).collect();
+                    p.replicas.extend(p.adding.iter().copied());
+                    p.target = target.clone();
+                    p.throttle = *throttle;
+                    // A target already in sync (the same brokers in a new order) completes at
+                    // once.
+                    complete_reassignment(p, brokers);
+                    p.partition_epoch += 1;
+                    changed = true;
+                }
+                if changed {
+                    self.version += 1;
+                }
+                Ok(MetadataResponse::Applied { version: self.version })
+            }
+            MetadataCommand::CancelReassignments { partitions } => {
+                let keys: Vec<(String, i32)> = if partitions.is_empty() {
+                    self.topics
+                        .values()
+                        .flat_map(|t| {
+                            t.partitions
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, p)| p.is_moving())
+                                .map(|(i, _)| (t.name.clone(), i as i32))
+                        })
+                        .collect()
+                } else {
+                    partitions.clone()
+                };
+                let mut reverted = Vec::new();
+                for (topic, partition) in &keys {
+                    let p = self.partition(topic, *partition)?;
+                    if !p.is_moving() {
+                        continue;
+                    }
+                    let next = revert_reassignment(p, &self.brokers).map_err(|reason| {
+                        MetadataError::InvalidReassignment {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            reason,
+                        }
+                    })?;
+                    reverted.push((topic, *partition as usize, next));
+                }
+                let changed = !reverted.is_empty();
+                for (topic, index, next) in reverted {
+                    self.topics.get_mut(topic).expect("checked").partitions[index] = next;
+                }
+                if changed {
+                    self.version += 1;
+                }
+                Ok(MetadataResponse::Applied { version: self.version })
+            }
             MetadataCommand::AlterTopicConfig { name, set, remove } => {
                 let topic = self
                     .topics
@@ -824,6 +987,50 @@ impl MetadataState {
             let shard = &mut self.shards[i];
             shard.moving_to = if shard.owner == least { String::new() } else { least };
         }
+    }
+
+    /// Partition `index` of `topic`.
+    fn partition(&self, topic: &str, index: i32) -> Result<&PartitionRecord, MetadataError> {
+        self.topics
+            .get(topic)
+            .ok_or_else(|| MetadataError::UnknownTopic(topic.to_string()))?
+            .partitions
+            .get(usize::try_from(index).unwrap_or(usize::MAX))
+            .ok_or_else(|| MetadataError::UnknownPartition {
+                topic: topic.to_string(),
+                partition: index,
+            })
+    }
+
+    /// Checks a reassignment target: as many replicas as the replication factor, registered,
+    /// distinct, and no other move of the partition in progress.
+    fn check_target(&self, topic: &str, index: i32, target: &[i32]) -> Result<(), MetadataError> {
+        let p = self.partition(topic, index)?;
+        let rf = self.topics[topic].replication_factor;
+        let bad = |reason: String| MetadataError::InvalidReassignment {
+            topic: topic.to_string(),
+            partition: index,
+            reason,
+        };
+        if target.len() != rf as usize {
+            return Err(bad(format!("{} replicas for replication factor {rf}", target.len())));
+        }
+        for (j, r) in target.iter().enumerate() {
+            if !self.brokers.contains_key(r) {
+                return Err(bad(format!("unknown broker {r}")));
+            }
+            if target[..j].contains(r) {
+                return Err(bad(format!("broker {r} listed twice")));
+            }
+        }
+        if p.is_moving() && p.target != target {
+            return Err(MetadataError::ReassignmentInProgress {
+                topic: topic.to_string(),
+                partition: index,
+                target: p.target.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Checks that `broker_id` is registered with `broker_epoch` and not fenced.
@@ -930,6 +1137,7 @@ impl MetadataState {
                     leader_epoch: 0,
                     partition_epoch: 0,
                     isr,
+                    ..Default::default()
                 })
             })
             .collect()
@@ -1008,6 +1216,68 @@ fn leave(
     p.leader_epoch += 1;
     p.partition_epoch += 1;
     outcome
+}
+
+/// Completes the move of `p` when every adding replica is in the ISR (see
+/// [`PartitionRecord::target`]); bumps the leader epoch when the lead moves, not the partition
+/// epoch (the caller bumps it once per command). Returns whether it completed. A move whose
+/// target has no in-sync live replica to lead (and whose leader leaves) waits.
+fn complete_reassignment(p: &mut PartitionRecord, brokers: &BTreeMap<i32, BrokerRecord>) -> bool {
+    if !p.is_moving() || !p.adding.iter().all(|r| p.isr.contains(r)) {
+        return false;
+    }
+    let isr: Vec<i32> = p.isr.iter().copied().filter(|r| p.target.contains(r)).collect();
+    let in_sync_live = |r: &i32| isr.contains(r) && is_live(brokers, *r);
+    let leader = match p.target.first() {
+        Some(first) if in_sync_live(first) => *first,
+        _ if p.target.contains(&p.leader) => p.leader,
+        _ => match p.target.iter().find(|r| in_sync_live(r)) {
+            Some(r) => *r,
+            None => return false,
+        },
+    };
+    if isr.is_empty() {
+        return false;
+    }
+    if leader != p.leader {
+        p.leader = leader;
+        p.leader_epoch += 1;
+    }
+    p.replicas = std::mem::take(&mut p.target);
+    p.isr = isr;
+    p.adding.clear();
+    p.throttle = 0;
+    true
+}
+
+/// `p` back to its replicas from before its move: the adding replicas leave the replica set
+/// and the ISR; one that leads hands the lead to the first original replica in sync and live.
+/// Bumps the partition epoch (and the leader epoch when the lead moves).
+fn revert_reassignment(
+    p: &PartitionRecord,
+    brokers: &BTreeMap<i32, BrokerRecord>,
+) -> Result<PartitionRecord, String> {
+    let mut next = p.clone();
+    next.replicas = p.original();
+    next.isr.retain(|r| !p.adding.contains(r));
+    if next.isr.is_empty() {
+        return Err("no original replica is in sync; let the move complete".into());
+    }
+    if p.adding.contains(&p.leader) {
+        let leader = next
+            .replicas
+            .iter()
+            .copied()
+            .find(|r| next.isr.contains(r) && is_live(brokers, *r))
+            .ok_or("no original replica is in sync and live to take the lead back")?;
+        next.leader = leader;
+        next.leader_epoch += 1;
+    }
+    next.target.clear();
+    next.adding.clear();
+    next.throttle = 0;
+    next.partition_epoch += 1;
+    Ok(next)
 }
 
 /// Checks the ISR `isr` that `leader` asks for partition `p`. Brokers already in the ISR stay
@@ -1475,6 +1745,7 @@ mod tests {
             leader_epoch: 0,
             partition_epoch: 1,
             isr: vec![1, 2],
+            ..Default::default()
         };
         assert_eq!(
             applied,
@@ -1782,5 +2053,153 @@ mod tests {
             s.apply(&delete),
             MetadataResponse::Refused(MetadataError::InternalTopic(_))
         ));
+    }
+
+    fn reassign(topic: &str, target: &[i32], throttle: u64) -> MetadataCommand {
+        MetadataCommand::ReassignPartitions {
+            moves: vec![(topic.into(), 0, target.to_vec())],
+            throttle,
+        }
+    }
+
+    /// A move adds the new replicas after the old ones (the lead stays), waits until all of
+    /// them are in the ISR, then becomes the target: the removed leader hands the lead to the
+    /// target's first replica, and removed replicas leave the ISR. Each step is one partition
+    /// epoch; the lead change one leader epoch.
+    #[test]
+    fn a_move_adds_replicas_waits_for_the_isr_then_moves_the_lead_and_drops_the_old() {
+        let mut s = cluster();
+        s.apply(&register(4));
+        s.apply(&create("t", vec![vec![1, 2, 3]]));
+        alter(&mut s, 1, "t", &[1, 2, 3]);
+        let before = part(&s, "t", 0).clone();
+        let version = s.version;
+        assert!(matches!(
+            s.apply(&reassign("t", &[4, 2, 3], 1000)),
+            MetadataResponse::Applied { .. }
+        ));
+        let p = part(&s, "t", 0).clone();
+        assert_eq!(
+            (p.replicas.as_slice(), p.target.as_slice(), p.adding.as_slice()),
+            (&[1, 2, 3, 4][..], &[4, 2, 3][..], &[4][..])
+        );
+        assert_eq!(p.removing(), [1]);
+        assert_eq!((p.leader, p.leader_epoch, p.throttle), (1, before.leader_epoch, 1000));
+        assert_eq!((p.partition_epoch, s.version), (before.partition_epoch + 1, version + 1));
+        // The same move again is a no-op; another target is refused until cancelled.
+        let version = s.version;
+        s.apply(&reassign("t", &[4, 2, 3], 1000));
+        assert_eq!(s.version, version);
+        assert!(matches!(
+            s.apply(&reassign("t", &[2, 3, 4], 0)),
+            MetadataResponse::Refused(MetadataError::ReassignmentInProgress { .. })
+        ));
+        // An ISR change that leaves 4 out changes nothing of the move.
+        let p = alter(&mut s, 1, "t", &[1, 2]);
+        assert!(p.is_moving());
+        // 4 joins the ISR: the move completes, 4 leads, 1 is gone.
+        let p = alter(&mut s, 1, "t", &[1, 2, 4]);
+        assert_eq!(p.replicas, [4, 2, 3]);
+        assert_eq!(p.isr, [2, 4]);
+        assert_eq!((p.leader, p.leader_epoch), (4, before.leader_epoch + 1));
+        assert!(!p.is_moving() && p.adding.is_empty() && p.throttle == 0);
+        // The new leader's ISR changes go on as usual.
+        let p = alter(&mut s, 4, "t", &[2, 4, 3]);
+        assert_eq!(p.isr, [2, 4, 3]);
+    }
+
+    /// A new order of the same replicas completes at once and moves the lead to the new first
+    /// replica; a lead-keeping move keeps the leader epoch.
+    #[test]
+    fn a_reorder_completes_at_once() {
+        let mut s = cluster();
+        s.apply(&create("t", vec![vec![1, 2, 3]]));
+        alter(&mut s, 1, "t", &[1, 2, 3]);
+        let epoch = part(&s, "t", 0).leader_epoch;
+        s.apply(&reassign("t", &[2, 1, 3], 0));
+        let p = part(&s, "t", 0);
+        assert_eq!(
+            (p.replicas.as_slice(), p.leader, p.leader_epoch),
+            (&[2, 1, 3][..], 2, epoch + 1)
+        );
+        assert!(!p.is_moving());
+    }
+
+    /// Bad targets refuse the whole request and change nothing.
+    #[test]
+    fn invalid_moves_are_refused_all_or_none() {
+        let mut s = cluster();
+        s.apply(&create("t", vec![vec![1, 2]]));
+        s.apply(&create("u", vec![vec![1, 2]]));
+        let version = s.version;
+        for (moves, what) in [
+            (vec![("t", 0, vec![1, 9])], "unknown broker 9"),
+            (vec![("t", 0, vec![1, 1])], "listed twice"),
+            (vec![("t", 0, vec![1, 2, 3])], "3 replicas for replication factor 2"),
+            (
+                vec![("u", 0, vec![3, 2]), ("t", 0, vec![3, 2]), ("t", 0, vec![3, 1])],
+                "listed twice in the request",
+            ),
+            (vec![("u", 0, vec![3, 2]), ("t", 5, vec![3, 2])], "unknown partition t/5"),
+            (vec![("nope", 0, vec![3, 2])], "unknown topic nope"),
+        ] {
+            let moves = moves.into_iter().map(|(t, p, r)| (t.to_string(), p, r)).collect();
+            match s.apply(&MetadataCommand::ReassignPartitions { moves, throttle: 0 }) {
+                MetadataResponse::Refused(e) => assert!(e.to_string().contains(what), "{e}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        assert_eq!(s.version, version);
+        assert!(!part(&s, "u", 0).is_moving());
+    }
+
+    /// Cancelling puts the original replicas back. An adding replica that took the lead (no
+    /// original one was in sync when the leader failed) hands it to an original one back in
+    /// sync, and until there is one the cancel is refused. Cancelling when nothing moves
+    /// changes nothing.
+    #[test]
+    fn cancel_restores_the_original_replicas() {
+        let mut s = cluster();
+        s.apply(&register(4));
+        s.apply(&create("t", vec![vec![1, 2]]));
+        alter(&mut s, 1, "t", &[1, 2]);
+        s.apply(&reassign("t", &[4, 3], 0));
+        // 3 joins and 2 falls out (4 not in yet): still moving. Then 1 is fenced: only 3 is in
+        // sync, and leads.
+        let p = alter(&mut s, 1, "t", &[1, 3]);
+        assert_eq!(p.replicas, [1, 2, 4, 3]);
+        fence(&mut s, 1);
+        assert_eq!((part(&s, "t", 0).leader, part(&s, "t", 0).isr.as_slice()), (3, &[3][..]));
+        let cancel = MetadataCommand::CancelReassignments { partitions: vec![] };
+        match s.apply(&cancel) {
+            MetadataResponse::Refused(e) => assert!(e.to_string().contains("in sync"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // 2 catches up with 3: now the cancel goes through and 2 takes the lead.
+        let epoch = alter(&mut s, 3, "t", &[3, 2]).leader_epoch;
+        let version = s.version;
+        s.apply(&cancel);
+        let p = part(&s, "t", 0);
+        assert_eq!((p.replicas.as_slice(), p.isr.as_slice(), p.leader), (&[1, 2][..], &[2][..], 2));
+        assert_eq!(p.leader_epoch, epoch + 1);
+        assert!(!p.is_moving() && p.throttle == 0 && p.adding.is_empty());
+        assert_eq!(s.version, version + 1);
+        s.apply(&MetadataCommand::CancelReassignments { partitions: vec![("t".into(), 0)] });
+        assert_eq!(s.version, version + 1);
+    }
+
+    /// A moving partition survives a snapshot round trip and an old snapshot (before moves
+    /// existed) still reads.
+    #[test]
+    fn moves_survive_serialization() {
+        let mut s = cluster();
+        s.apply(&register(4));
+        s.apply(&create("t", vec![vec![1, 2, 3]]));
+        s.apply(&reassign("t", &[4, 2, 3], 5));
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<MetadataState>(&json).unwrap(), s);
+        let old = r#"{"replicas":[1],"leader":1,"leader_epoch":0,"partition_epoch":0,"isr":[1]}"#;
+        let p: PartitionRecord = serde_json::from_str(old).unwrap();
+        assert!(!p.is_moving() && p.original() == [1]);
     }
 }

@@ -49,6 +49,9 @@ pub struct NodeConfig {
     pub offsets_topic_replication_factor: i32,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Never initialize a quorum: wait to be added to the existing one (AddController). True
+    /// for a node `peers` does not name.
+    pub join: bool,
 }
 
 impl NodeConfig {
@@ -65,6 +68,7 @@ impl NodeConfig {
             offsets_topic_segment_bytes: 100 << 20,
             offsets_topic_replication_factor: 3,
             metrics_listen: None,
+            join: false,
         }
     }
 }
@@ -111,18 +115,14 @@ impl std::fmt::Debug for ControllerNode {
 impl ControllerNode {
     /// Starts the node, serving `RaftService` on `listener`. A node with no Raft state
     /// initializes the quorum with `peers` (every member does the same, which openraft accepts:
-    /// identical memberships at the same first log id); a restarted node keeps its state.
+    /// identical memberships at the same first log id), unless it joins (`join`, or not in
+    /// `peers`): then it waits for the leader to add it. A restarted node keeps its state,
+    /// membership included.
     ///
     /// # Errors
     /// [`NodeError`] when the config is inconsistent, the store cannot be opened or Raft fails.
     pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<Self, NodeError> {
-        if !config.peers.contains_key(&config.node_id) {
-            return Err(NodeError::Config(format!(
-                "node id {} is not in the peer list {:?}",
-                config.node_id,
-                config.peers.keys().collect::<Vec<_>>()
-            )));
-        }
+        let join = config.join || !config.peers.contains_key(&config.node_id);
         let path = config.data_dir.join("raft");
         let db =
             open_db(&path).map_err(|source| NodeError::OpenStore { path: path.clone(), source })?;
@@ -191,7 +191,12 @@ impl ControllerNode {
 
         let initialized =
             raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
-        if !initialized {
+        if !initialized && join {
+            tracing::info!(
+                node_id = config.node_id,
+                "not initializing a quorum: waiting to be added (tide controllers add)"
+            );
+        } else if !initialized {
             let members: BTreeMap<u64, BasicNode> =
                 config.peers.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
             match raft.initialize(members).await {

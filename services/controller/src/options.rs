@@ -50,6 +50,11 @@ pub struct Options {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "TIDELINE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Start outside the quorum and wait to be added to it (`tide controllers add`), never
+    /// initializing a quorum of its own. Implied when --peers does not name this node (then
+    /// --listen is required).
+    #[arg(long, env = "TIDELINE_JOIN")]
+    pub join: bool,
 }
 
 impl TryFrom<Options> for (NodeConfig, SocketAddr) {
@@ -94,14 +99,17 @@ impl Options {
                 return Err(format!("--peers names node {id} twice"));
             }
         }
-        let own =
-            peers.get(&node_id).ok_or_else(|| format!("--node-id {node_id} is not in --peers"))?;
-        let listen = match o.listen {
-            Some(a) => a,
-            None => {
+        let listen = match (o.listen, peers.get(&node_id)) {
+            (Some(a), _) => a,
+            (None, Some(own)) => {
                 let port: u16 =
                     own.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("checked");
                 SocketAddr::from(([0, 0, 0, 0], port))
+            }
+            (None, None) => {
+                return Err(format!(
+                    "--node-id {node_id} is not in --peers: a joining controller needs --listen"
+                ));
             }
         };
         if o.broker_lease_ms < 100 {
@@ -134,6 +142,7 @@ impl Options {
         }
         let mut config = NodeConfig::new(node_id, o.data_dir, peers);
         config.metrics_listen = o.metrics_listen;
+        config.join = o.join || !config.peers.contains_key(&node_id);
         config.broker_lease_ms = o.broker_lease_ms;
         config.heartbeat_interval_ms = o.raft_heartbeat_ms;
         config.offsets_topic_partitions = o.offsets_topic_partitions;
@@ -179,7 +188,7 @@ mod tests {
         assert_eq!(config.peers.len(), 3);
         assert_eq!(listen.port(), 7002);
         for (args, message) in [
-            (&["--node-id", "4", "--peers", "1=a:7001"][..], "not in --peers"),
+            (&["--node-id", "4", "--peers", "1=a:7001"][..], "needs --listen"),
             (&["--node-id", "1", "--peers", "1=a"][..], "HOST:PORT"),
             (&["--node-id", "1", "--peers", "x=a:1"][..], "not a node id"),
             (&["--node-id", "1", "--peers", "1=a:1,1=b:2"][..], "twice"),

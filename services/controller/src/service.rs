@@ -30,6 +30,9 @@ use crate::store::StateMachineStore;
 use crate::topic_config;
 use crate::types::TypeConfig;
 
+/// How long AddController waits for the new controller to catch up as a learner.
+const ADD_CONTROLLER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Most partitions one request may create.
 pub const MAX_PARTITIONS: i32 = 10_000;
 
@@ -103,6 +106,8 @@ fn metadata_status(e: &MetadataError) -> Status {
         | MetadataError::StaleLeaderEpoch { .. }
         | MetadataError::StalePartitionEpoch { .. } => ErrorCode::FencedLeaderEpoch,
         MetadataError::InvalidIsr { .. } => ErrorCode::InvalidRequest,
+        MetadataError::InvalidReassignment { .. } => ErrorCode::InvalidReplicaAssignment,
+        MetadataError::ReassignmentInProgress { .. } => ErrorCode::ReassignmentInProgress,
     };
     status(code, e.to_string())
 }
@@ -146,6 +151,10 @@ pub fn partition_pb(index: i32, p: &PartitionRecord) -> pb::PartitionMetadata {
         partition_epoch: p.partition_epoch,
         replicas: p.replicas.clone(),
         isr: p.isr.clone(),
+        target_replicas: p.target.clone(),
+        adding_replicas: p.adding.clone(),
+        removing_replicas: p.removing(),
+        reassignment_throttle: p.throttle,
     }
 }
 
@@ -281,12 +290,44 @@ impl ControllerApi {
         let s = status(ErrorCode::NotController, message);
         match (
             leader_id,
-            leader
-                .map(|n| n.addr)
-                .or_else(|| leader_id.and_then(|id| self.inner.peers.get(&id).cloned())),
+            leader.map(|n| n.addr).or_else(|| leader_id.and_then(|id| self.address_of(id))),
         ) {
             (Some(id), Some(addr)) => with_leader(s, id as i64, &addr),
             _ => s,
+        }
+    }
+
+    /// The address of controller `id`: from the membership, else the configured peers.
+    fn address_of(&self, id: u64) -> Option<String> {
+        let membership = self.inner.raft.metrics().borrow().membership_config.clone();
+        let known = membership.nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone());
+        known.or_else(|| self.inner.peers.get(&id).cloned())
+    }
+
+    /// The voters of the membership this node knows, with their addresses.
+    fn voters(&self) -> Vec<pb::ControllerMember> {
+        let membership = self.inner.raft.metrics().borrow().membership_config.clone();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .filter(|(id, _)| voters.contains(id))
+            .map(|(id, node)| pb::ControllerMember {
+                node_id: *id as i32,
+                address: node.addr.clone(),
+            })
+            .collect()
+    }
+
+    /// The status of a failed membership change.
+    fn membership_error(&self, e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> Status {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                self.not_controller(f.leader_id, f.leader_node)
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                status(ErrorCode::InvalidRequest, format!("membership change refused: {e}"))
+            }
+            e => status(ErrorCode::NotController, format!("membership change failed: {e}")),
         }
     }
 
@@ -677,15 +718,7 @@ impl ControllerService for ControllerApi {
             term: metrics.current_term,
             commit_index: metrics.last_applied.map_or(0, |l| l.index),
             metadata_version: version,
-            members: self
-                .inner
-                .peers
-                .iter()
-                .map(|(id, addr)| pb::ControllerMember {
-                    node_id: *id as i32,
-                    address: addr.clone(),
-                })
-                .collect(),
+            members: self.voters(),
         }))
     }
 
@@ -1026,6 +1059,143 @@ impl ControllerService for ControllerApi {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn alter_partition_reassignments(
+        &self,
+        request: Request<pb::AlterPartitionReassignmentsRequest>,
+    ) -> Result<Response<pb::AlterPartitionReassignmentsResponse>, Status> {
+        let req = request.into_inner();
+        let keys: Vec<(String, i32)> =
+            req.reassignments.iter().map(|r| (r.topic.clone(), r.partition)).collect();
+        if req.cancel {
+            self.write(MetadataCommand::CancelReassignments { partitions: keys.clone() }).await?;
+        } else {
+            if req.reassignments.is_empty() {
+                return Err(status(ErrorCode::InvalidRequest, "no partitions to reassign"));
+            }
+            let moves = req.reassignments.into_iter().map(|r| (r.topic, r.partition, r.replicas));
+            self.write(MetadataCommand::ReassignPartitions {
+                moves: moves.collect(),
+                throttle: req.throttle_bytes_per_sec,
+            })
+            .await?;
+        }
+        // What the request's partitions look like now (a cancel of everything: none moves).
+        let m = self.inner.state.metadata().await;
+        let moving = keys
+            .iter()
+            .filter(|(t, i)| {
+                m.topics
+                    .get(t)
+                    .and_then(|t| t.partitions.get(*i as usize))
+                    .is_some_and(PartitionRecord::is_moving)
+            })
+            .count() as u32;
+        Ok(Response::new(pb::AlterPartitionReassignmentsResponse {
+            moving,
+            completed: keys.len() as u32 - moving,
+        }))
+    }
+
+    async fn add_controller(
+        &self,
+        request: Request<pb::AddControllerRequest>,
+    ) -> Result<Response<pb::AddControllerResponse>, Status> {
+        let req = request.into_inner();
+        let id = u64::try_from(req.node_id).ok().filter(|id| *id > 0).ok_or_else(|| {
+            status(
+                ErrorCode::InvalidRequest,
+                format!("node id must be positive, got {}", req.node_id),
+            )
+        })?;
+        if req
+            .address
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(status(
+                ErrorCode::InvalidRequest,
+                format!("controller address must be HOST:PORT, got {:?}", req.address),
+            ));
+        }
+        self.require_leader().await?;
+        let membership = self.inner.raft.metrics().borrow().membership_config.clone();
+        if membership.voter_ids().any(|v| v == id) {
+            let known =
+                membership.nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone());
+            if known.as_deref() == Some(req.address.as_str()) {
+                return Ok(Response::new(pb::AddControllerResponse { members: self.voters() }));
+            }
+            return Err(status(
+                ErrorCode::InvalidRequest,
+                format!("controller {id} is already a voter at {}", known.unwrap_or_default()),
+            ));
+        }
+        // A learner first: it receives the log (or a snapshot) without counting in the quorum,
+        // so a slow or unreachable node cannot stall commits. Blocking until it caught up.
+        let added = tokio::time::timeout(
+            ADD_CONTROLLER_TIMEOUT,
+            self.inner.raft.add_learner(id, BasicNode::new(&req.address), true),
+        )
+        .await
+        .map_err(|_| {
+            status(
+                ErrorCode::RequestTimedOut,
+                format!(
+                    "controller {id} at {} did not catch up within {} s; is it running with --join?",
+                    req.address,
+                    ADD_CONTROLLER_TIMEOUT.as_secs()
+                ),
+            )
+        })?;
+        added.map_err(|e| self.membership_error(e))?;
+        let voters = std::collections::BTreeSet::from([id]);
+        self.inner
+            .raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        tracing::info!(node_id = id, address = %req.address, "controller added as a voter");
+        Ok(Response::new(pb::AddControllerResponse { members: self.voters() }))
+    }
+
+    async fn remove_controller(
+        &self,
+        request: Request<pb::RemoveControllerRequest>,
+    ) -> Result<Response<pb::RemoveControllerResponse>, Status> {
+        let req = request.into_inner();
+        let id = u64::try_from(req.node_id).map_err(|_| {
+            status(ErrorCode::InvalidRequest, format!("no controller {}", req.node_id))
+        })?;
+        self.require_leader().await?;
+        let membership = self.inner.raft.metrics().borrow().membership_config.clone();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        if !membership.nodes().any(|(n, _)| *n == id) {
+            return Err(status(
+                ErrorCode::InvalidRequest,
+                format!("controller {id} is not a member (voters {voters:?})"),
+            ));
+        }
+        if voters == [id] {
+            return Err(status(
+                ErrorCode::InvalidRequest,
+                format!("controller {id} is the only voter; add another first"),
+            ));
+        }
+        let change = if voters.contains(&id) {
+            openraft::ChangeMembers::RemoveVoters(std::collections::BTreeSet::from([id]))
+        } else {
+            openraft::ChangeMembers::RemoveNodes(std::collections::BTreeSet::from([id]))
+        };
+        // retain = false: a removed voter does not stay on as a learner.
+        self.inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        tracing::info!(node_id = id, "controller removed from the quorum");
+        Ok(Response::new(pb::RemoveControllerResponse { members: self.voters() }))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The real `tideline-controller` binary, three processes on loopback: the quorum elects a
 //! leader, survives `kill -9` of the leader with no metadata lost, a killed controller catches
-//! up after restarting, and a full restart of every controller keeps the state.
+//! up after restarting, a full restart of every controller keeps the state, and controllers
+//! join and leave the quorum while it keeps taking writes.
 
 mod common;
 
@@ -32,10 +33,16 @@ impl Drop for Controller {
 }
 
 fn spawn(id: u64, peers: &str, root: &Path) -> Controller {
+    spawn_with(id, peers, root, &[])
+}
+
+/// A controller with `extra` arguments.
+fn spawn_with(id: u64, peers: &str, root: &Path, extra: &[&str]) -> Controller {
     let log = root.join(format!("controller-{id}.log"));
     let out = File::options().create(true).append(true).open(&log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_tideline-controller"))
         .args(["--node-id", &id.to_string(), "--peers", peers])
+        .args(extra)
         .arg("--data-dir")
         .arg(root.join(format!("data-{id}")))
         .args(["--raft-heartbeat-ms", "100"])
@@ -287,5 +294,127 @@ async fn metrics_show_the_raft_state_and_rpcs() {
             "{stderr}"
         );
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+/// Voter ids as controller `addr` reports them.
+async fn voters(addr: &str) -> Option<Vec<i32>> {
+    let mut c = client(addr).await?;
+    let s = c.get_controller_status(pb::GetControllerStatusRequest {}).await.ok()?.into_inner();
+    let mut ids: Vec<i32> = s.members.iter().map(|m| m.node_id).collect();
+    ids.sort_unstable();
+    Some(ids)
+}
+
+/// Creates topic `name` through whichever of `addrs` leads, retrying through elections and
+/// membership changes (a NOT_CONTROLLER answer or an unreachable node) for up to 30 s.
+async fn create_anywhere(addrs: &[(u64, String)], name: &str) {
+    wait_until(Duration::from_secs(30), &format!("topic {name} created"), || async {
+        for (_, addr) in addrs {
+            let Some(mut c) = client(addr).await else { continue };
+            let request = pb::CreateTopicRequest {
+                name: name.into(),
+                partitions: 1,
+                replication_factor: 1,
+                configs: Default::default(),
+            };
+            match c.create_topic(request).await {
+                Ok(_) => return Some(()),
+                // A retry of a write that was applied before its answer was lost.
+                Err(e) if e.message().contains("already exists") => return Some(()),
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        None
+    })
+    .await
+}
+
+/// Scaling the quorum online: a fourth controller started to join (its id is not in its
+/// --peers) catches up as a learner and becomes a voter while topics keep being created; one of
+/// the first three is then removed. With the removed one and another of the first three
+/// stopped, the remaining two (the new one among them) still make a majority of the three
+/// voters and take writes, which they could not if the new one did not vote. Bad requests get
+/// INVALID_REQUEST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_join_and_leave_while_writes_go_on() {
+    let root = tempfile::tempdir().unwrap();
+    let mut addrs: Vec<(u64, String)> =
+        (1..=4).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+    let peers = addrs[..3].iter().map(|(id, a)| format!("{id}={a}")).collect::<Vec<_>>().join(",");
+    let mut procs: Vec<Controller> = (1..=3).map(|id| spawn(id, &peers, root.path())).collect();
+    let first = leader(&addrs[..3]).await;
+    let addr_of = |id: u64| addrs.iter().find(|(i, _)| *i == id).unwrap().1.clone();
+    register_broker(&addr_of(first)).await;
+    create_topic(&addr_of(first), "before-join").await;
+
+    // Controller 4 is not in its --peers: it waits to be added, and is nobody's voter yet.
+    let listen4 = addr_of(4);
+    procs.push(spawn_with(4, &peers, root.path(), &["--listen", &listen4]));
+    wait_until(Duration::from_secs(20), "controller 4 to serve", || async {
+        client(&listen4).await.map(|_| ())
+    })
+    .await;
+    assert_eq!(voters(&addr_of(first)).await.unwrap(), [1, 2, 3]);
+
+    // Writes go on while it joins.
+    let writer_addrs = addrs.clone();
+    let writer = tokio::spawn(async move {
+        for i in 0..20 {
+            create_anywhere(&writer_addrs, &format!("during-{i}")).await;
+        }
+    });
+    let mut leader_client = client(&addr_of(first)).await.unwrap();
+    let bad = leader_client
+        .add_controller(pb::AddControllerRequest { node_id: 5, address: "nowhere".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("HOST:PORT"), "{bad:?}");
+    let added = leader_client
+        .add_controller(pb::AddControllerRequest { node_id: 4, address: listen4.clone() })
+        .await
+        .unwrap_or_else(|e| panic!("add controller 4: {e}"))
+        .into_inner();
+    let mut ids: Vec<i32> = added.members.iter().map(|m| m.node_id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3, 4]);
+    writer.await.unwrap();
+    // The new voter has everything, and says so itself.
+    wait_until(Duration::from_secs(30), "controller 4 to hold every topic", || async {
+        let names = topics(&listen4).await?;
+        (names.len() == 21 && voters(&listen4).await? == [1, 2, 3, 4]).then_some(())
+    })
+    .await;
+
+    // Remove one of the first three that is not the leader, then stop it.
+    let removed = (1..=3).find(|id| *id != first).unwrap();
+    let unknown = leader_client
+        .remove_controller(pb::RemoveControllerRequest { node_id: 9 })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument, "{unknown:?}");
+    let after = leader_client
+        .remove_controller(pb::RemoveControllerRequest { node_id: removed as i32 })
+        .await
+        .unwrap_or_else(|e| panic!("remove controller {removed}: {e}"))
+        .into_inner();
+    assert_eq!(after.members.len(), 3, "{after:?}");
+    assert!(after.members.iter().all(|m| m.node_id != removed as i32), "{after:?}");
+    procs.retain(|p| p.id != removed); // SIGKILL
+    addrs.retain(|(id, _)| *id != removed);
+
+    // Stop the old leader too: 4 and the last original controller are two of three voters.
+    procs.retain(|p| p.id != first);
+    addrs.retain(|(id, _)| *id != first);
+    let next = leader(&addrs).await;
+    assert_ne!(next, first);
+    create_anywhere(&addrs, "after-leave").await;
+    for (_, addr) in &addrs {
+        wait_until(Duration::from_secs(30), "the write on both remaining voters", || async {
+            topics(addr).await?.contains(&"after-leave".to_string()).then_some(())
+        })
+        .await;
     }
 }

@@ -330,6 +330,24 @@ impl ControllerService for Fake {
     ) -> Result<Response<Self::WatchMetadataStream>, Status> {
         unimplemented()
     }
+    async fn alter_partition_reassignments(
+        &self,
+        _: Request<pb::AlterPartitionReassignmentsRequest>,
+    ) -> Result<Response<pb::AlterPartitionReassignmentsResponse>, Status> {
+        unimplemented()
+    }
+    async fn add_controller(
+        &self,
+        _: Request<pb::AddControllerRequest>,
+    ) -> Result<Response<pb::AddControllerResponse>, Status> {
+        unimplemented()
+    }
+    async fn remove_controller(
+        &self,
+        _: Request<pb::RemoveControllerRequest>,
+    ) -> Result<Response<pb::RemoveControllerResponse>, Status> {
+        unimplemented()
+    }
 }
 
 #[tonic::async_trait]
