@@ -210,7 +210,14 @@ pub async fn cluster(
     let under_replicated: usize = topics
         .iter()
         .map(|t| {
-            t.partitions.iter().filter(|p| p.leader >= 0 && p.isr.len() < p.replicas.len()).count()
+            t.partitions
+                .iter()
+                .filter(|p| {
+                    // Replicas being added in a reassignment are not missing ones.
+                    let mut wanted = p.replicas.iter().filter(|r| !p.adding_replicas.contains(r));
+                    p.leader >= 0 && wanted.any(|r| !p.isr.contains(r))
+                })
+                .count()
         })
         .sum();
     if out == Output::Json {

@@ -9,8 +9,9 @@
 //! - `tideline_broker_log_start_offset`, `tideline_broker_log_end_offset` and
 //!   `tideline_broker_high_watermark` `{topic,partition}`: per replica held, every second;
 //! - `tideline_broker_partitions{role}` (`leader`, `follower`),
-//!   `tideline_broker_under_replicated_partitions` (led here, ISR smaller than the replica
-//!   set), `tideline_broker_offline_partitions` (held here, no leader), and the counters
+//!   `tideline_broker_under_replicated_partitions` (led here, ISR lacking a replica other than
+//!   one being added), `tideline_broker_reassigning_partitions` (led here and moving),
+//!   `tideline_broker_offline_partitions` (held here, no leader), and the counters
 //!   `tideline_broker_isr_shrinks_total`, `tideline_broker_isr_expands_total`: every second;
 //! - `tideline_broker_reassignment_throttle_wait_seconds` (histogram): each pause a replica
 //!   being added in a reassignment took to keep to the throttle.
@@ -64,6 +65,7 @@ pub(crate) async fn run_gauges(shared: Arc<Shared>, mut stop: watch::Receiver<bo
         metrics::gauge!("tideline_broker_under_replicated_partitions")
             .set(status.under_replicated as f64);
         metrics::gauge!("tideline_broker_offline_partitions").set(status.offline as f64);
+        metrics::gauge!("tideline_broker_reassigning_partitions").set(status.reassigning as f64);
         metrics::counter!("tideline_broker_isr_shrinks_total").absolute(status.isr_shrinks);
         metrics::counter!("tideline_broker_isr_expands_total").absolute(status.isr_expands);
         tokio::select! {

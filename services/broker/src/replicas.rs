@@ -90,6 +90,8 @@ pub struct Replica {
     pub replicas: Vec<i32>,
     /// Broker ids of the in-sync replicas, as the controller recorded them.
     pub isr: Vec<i32>,
+    /// While the partition moves: the replicas being added (copying, not yet all in the ISR).
+    pub adding: Vec<i32>,
     /// While this broker is adding the partition in a reassignment: the bytes per second it
     /// may copy for all such partitions together (0: no limit, or not adding).
     pub throttle: u64,
@@ -419,6 +421,7 @@ impl ReplicaManager {
                 r.replicas = p.replicas.clone();
                 r.isr = p.isr.clone();
                 r.throttle = self.throttle_of(p);
+                r.adding = p.adding_replicas.clone();
             }
             // Waits for leader appends in flight at the old epoch to finish.
             let mut st = replica.state.write().unwrap_or_else(|e| e.into_inner());
@@ -478,6 +481,7 @@ impl ReplicaManager {
                 replicas: p.replicas.clone(),
                 isr: p.isr.clone(),
                 throttle: self.throttle_of(p),
+                adding: p.adding_replicas.clone(),
                 progress: Arc::new(std::sync::Mutex::new(Progress::new(p.leader_epoch, end))),
                 producers: Arc::new(std::sync::Mutex::new(producers)),
                 appends: Default::default(),

@@ -48,8 +48,11 @@ type Fetcher = (i32, JoinHandle<()>);
 /// Replication health of one broker at a moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplicationStatus {
-    /// Partitions led here whose ISR is smaller than their replica set.
+    /// Partitions led here whose ISR lacks one of their replicas (replicas being added in a
+    /// reassignment aside).
     pub under_replicated: usize,
+    /// Partitions led here that are moving (replicas being added).
+    pub reassigning: usize,
     /// Partitions with a replica here that have no leader.
     pub offline: usize,
     /// ISR shrinks this broker made as leader since it started.
@@ -77,8 +80,15 @@ pub fn status(shared: &Shared) -> ReplicationStatus {
     for (_, r) in shared.replicas.all() {
         if r.leader < 0 {
             s.offline += 1;
-        } else if r.leader == me && r.isr.len() < r.replicas.len() {
-            s.under_replicated += 1;
+        } else if r.leader == me {
+            // Replicas being added in a reassignment are not missing ones (as in Kafka).
+            let in_sync = r.isr.iter().filter(|id| !r.adding.contains(id)).count();
+            if in_sync < r.replicas.len() - r.adding.len() {
+                s.under_replicated += 1;
+            }
+            if !r.adding.is_empty() {
+                s.reassigning += 1;
+            }
         }
     }
     s
