@@ -274,6 +274,7 @@ mod tests {
             high_watermark: 42,
             log_start_offset: 3,
             next_offset: 40,
+            traceparents: vec!["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()],
         };
         let rest = pb::FetchResponse { record_batches: Bytes::new(), ..response.clone() };
         (response, chunks(Vec::new(), 1, batches.clone(), rest.encode_to_vec()))

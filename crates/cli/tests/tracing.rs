@@ -1,8 +1,8 @@
-//! Traces over OTLP: a broker process started with `OTEL_EXPORTER_OTLP_ENDPOINT` exports its
-//! spans to a small OTLP receiver run by the test, and a produce from a traced client (this
-//! test, exporting to the same receiver) shows up as one trace: the client's `produce` span
-//! and the broker's span of the `Produce` call share a trace id, the broker's a child of the
-//! client's.
+//! Traces over OTLP: two broker processes started with `OTEL_EXPORTER_OTLP_ENDPOINT` export
+//! their spans to a small OTLP receiver run by the test, and an acks=all produce from a traced
+//! client (this test, exporting to the same receiver) shows up as one trace across client,
+//! leader and follower: the client's `produce` span, the leader's span of the `Produce` call
+//! (its child), and the follower's `replicate` span of those records (the leader's child).
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -76,7 +76,7 @@ impl TraceService for Receiver {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_produce_is_one_trace_across_client_and_broker() {
+async fn a_produce_is_one_trace_across_client_leader_and_follower() {
     // The receiver.
     let receiver = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -118,44 +118,51 @@ async fn a_produce_is_one_trace_across_client_and_broker() {
     );
     config.offsets_topic_replication_factor = 1;
     let controller = ControllerNode::start(config, controller_listener).await.unwrap();
-    let log = root.path().join("broker.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_tide"))
-        .args(["broker", "--broker-id", "1", "--controllers", &controller_addr])
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(root.path().join("broker"))
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .unwrap();
-    let _broker = ServiceProcess::new("broker 1", child, log);
+    let _brokers: Vec<ServiceProcess> = (1..=2)
+        .map(|id| {
+            let log = root.path().join(format!("broker-{id}.log"));
+            let out = std::fs::File::create(&log).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_tide"))
+                .args(["broker", "--broker-id", &id.to_string()])
+                .args(["--controllers", &controller_addr, "--listen", "127.0.0.1:0"])
+                .arg("--data-dir")
+                .arg(root.path().join(format!("broker-{id}")))
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+                .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+                .stdout(Stdio::from(out.try_clone().unwrap()))
+                .stderr(Stdio::from(out))
+                .spawn()
+                .unwrap();
+            ServiceProcess::new(format!("broker {id}"), child, log)
+        })
+        .collect();
 
     let cluster = Cluster::new(ClientConfig::new([controller_addr.clone()])).unwrap();
     let admin = Admin::new(&cluster);
     wait_until(Duration::from_secs(30), "the topic to be created", || async {
-        admin.create_topic("traced", 1, 1, Default::default()).await.ok()
+        admin.create_topic("traced", 1, 2, Default::default()).await.ok()
     })
     .await;
     let producer =
-        Producer::new(&cluster, ProducerConfig { acks: Acks::Leader, ..Default::default() })
-            .unwrap();
-    wait_until(Duration::from_secs(30), "a produce to succeed", || async {
-        let record = ProducerRecord::new("traced").value("hello");
-        producer.send_and_wait(record).await.ok()
-    })
-    .await;
+        Producer::new(&cluster, ProducerConfig { acks: Acks::All, ..Default::default() }).unwrap();
+    // A few produces, one at a time: each is committed once the follower fetched it.
+    for i in 0..5 {
+        wait_until(Duration::from_secs(30), "a produce to succeed", || async {
+            let record = ProducerRecord::new("traced").value(format!("hello {i}"));
+            producer.send_and_wait(record).await.ok()
+        })
+        .await;
+    }
     producer.close().await;
     // The client's spans go out with its batch exporter's next round; push them now.
     let flushing = provider.clone();
     tokio::task::spawn_blocking(move || flushing.force_flush()).await.unwrap().unwrap();
 
-    // The client's produce span and the broker's Produce span: one trace, parent and child.
+    // The client's produce span, the leader's Produce span and the follower's replicate span:
+    // one trace, each the child of the one before.
     let spans = receiver.spans.clone();
-    let (client, broker) =
-        wait_until(Duration::from_secs(30), "both spans at the receiver", || {
+    let (client, leader, follower) =
+        wait_until(Duration::from_secs(30), "the three spans at the receiver", || {
             let spans = spans.lock().unwrap().clone();
             async move {
                 spans.iter().filter(|s| s.service == "test-client" && s.name == "produce").find_map(
@@ -165,13 +172,19 @@ async fn a_produce_is_one_trace_across_client_and_broker() {
                                 && b.name == "tideline.v1.BrokerService/Produce"
                                 && b.trace == c.trace
                         })?;
-                        Some((c.clone(), b.clone()))
+                        let f = spans.iter().find(|f| {
+                            f.service == "tideline-broker"
+                                && f.name == "replicate"
+                                && f.trace == c.trace
+                        })?;
+                        Some((c.clone(), b.clone(), f.clone()))
                     },
                 )
             }
         })
         .await;
-    assert_eq!(broker.parent, client.span, "the broker's span is the client's child");
+    assert_eq!(leader.parent, client.span, "the leader's span is the client's child");
+    assert_eq!(follower.parent, leader.span, "the follower's span is the leader's child");
     assert!(client.trace.iter().any(|b| *b != 0), "a real trace id");
     controller.shutdown().await;
 }

@@ -713,6 +713,7 @@ async fn serve_withholding_data_port(
                         log_start_offset: 0,
                         next_offset,
                         payload_length: data.len() as u32,
+                        traceparents: Vec::new(),
                     }],
                 }
                 .encode_to_vec();

@@ -2,7 +2,7 @@
 //! crate boundaries ([`ids`]), Kafka's topic naming rules, and the one mapping from
 //! [`ErrorCode`] to gRPC statuses ([`error`]), and StatefulSet ordinals ([`hostname`]). With
 //! feature `process`, what every binary does alike (`process`) and per-RPC metrics
-//! (`grpc_metrics`); with `test-util`, shared test helpers (`testing`).
+//! (`grpc_metrics`), and trace context carried outside gRPC headers (`trace_context`); with `test-util`, shared test helpers (`testing`).
 #![warn(missing_docs)]
 
 #[cfg(feature = "process")]
@@ -16,6 +16,8 @@ pub mod ids;
 pub mod process;
 #[cfg(feature = "test-util")]
 pub mod testing;
+#[cfg(feature = "process")]
+pub mod trace_context;
 
 pub use error::{
     ErrorCode, error_code_of, grpc_code, is_retriable, leader_hint_of, offset_range_of, status,

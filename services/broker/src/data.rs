@@ -230,6 +230,7 @@ fn refused(
         log_start_offset,
         next_offset: p.offset,
         payload_length: 0,
+        traceparents: Vec::new(),
     }
 }
 
@@ -279,6 +280,10 @@ async fn read(
         log_start_offset: read.log_start_offset,
         next_offset: if region.is_empty() { p.offset } else { region.next_offset() },
         payload_length: u32::try_from(region.len()).unwrap_or(u32::MAX),
+        traceparents: match follower {
+            Some(_) if !region.is_empty() => replica.traces_between(p.offset, region.next_offset()),
+            _ => Vec::new(),
+        },
     };
     Ok((answer, region, end_changed))
 }

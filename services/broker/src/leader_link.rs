@@ -140,6 +140,7 @@ impl LeaderLink {
             high_watermark: result.high_watermark,
             log_start_offset: result.log_start_offset,
             next_offset: result.next_offset,
+            traceparents: result.traceparents,
         })
     }
 }
@@ -235,6 +236,7 @@ mod tests {
             log_start_offset,
             next_offset: 7,
             payload_length: 0,
+            traceparents: Vec::new(),
         }
     }
 

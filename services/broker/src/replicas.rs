@@ -111,7 +111,15 @@ pub struct Replica {
     pub state: Arc<std::sync::RwLock<PartitionState>>,
     /// Produce requests waiting for the partition's writer (group commit).
     pub appends: Arc<crate::appender::AppendQueue>,
+    /// While leading: the `traceparent` of recent traced produces with the offsets each
+    /// appended (first, last), oldest first, at most [`MAX_TRACES`]. Replica fetch answers
+    /// carrying those offsets pass them on, so followers' replication joins the traces.
+    pub traces: Arc<std::sync::Mutex<std::collections::VecDeque<(i64, i64, String)>>>,
 }
+
+/// Most traced produces a replica remembers for its followers (a follower a long way behind
+/// does not join those traces).
+pub const MAX_TRACES: usize = 64;
 
 /// A partition's leadership and ISR as this broker applies them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +192,25 @@ impl Progress {
 }
 
 impl Replica {
+    /// Remembers that a traced produce appended offsets `first..=last`.
+    pub fn record_trace(&self, first: i64, last: i64, traceparent: String) {
+        let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
+        if traces.len() == MAX_TRACES {
+            traces.pop_front();
+        }
+        traces.push_back((first, last, traceparent));
+    }
+
+    /// The traceparents of remembered produces with records in `from..to`.
+    pub fn traces_between(&self, from: i64, to: i64) -> Vec<String> {
+        let traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
+        traces
+            .iter()
+            .filter(|(first, last, _)| *last >= from && *first < to)
+            .map(|(_, _, traceparent)| traceparent.clone())
+            .collect()
+    }
+
     /// Publishes a new log end offset (after an append or truncation).
     pub fn set_log_end(&self, offset: i64) {
         self.log_end.send_replace(offset);
@@ -485,6 +512,7 @@ impl ReplicaManager {
                 progress: Arc::new(std::sync::Mutex::new(Progress::new(p.leader_epoch, end))),
                 producers: Arc::new(std::sync::Mutex::new(producers)),
                 appends: Default::default(),
+                traces: Default::default(),
                 state: Arc::new(std::sync::RwLock::new(PartitionState {
                     leader: p.leader,
                     leader_epoch: p.leader_epoch,

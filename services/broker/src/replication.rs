@@ -355,6 +355,24 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
         match answer {
             Ok(r) => {
                 if !r.record_batches.is_empty() {
+                    // Records of traced produces: a span in each of their traces, for the
+                    // time this follower takes to append them.
+                    let spans: Vec<tracing::Span> = r
+                        .traceparents
+                        .iter()
+                        .map(|traceparent| {
+                            let span = tracing::info_span!(
+                                "replicate",
+                                otel.name = "replicate",
+                                topic = %topic,
+                                partition,
+                                leader = replica.leader,
+                                offset,
+                            );
+                            tideline_common::trace_context::set_parent(&span, traceparent);
+                            span
+                        })
+                        .collect();
                     let rep = replica.clone();
                     let bytes = r.record_batches.clone();
                     // The producer state moves with the log in one step, even if this task is
@@ -373,7 +391,10 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
                     .await;
                     match appended {
                         Ok(Ok(None)) => return,
-                        Ok(Ok(Some(info))) => replica.set_log_end(info.last_offset + 1),
+                        Ok(Ok(Some(info))) => {
+                            replica.set_log_end(info.last_offset + 1);
+                            drop(spans);
+                        }
                         Ok(Err(
                             LogError::NonContiguousAppend { .. } | LogError::EpochRegression { .. },
                         )) => {

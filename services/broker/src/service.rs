@@ -454,6 +454,10 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
         let appended = bytes.len();
         let info = crate::appender::append(&replica, me, &topic, partition, bytes, epoch).await?;
         crate::metrics::produced(&topic, appended, info.last_offset - info.first_offset + 1);
+        // A traced produce: followers that replicate these records join its trace.
+        if let Some(traceparent) = tideline_common::trace_context::current_traceparent() {
+            replica.record_trace(info.first_offset, info.last_offset, traceparent);
+        }
         replica.raise_log_end(info.last_offset + 1);
         crate::replication::update_leader_high_watermark(&replica, me);
         if matches!(acks, pb::Acks::All | pb::Acks::Unspecified) {
@@ -555,7 +559,12 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
                     } else {
                         read.region.next_offset()
                     },
+                    traceparents: Vec::new(),
                 };
+                if follower && !bytes.is_empty() {
+                    response.traceparents =
+                        replica.traces_between(req.offset, response.next_offset);
+                }
                 if req.decode_records && !bytes.is_empty() {
                     let from = req.offset;
                     let (records, next) =
