@@ -2,7 +2,9 @@
 //! their spans to a small OTLP receiver run by the test, and an acks=all produce from a traced
 //! client (this test, exporting to the same receiver) shows up as one trace across client,
 //! leader and follower: the client's `produce` span, the leader's span of the `Produce` call
-//! (its child), and the follower's `replicate` span of those records (the leader's child).
+//! (its child), and the follower's `replicate` span of those records (the leader's child). An
+//! admin call (a generated tonic client) made in a span is that span's child at the
+//! controller.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
@@ -154,6 +156,12 @@ async fn a_produce_is_one_trace_across_client_leader_and_follower() {
         .await;
     }
     producer.close().await;
+    // A call through a generated client (admin) carries the trace context too.
+    {
+        use tracing::Instrument;
+        let span = tracing::info_span!("admin-call");
+        admin.describe_topic("traced").instrument(span).await.unwrap();
+    }
     // The client's spans go out with its batch exporter's next round; push them now.
     let flushing = provider.clone();
     tokio::task::spawn_blocking(move || flushing.force_flush()).await.unwrap().unwrap();
@@ -186,5 +194,22 @@ async fn a_produce_is_one_trace_across_client_leader_and_follower() {
     assert_eq!(leader.parent, client.span, "the leader's span is the client's child");
     assert_eq!(follower.parent, leader.span, "the follower's span is the leader's child");
     assert!(client.trace.iter().any(|b| *b != 0), "a real trace id");
+    // The controller runs in this process (its spans go out as "test-client"), but its task is
+    // not the caller's: only the traceparent in the request can make it the admin span's child.
+    wait_until(Duration::from_secs(30), "the admin call's server span", || {
+        let spans = spans.lock().unwrap().clone();
+        async move {
+            let caller = spans.iter().find(|s| s.name == "admin-call")?;
+            spans
+                .iter()
+                .any(|s| {
+                    s.name == "tideline.v1.ControllerService/DescribeTopic"
+                        && s.parent == caller.span
+                        && s.trace == caller.trace
+                })
+                .then_some(())
+        }
+    })
+    .await;
     controller.shutdown().await;
 }

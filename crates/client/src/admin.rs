@@ -422,7 +422,7 @@ impl Admin {
     ) -> Result<T, ClientError>
     where
         F: FnMut(
-            pb::coordinator_service_client::CoordinatorServiceClient<tonic::transport::Channel>,
+            pb::coordinator_service_client::CoordinatorServiceClient<crate::grpc_call::Traced>,
         ) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {

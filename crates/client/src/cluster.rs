@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 
 use crate::config::ClientConfig;
 use crate::error::ClientError;
+use crate::grpc_call::{TraceContext, Traced};
 use crate::metadata::Metadata;
 
 /// Largest gRPC message sent or received (fetches of many MiB, big produce batches).
@@ -315,11 +316,11 @@ impl Cluster {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(BrokerServiceClient<Channel>) -> Fut,
+        F: FnMut(BrokerServiceClient<Traced>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let with_client = |channel| {
-            BrokerServiceClient::new(channel)
+            BrokerServiceClient::with_interceptor(channel, TraceContext)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
         };
@@ -464,8 +465,8 @@ impl Cluster {
     pub(crate) fn coordinator_client(
         &self,
         address: &str,
-    ) -> Result<CoordinatorServiceClient<Channel>, ClientError> {
-        Ok(CoordinatorServiceClient::new(self.channel(address)?)
+    ) -> Result<CoordinatorServiceClient<Traced>, ClientError> {
+        Ok(CoordinatorServiceClient::with_interceptor(self.channel(address)?, TraceContext)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
@@ -493,7 +494,7 @@ impl Cluster {
         call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(CoordinatorServiceClient<Channel>) -> Fut,
+        F: FnMut(CoordinatorServiceClient<Traced>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let target = || async {
@@ -531,7 +532,7 @@ impl Cluster {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(ControllerServiceClient<Channel>) -> Fut,
+        F: FnMut(ControllerServiceClient<Traced>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();
@@ -542,9 +543,10 @@ impl Cluster {
         let mut failures_since_pause = 0;
         loop {
             let address = self.pick_controller();
-            let client = ControllerServiceClient::new(self.channel(&address)?)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let client =
+                ControllerServiceClient::with_interceptor(self.channel(&address)?, TraceContext)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES);
             attempts += 1;
             let limit = deadline.saturating_duration_since(Instant::now());
             let error = match tokio::time::timeout(limit, call(client)).await {

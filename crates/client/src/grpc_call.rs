@@ -179,6 +179,41 @@ fn http_status(path: &str, status: http::StatusCode) -> Status {
     Status::new(code, format!("{path} answered HTTP status {status}"))
 }
 
+/// A tonic interceptor that sends the current span's W3C trace context (`traceparent`) with
+/// each call of the generated clients (metadata, admin, coordinator calls), so that the
+/// server's span of the call joins the caller's trace, as the hand-framed produce's does. It
+/// writes nothing when there is no OpenTelemetry layer or no span.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TraceContext;
+
+/// A channel whose calls carry the caller's trace context.
+pub(crate) type Traced = tonic::service::interceptor::InterceptedService<Channel, TraceContext>;
+
+impl tonic::service::Interceptor for TraceContext {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let context =
+            tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
+        });
+        Ok(request)
+    }
+}
+
+/// Writes W3C trace context into a tonic request's metadata.
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
 /// Writes W3C trace context into request headers.
 struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
