@@ -106,12 +106,19 @@ pub async fn shutdown_signal() {
 }
 
 /// Serves the process's metrics (the `metrics` facade) for Prometheus at `http://addr/metrics`
-/// (`--metrics-listen`). Call once per process, inside the runtime.
+/// (`--metrics-listen`). Call once per process, inside the runtime. With `stale_gauges_after`,
+/// a gauge not set for that long leaves the output: for a process that sets its gauges
+/// periodically, so that the series of something gone (a deleted or moved partition) do not
+/// linger until a restart.
 ///
 /// # Errors
 /// One line naming the address when it cannot be served (taken, or a recorder is installed).
-pub fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
+pub fn serve_metrics(
+    addr: std::net::SocketAddr,
+    stale_gauges_after: Option<std::time::Duration>,
+) -> Result<(), String> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use metrics_util::MetricKindMask;
     // Durations (`*_seconds`) as histograms with these buckets, not summaries: histograms
     // aggregate over instances and over time in PromQL.
     const SECONDS: [f64; 14] =
@@ -119,6 +126,7 @@ pub fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
+        .map(|b| b.idle_timeout(MetricKindMask::GAUGE, stale_gauges_after))
         .and_then(|b| b.install())
         .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
 }

@@ -365,7 +365,10 @@ pub async fn run(
         .await
         .map_err(|e| BrokerError::Listen(format!("cannot listen on {listen}: {e}")))?;
     if let Some(addr) = config.metrics_listen {
-        tideline_common::process::serve_metrics(addr).map_err(BrokerError::Listen)?;
+        // Every gauge is set each second (`metrics::run_gauges`): one of a partition no longer
+        // here stops being set and goes.
+        let stale = Some(std::time::Duration::from_secs(10));
+        tideline_common::process::serve_metrics(addr, stale).map_err(BrokerError::Listen)?;
     }
     let mut broker = Broker::start(config, listener).await?;
     tokio::select! {

@@ -7,7 +7,8 @@
 //!   `grpc` or `data_port` (replica followers' fetches included; gRPC answers with
 //!   `decode_records` carry records, not batches, and are not counted);
 //! - `tideline_broker_log_start_offset`, `tideline_broker_log_end_offset` and
-//!   `tideline_broker_high_watermark` `{topic,partition}`: per replica held, every second;
+//!   `tideline_broker_high_watermark` `{topic,partition}`: per replica held, every second (the
+//!   series of a replica no longer held leave the output 10 s later);
 //! - `tideline_broker_partitions{role}` (`leader`, `follower`),
 //!   `tideline_broker_under_replicated_partitions` (led here, ISR lacking a replica other than
 //!   one being added), `tideline_broker_reassigning_partitions` (led here and moving),

@@ -1,6 +1,7 @@
 //! A broker process started with `--metrics-listen` serves Prometheus metrics that follow what
 //! it does: per-RPC counts and latencies, bytes and records in and out by topic and path, log
-//! end offsets and high watermarks per partition, and its partition counts.
+//! end offsets and high watermarks per partition (gone once the partition is), and its
+//! partition counts.
 
 mod common;
 
@@ -80,4 +81,17 @@ async fn metrics_follow_produce_and_fetch() {
         .filter(|l| !l.contains(r#"code="OK""#))
         .count();
     assert_eq!(refused, 1, "the refused produce, under its status code: {text}");
+
+    // A deleted topic's per-partition series leave the output once no longer set.
+    let mut controller = cluster.controller().await;
+    controller.delete_topic(pb::DeleteTopicRequest { name: "m".into() }).await.unwrap();
+    wait_until(Duration::from_secs(30), "the deleted partition's series to go", || async {
+        let text = scrape(&metrics_addr).await;
+        let gone = !text.contains(r#"tideline_broker_log_end_offset{topic="m""#)
+            && !text.contains(r#"tideline_broker_high_watermark{topic="m""#);
+        // The process-wide gauges stay: they are set every second.
+        let kept = series(&text, "tideline_broker_offline_partitions") == Some(0.0);
+        (gone && kept).then_some(())
+    })
+    .await;
 }

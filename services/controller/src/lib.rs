@@ -43,7 +43,7 @@ pub async fn run(
         .await
         .map_err(|e| NodeError::Config(format!("cannot listen on {listen}: {e}")))?;
     if let Some(addr) = config.metrics_listen {
-        tideline_common::process::serve_metrics(addr).map_err(NodeError::Config)?;
+        tideline_common::process::serve_metrics(addr, None).map_err(NodeError::Config)?;
     }
     let node = ControllerNode::start(config, listener).await?;
     shutdown.await;

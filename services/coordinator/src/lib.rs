@@ -225,7 +225,7 @@ pub async fn run(
         .await
         .map_err(|e| CoordinatorError::Listen(format!("cannot listen on {listen}: {e}")))?;
     if let Some(addr) = config.metrics_listen {
-        tideline_common::process::serve_metrics(addr).map_err(CoordinatorError::Listen)?;
+        tideline_common::process::serve_metrics(addr, None).map_err(CoordinatorError::Listen)?;
     }
     let mut coordinator = Coordinator::start(config, listener).await?;
     tokio::select! {
