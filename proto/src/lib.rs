@@ -16,6 +16,15 @@ pub mod v1 {
 /// `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tideline_descriptor");
 
+/// Every method of every Tideline service, as (full service name, method name), e.g.
+/// `("tideline.v1.BrokerService", "Produce")`.
+pub const GRPC_METHODS: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/grpc_methods.rs"));
+
+/// Whether `service` (full name) has a method `method`.
+pub fn has_method(service: &str, method: &str) -> bool {
+    GRPC_METHODS.iter().any(|(s, m)| *s == service && *m == method)
+}
+
 #[cfg(test)]
 mod tests {
     use super::v1;
@@ -28,6 +37,14 @@ mod tests {
         for service in ["ControllerService", "RaftService", "BrokerService", "CoordinatorService"] {
             assert!(text.contains(service), "{service} missing from the descriptor set");
         }
+    }
+
+    #[test]
+    fn methods_are_listed() {
+        assert!(super::has_method("tideline.v1.BrokerService", "Produce"));
+        assert!(super::has_method("tideline.v1.ControllerService", "AlterPartitionReassignments"));
+        assert!(!super::has_method("tideline.v1.BrokerService", "Nope"));
+        assert!(!super::has_method("tideline.v1.Nope", "Produce"));
     }
 
     #[test]

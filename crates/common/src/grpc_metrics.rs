@@ -9,7 +9,9 @@
 //!
 //! The code is the `grpc-status` of the response headers (errors are trailers-only responses),
 //! `OK` when there is none there (a success puts it in the trailers). Calls to methods the
-//! service lacks count under `method="unknown"`, so that a client cannot grow the label set.
+//! service lacks (not in `tideline_proto::GRPC_METHODS`) count under `method="unknown"`, so
+//! that a client cannot grow the label set; a real method's refusal keeps its name, whatever
+//! its code (`UNIMPLEMENTED` for a compressed request, say).
 //!
 //! A call whose future is dropped before it answered (the client gave up or went away)
 //! counts as `CANCELLED`.
@@ -61,8 +63,12 @@ struct Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        let method =
-            if self.code == "UNIMPLEMENTED" { "unknown".to_string() } else { self.method.clone() };
+        // Only real method names: a client must not grow the label set with made-up ones.
+        let method = if tideline_proto::has_method(self.service, &self.method) {
+            self.method.clone()
+        } else {
+            "unknown".to_string()
+        };
         metrics::counter!(
             "tideline_grpc_requests_total",
             "service" => self.service,
@@ -170,5 +176,61 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A service answering every call with UNIMPLEMENTED, as tonic does for a method it lacks
+    /// and as the broker does for a compressed request to a real one.
+    #[derive(Clone)]
+    struct Refusing;
+
+    impl NamedService for Refusing {
+        const NAME: &'static str = "tideline.v1.BrokerService";
+    }
+
+    impl Service<http::Request<()>> for Refusing {
+        type Response = http::Response<()>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let response = http::Response::builder().header("grpc-status", "12").body(());
+            std::future::ready(Ok(response.expect("a valid response")))
+        }
+    }
+
+    /// Made-up method names share the label `unknown`; a real method keeps its name whatever
+    /// its answer.
+    #[test]
+    fn only_real_methods_get_their_own_label() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                for method in ["Produce", "MadeUp", "AlsoMadeUp"] {
+                    let path = format!("/tideline.v1.BrokerService/{method}");
+                    let request = http::Request::builder().uri(path).body(()).unwrap();
+                    Metered::untraced(Refusing).call(request).await.unwrap();
+                }
+            });
+        });
+        let text = handle.render();
+        let line = |method: &str| {
+            format!(
+                r#"tideline_grpc_requests_total{{service="tideline.v1.BrokerService",method="{method}",code="UNIMPLEMENTED"}}"#
+            )
+        };
+        assert!(text.contains(&format!("{} 1", line("Produce"))), "{text}");
+        assert!(text.contains(&format!("{} 2", line("unknown"))), "{text}");
+        assert!(!text.contains("MadeUp"), "{text}");
     }
 }
