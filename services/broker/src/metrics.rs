@@ -4,8 +4,8 @@
 //! - `tideline_broker_bytes_in_total{topic}`, `tideline_broker_records_in_total{topic}`:
 //!   record batches appended by produce requests (as sent: compressed bytes);
 //! - `tideline_broker_bytes_out_total{topic,via}`: batch bytes answered to fetches, `via` =
-//!   `grpc` or `data_port` (replica followers' fetches included; gRPC answers with
-//!   `decode_records` carry records, not batches, and are not counted);
+//!   `grpc` or `data_port` (replica followers' fetches included; for gRPC answers with
+//!   `decode_records`, the bytes of the batches decoded into records);
 //! - `tideline_broker_log_start_offset`, `tideline_broker_log_end_offset` and
 //!   `tideline_broker_high_watermark` `{topic,partition}`: per replica held, every second (the
 //!   series of a replica no longer held leave the output 10 s later);

@@ -566,6 +566,9 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
                         replica.traces_between(req.offset, response.next_offset);
                 }
                 if req.decode_records && !bytes.is_empty() {
+                    // The batches read to answer (the gRPC framing counts the batches it
+                    // sends, and sends none here).
+                    crate::metrics::fetched(&req.topic, "grpc", bytes.len() as u64);
                     let from = req.offset;
                     let (records, next) =
                         tokio::task::spawn_blocking(move || decode(&bytes, from, max_bytes))

@@ -82,6 +82,16 @@ async fn metrics_follow_produce_and_fetch() {
         .count();
     assert_eq!(refused, 1, "the refused produce, under its status code: {text}");
 
+    // A fetch answered with decoded records counts the batches it decoded.
+    let out = r#"tideline_broker_bytes_out_total{topic="m",via="grpc"}"#;
+    let before = series(&text, out).unwrap_or(0.0);
+    let decoded = broker.fetch(fetch("m", 0, 0, 0)).await.unwrap().into_inner();
+    assert!(!decoded.records.is_empty() && decoded.record_batches.is_empty());
+    wait_until(Duration::from_secs(10), "decoded fetch bytes in the metrics", || async {
+        (series(&scrape(&metrics_addr).await, out).unwrap_or(0.0) > before).then_some(())
+    })
+    .await;
+
     // A deleted topic's per-partition series leave the output once no longer set.
     let mut controller = cluster.controller().await;
     controller.delete_topic(pb::DeleteTopicRequest { name: "m".into() }).await.unwrap();
