@@ -36,8 +36,8 @@ pub struct ReassignArgs {
     /// "replicas":[1,2,3]}]} (what --balance --dry-run --output json prints).
     #[arg(long)]
     plan: Option<PathBuf>,
-    /// Plan and submit moves that spread replicas and preferred leaders evenly over the live
-    /// brokers (or over --brokers).
+    /// Plan and submit moves that spread replicas and preferred leaders evenly over the
+    /// registered brokers (refused while one is down), or over --brokers.
     #[arg(long)]
     balance: bool,
     /// With --balance: the brokers to spread over; replicas on any other broker move off it
@@ -142,10 +142,21 @@ async fn balance(admin: &Admin, args: &ReassignArgs) -> anyhow::Result<Vec<Assig
         );
     }
     let brokers: Vec<i32> = if args.brokers.is_empty() {
-        m.brokers()
-            .filter(|b| !b.fenced && !b.shutting_down)
-            .filter_map(|b| b.endpoint.as_ref().map(|e| e.broker_id))
-            .collect()
+        // Every registered broker. One that is down or stopping right now (a restart) would be
+        // emptied by the plan: that must be asked for by name.
+        let down: Vec<String> = m
+            .brokers()
+            .filter(|b| b.fenced || b.shutting_down)
+            .filter_map(|b| b.endpoint.as_ref().map(|e| e.broker_id.to_string()))
+            .collect();
+        if !down.is_empty() {
+            bail!(
+                "broker(s) {} are down or stopping; the plan would move every replica off them: \
+                 wait for them, or list the brokers to balance over with --brokers",
+                down.join(",")
+            );
+        }
+        m.brokers().filter_map(|b| b.endpoint.as_ref().map(|e| e.broker_id)).collect()
     } else {
         for id in &args.brokers {
             if m.broker(*id).is_none() {

@@ -527,10 +527,17 @@ impl ReplicaManager {
         Ok(())
     }
 
-    /// The reassignment throttle this broker applies to `p`: the partition's when this broker
-    /// is one of its adding replicas.
+    /// The reassignment throttle this broker applies to `p`: the partition's while this
+    /// broker is one of its adding replicas and not yet in sync (as Kafka: a replica in the
+    /// ISR is never throttled, or acks=all would wait on the throttle and the replica could
+    /// fall out of the ISR again).
     fn throttle_of(&self, p: &pb::PartitionMetadata) -> u64 {
-        if p.adding_replicas.contains(&self.broker_id) { p.reassignment_throttle } else { 0 }
+        let me = self.broker_id;
+        if p.adding_replicas.contains(&me) && !p.isr.contains(&me) {
+            p.reassignment_throttle
+        } else {
+            0
+        }
     }
 
     /// Closes every log cleanly (the next start skips recovery scans).

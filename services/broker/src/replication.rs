@@ -417,8 +417,12 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
                 if !pause.is_zero() {
                     metrics::histogram!("tideline_broker_reassignment_throttle_wait_seconds")
                         .record(pause.as_secs_f64());
+                    // New metadata may lift the throttle (the replica joined the ISR, the move
+                    // completed or was cancelled, or the throttle changed): fetch again then.
+                    let mut applied = shared.metadata_applied.subscribe();
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
+                        _ = applied.changed() => {}
                         _ = stop.wait_for(|s| *s) => return,
                     }
                 }

@@ -405,7 +405,8 @@ pub struct PartitionRecord {
     /// leader first. `replicas` is then the original set followed by the adding replicas
     /// (those of `target` not in it), so the preferred leader and the election order stay the
     /// original ones until the move completes. It completes once every adding replica is in
-    /// the ISR: `replicas` becomes `target`, the ISR keeps only target members, and the lead
+    /// the ISR, and so is every other target replica: `replicas` becomes `target`, the ISR
+    /// keeps only target members, and the lead
     /// goes to `target[0]` when it is in sync and live, else (when the leader is not in the
     /// target) to the first target replica in sync and live. The replicas left out stop and
     /// delete their logs when they see it.
@@ -1205,7 +1206,9 @@ fn leave(
         }
         (None, Departure::ControlledShutdown) => return Left::StillLeads,
         (None, Departure::Fenced | Departure::Replaced) => {
-            match p.replicas.iter().copied().find(candidate) {
+            // Never a replica still being added by a move: it may hold nothing yet.
+            let original = |r: &i32| candidate(r) && !p.adding.contains(r);
+            match p.replicas.iter().copied().find(original) {
                 Some(next) if unclean => (next, vec![next], Left::UncleanElection),
                 _ => (-1, p.isr.clone(), Left::Changed),
             }
@@ -1218,12 +1221,15 @@ fn leave(
     outcome
 }
 
-/// Completes the move of `p` when every adding replica is in the ISR (see
+/// Completes the move of `p` when every target replica is in the ISR (see
 /// [`PartitionRecord::target`]); bumps the leader epoch when the lead moves, not the partition
 /// epoch (the caller bumps it once per command). Returns whether it completed. A move whose
 /// target has no in-sync live replica to lead (and whose leader leaves) waits.
 fn complete_reassignment(p: &mut PartitionRecord, brokers: &BTreeMap<i32, BrokerRecord>) -> bool {
-    if !p.is_moving() || !p.adding.iter().all(|r| p.isr.contains(r)) {
+    // The whole target in sync, not only the added replicas (as Kafka): an original replica
+    // that stays but lags must catch up first, or the move would leave fewer in-sync copies
+    // than there are now.
+    if !p.is_moving() || !p.target.iter().all(|r| p.isr.contains(r)) {
         return false;
     }
     let isr: Vec<i32> = p.isr.iter().copied().filter(|r| p.target.contains(r)).collect();
@@ -2097,15 +2103,19 @@ mod tests {
         // An ISR change that leaves 4 out changes nothing of the move.
         let p = alter(&mut s, 1, "t", &[1, 2]);
         assert!(p.is_moving());
-        // 4 joins the ISR: the move completes, 4 leads, 1 is gone.
+        // 4 joins while 3, which stays, lags: not yet, or only 2 and 4 would be left in sync
+        // where 1 and 2 are now.
         let p = alter(&mut s, 1, "t", &[1, 2, 4]);
+        assert!(p.is_moving());
+        // 3 is back: the whole target is in sync, the move completes, 4 leads, 1 is gone.
+        let p = alter(&mut s, 1, "t", &[1, 2, 4, 3]);
         assert_eq!(p.replicas, [4, 2, 3]);
-        assert_eq!(p.isr, [2, 4]);
+        assert_eq!(p.isr, [2, 4, 3]);
         assert_eq!((p.leader, p.leader_epoch), (4, before.leader_epoch + 1));
         assert!(!p.is_moving() && p.adding.is_empty() && p.throttle == 0);
         // The new leader's ISR changes go on as usual.
-        let p = alter(&mut s, 4, "t", &[2, 4, 3]);
-        assert_eq!(p.isr, [2, 4, 3]);
+        let p = alter(&mut s, 4, "t", &[2, 4]);
+        assert_eq!(p.isr, [2, 4]);
     }
 
     /// A new order of the same replicas completes at once and moves the lead to the new first
@@ -2123,6 +2133,27 @@ mod tests {
             (&[2, 1, 3][..], 2, epoch + 1)
         );
         assert!(!p.is_moving());
+    }
+
+    /// A leader failing during a move hands over to an original replica: an unclean election
+    /// never picks a replica still being added, which may hold nothing yet.
+    #[test]
+    fn unclean_elections_skip_replicas_being_added() {
+        let mut s = cluster();
+        s.apply(&register(4));
+        s.apply(&with_configs(
+            create("u", vec![vec![1, 2]]),
+            &[(UNCLEAN_LEADER_ELECTION_ENABLE, "true")],
+        ));
+        s.apply(&reassign("u", &[4, 2], 0));
+        // Only 1 is in sync; 2 is down too. With 1 fenced, the live 4 is still being added.
+        fence(&mut s, 2);
+        fence(&mut s, 1);
+        let p = part(&s, "u", 0);
+        assert_eq!(p.leader, -1, "no leader rather than the empty new 4: {p:?}");
+        // 1 comes back: the last in-sync replica leads again.
+        s.apply(&register(1));
+        assert_eq!(part(&s, "u", 0).leader, 1);
     }
 
     /// Bad targets refuse the whole request and change nothing.

@@ -30,8 +30,9 @@ use crate::store::StateMachineStore;
 use crate::topic_config;
 use crate::types::TypeConfig;
 
-/// How long AddController waits for the new controller to catch up as a learner.
-const ADD_CONTROLLER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long AddController waits for the new controller to catch up as a learner (less than
+/// the client's default request timeout, 30 s, so the answer reaches `tide`).
+const ADD_CONTROLLER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Most partitions one request may create.
 pub const MAX_PARTITIONS: i32 = 10_000;
@@ -1133,23 +1134,85 @@ impl ControllerService for ControllerApi {
             ));
         }
         // A learner first: it receives the log (or a snapshot) without counting in the quorum,
-        // so a slow or unreachable node cannot stall commits. Blocking until it caught up.
-        let added = tokio::time::timeout(
+        // so a slow or unreachable node cannot stall commits. A learner already there (a
+        // retried request) must be at the same address.
+        match membership.nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone()) {
+            Some(known) if known != req.address => {
+                return Err(status(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "controller {id} is already a learner at {known}; remove it first to \
+                         add it at {}",
+                        req.address
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.inner
+                    .raft
+                    .add_learner(id, BasicNode::new(&req.address), false)
+                    .await
+                    .map_err(|e| self.membership_error(e))?;
+            }
+        }
+        // It becomes a voter only once it holds the whole log as of now, the learner entry
+        // included (openraft's own blocking add counts a learner that never answered as caught
+        // up on a short log). One that never answers in time is taken out again, so a wrong
+        // address never becomes a voter the quorum would wait for.
+        let target = self.inner.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        let mut metrics = self.inner.raft.metrics();
+        let caught_up = tokio::time::timeout(
             ADD_CONTROLLER_TIMEOUT,
-            self.inner.raft.add_learner(id, BasicNode::new(&req.address), true),
+            metrics.wait_for(|m| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .is_some_and(|matched| matched.index >= target)
+            }),
         )
         .await
-        .map_err(|_| {
-            status(
+        .is_ok_and(|seen| seen.is_ok());
+        if !caught_up {
+            // Alive but behind (a large log): it stays a learner, and the same request again
+            // goes on waiting for it.
+            let matched = self
+                .inner
+                .raft
+                .metrics()
+                .borrow()
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).copied().flatten().map(|l| l.index));
+            if let Some(at) = matched {
+                return Err(status(
+                    ErrorCode::RequestTimedOut,
+                    format!(
+                        "controller {id} is still catching up as a learner (at log index {at} \
+                         of {target}); run the same request again to wait for it"
+                    ),
+                ));
+            }
+            let learner = std::collections::BTreeSet::from([id]);
+            if let Err(e) = self
+                .inner
+                .raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(learner), false)
+                .await
+            {
+                tracing::warn!(node_id = id, error = %e, "could not take the learner out again");
+            }
+            return Err(status(
                 ErrorCode::RequestTimedOut,
                 format!(
-                    "controller {id} at {} did not catch up within {} s; is it running with --join?",
+                    "controller {id} at {} did not answer within {} s (not running, not \
+                     reachable at that address, or this controller lost the lead); it was \
+                     taken out again",
                     req.address,
                     ADD_CONTROLLER_TIMEOUT.as_secs()
                 ),
-            )
-        })?;
-        added.map_err(|e| self.membership_error(e))?;
+            ));
+        }
         let voters = std::collections::BTreeSet::from([id]);
         self.inner
             .raft

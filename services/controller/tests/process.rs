@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tideline_common::{ErrorCode, error_code_of};
 use tideline_proto::v1 as pb;
 use tideline_proto::v1::controller_service_client::ControllerServiceClient;
 
@@ -83,7 +84,12 @@ async fn topics(addr: &str) -> Option<Vec<String>> {
 /// Registers broker 1 (topics need a live broker for their replicas).
 async fn register_broker(addr: &str) {
     let mut c = client(addr).await.expect("connect to the leader");
-    c.register_broker(pb::RegisterBrokerRequest {
+    c.register_broker(broker_1()).await.expect("register broker 1");
+}
+
+/// The registration of broker 1 (no process: its lease lapses unless registered again).
+fn broker_1() -> pb::RegisterBrokerRequest {
+    pb::RegisterBrokerRequest {
         endpoint: Some(pb::BrokerEndpoint {
             broker_id: 1,
             host: "127.0.0.1".into(),
@@ -92,9 +98,7 @@ async fn register_broker(addr: &str) {
             rack: String::new(),
         }),
         incarnation_id: vec![1].into(),
-    })
-    .await
-    .expect("register broker 1");
+    }
 }
 
 async fn create_topic(addr: &str, name: &str) {
@@ -297,6 +301,34 @@ async fn metrics_show_the_raft_state_and_rpcs() {
     }
 }
 
+/// `call` on the Raft leader among `addrs`, again while the answer is NOT_CONTROLLER (an
+/// election under load moved the lead) for up to 60 s; any other answer is returned.
+async fn on_leader<T, F, Fut>(addrs: &[(u64, String)], call: F) -> Result<T, tonic::Status>
+where
+    F: Fn(ControllerServiceClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let id = leader(addrs).await;
+        let addr = &addrs.iter().find(|(i, _)| *i == id).unwrap().1;
+        let answer = match client(addr).await {
+            Some(c) => call(c).await.map(tonic::Response::into_inner),
+            None => Err(tonic::Status::unavailable(format!("cannot connect to {addr}"))),
+        };
+        match answer {
+            Err(e)
+                if error_code_of(&e) == Some(ErrorCode::NotController)
+                    || e.code() == tonic::Code::Unavailable =>
+            {
+                assert!(Instant::now() < deadline, "no stable leader to answer: {e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Voter ids as controller `addr` reports them.
 async fn voters(addr: &str) -> Option<Vec<i32>> {
     let mut c = client(addr).await?;
@@ -306,12 +338,18 @@ async fn voters(addr: &str) -> Option<Vec<i32>> {
     Some(ids)
 }
 
-/// Creates topic `name` through whichever of `addrs` leads, retrying through elections and
-/// membership changes (a NOT_CONTROLLER answer or an unreachable node) for up to 30 s.
+/// Creates topic `name` through whichever of `addrs` leads (registering broker 1 again first),
+/// retrying through elections and membership changes (a NOT_CONTROLLER answer or an
+/// unreachable node) for up to 30 s.
 async fn create_anywhere(addrs: &[(u64, String)], name: &str) {
     wait_until(Duration::from_secs(30), &format!("topic {name} created"), || async {
         for (_, addr) in addrs {
             let Some(mut c) = client(addr).await else { continue };
+            // Broker 1 has no process heartbeating: register it again (its lease may have
+            // lapsed), so that the topic has a live broker to be placed on.
+            if c.register_broker(broker_1()).await.is_err() {
+                continue;
+            }
             let request = pb::CreateTopicRequest {
                 name: name.into(),
                 partitions: 1,
@@ -335,8 +373,9 @@ async fn create_anywhere(addrs: &[(u64, String)], name: &str) {
 /// --peers) catches up as a learner and becomes a voter while topics keep being created; one of
 /// the first three is then removed. With the removed one and another of the first three
 /// stopped, the remaining two (the new one among them) still make a majority of the three
-/// voters and take writes, which they could not if the new one did not vote. Bad requests get
-/// INVALID_REQUEST.
+/// voters and take writes, which they could not if the new one did not vote. A controller at
+/// an address where nothing runs is refused with REQUEST_TIMED_OUT and never becomes a voter;
+/// bad requests get INVALID_REQUEST.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controllers_join_and_leave_while_writes_go_on() {
     let root = tempfile::tempdir().unwrap();
@@ -365,18 +404,19 @@ async fn controllers_join_and_leave_while_writes_go_on() {
             create_anywhere(&writer_addrs, &format!("during-{i}")).await;
         }
     });
-    let mut leader_client = client(&addr_of(first)).await.unwrap();
-    let bad = leader_client
-        .add_controller(pb::AddControllerRequest { node_id: 5, address: "nowhere".into() })
-        .await
-        .unwrap_err();
+    let bad = on_leader(&addrs[..3], |mut c| async move {
+        c.add_controller(pb::AddControllerRequest { node_id: 5, address: "nowhere".into() }).await
+    })
+    .await
+    .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     assert!(bad.message().contains("HOST:PORT"), "{bad:?}");
-    let added = leader_client
-        .add_controller(pb::AddControllerRequest { node_id: 4, address: listen4.clone() })
-        .await
-        .unwrap_or_else(|e| panic!("add controller 4: {e}"))
-        .into_inner();
+    let added = on_leader(&addrs[..3], |mut c| {
+        let address = listen4.clone();
+        async move { c.add_controller(pb::AddControllerRequest { node_id: 4, address }).await }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("add controller 4: {e}"));
     let mut ids: Vec<i32> = added.members.iter().map(|m| m.node_id).collect();
     ids.sort_unstable();
     assert_eq!(ids, [1, 2, 3, 4]);
@@ -388,18 +428,31 @@ async fn controllers_join_and_leave_while_writes_go_on() {
     })
     .await;
 
-    // Remove one of the first three that is not the leader, then stop it.
+    // A controller that is not there never becomes a voter: it does not catch up as a learner,
+    // and is taken out again.
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let absent = on_leader(&addrs, |mut c| {
+        let address = nobody.clone();
+        async move { c.add_controller(pb::AddControllerRequest { node_id: 5, address }).await }
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(error_code_of(&absent), Some(ErrorCode::RequestTimedOut), "{absent:?}");
+    assert_eq!(voters(&listen4).await.unwrap(), [1, 2, 3, 4]);
+
+    // Remove one of the first three, then stop it.
     let removed = (1..=3).find(|id| *id != first).unwrap();
-    let unknown = leader_client
-        .remove_controller(pb::RemoveControllerRequest { node_id: 9 })
-        .await
-        .unwrap_err();
+    let unknown = on_leader(&addrs, |mut c| async move {
+        c.remove_controller(pb::RemoveControllerRequest { node_id: 9 }).await
+    })
+    .await
+    .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::InvalidArgument, "{unknown:?}");
-    let after = leader_client
-        .remove_controller(pb::RemoveControllerRequest { node_id: removed as i32 })
-        .await
-        .unwrap_or_else(|e| panic!("remove controller {removed}: {e}"))
-        .into_inner();
+    let after = on_leader(&addrs, |mut c| async move {
+        c.remove_controller(pb::RemoveControllerRequest { node_id: removed as i32 }).await
+    })
+    .await
+    .unwrap_or_else(|e| panic!("remove controller {removed}: {e}"));
     assert_eq!(after.members.len(), 3, "{after:?}");
     assert!(after.members.iter().all(|m| m.node_id != removed as i32), "{after:?}");
     procs.retain(|p| p.id != removed); // SIGKILL
