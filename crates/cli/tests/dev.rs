@@ -3,117 +3,11 @@
 //! status` sees every node, SIGTERM stops every process cleanly, and a second run resumes the
 //! same data.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-const TIDE: &str = env!("CARGO_BIN_EXE_tide");
-
-/// A running `tide dev`, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Dev {
-    child: Child,
-    bootstrap: String,
-}
-
-impl Dev {
-    fn start(data: &Path) -> Dev {
-        let mut child = Command::new(TIDE)
-            .args([
-                "dev",
-                "--controller-port",
-                "0",
-                "--broker-port",
-                "0",
-                "--coordinator-port",
-                "0",
-                "--broker-lease-ms",
-                "3000",
-            ])
-            .arg("--data-dir")
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        // Read stdout until the ready banner names the bootstrap addresses.
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(b) = line.trim().strip_prefix("export TIDELINE_BOOTSTRAP=") {
-                    let _ = tx.send(b.to_string());
-                }
-            }
-        });
-        let bootstrap = rx.recv_timeout(Duration::from_secs(120)).expect("tide dev became ready");
-        Dev { child, bootstrap }
-    }
-
-    fn tide(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(TIDE)
-            .args(args)
-            .env("TIDELINE_BOOTSTRAP", &self.bootstrap)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        if let Some(s) = stdin {
-            input.write_all(s.as_bytes()).unwrap();
-        }
-        drop(input);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("tide {args:?} did not finish in 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.wait_with_output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.tide(args, stdin);
-        assert!(
-            out.status.success(),
-            "tide {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// SIGTERM, and true when `tide dev` and all its processes exited cleanly.
-    fn stop(mut self) -> bool {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
-            }
-            assert!(Instant::now() < deadline, "tide dev did not stop within 60 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-            std::thread::sleep(Duration::from_secs(3));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
+use common::Dev;
 
 fn pids_under(data: &Path, bootstrap: &str) -> Vec<String> {
     // Processes whose command line names this test's data directory or its controllers (the
@@ -138,7 +32,7 @@ fn pids_under(data: &Path, bootstrap: &str) -> Vec<String> {
 fn tide_dev_round_trip_clean_stop_and_resume() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("tideline-data");
-    let dev = Dev::start(&data);
+    let dev = Dev::start(&data, &[]);
 
     let status = dev.ok(&["cluster", "status", "--output", "json"], None);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
@@ -219,7 +113,7 @@ fn tide_dev_round_trip_clean_stop_and_resume() {
     assert!(pids_under(&data, &bootstrap).is_empty(), "no process of the cluster is left running");
 
     // Running it again resumes the same data.
-    let dev = Dev::start(&data);
+    let dev = Dev::start(&data, &[]);
     let consumed = dev.ok(&["consume", "greetings", "--from-beginning", "--print-key"], None);
     let mut lines: Vec<&str> = consumed.lines().collect();
     lines.sort();

@@ -7,117 +7,29 @@
 //! broker or the same broker twice is refused with one error line, moving nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bytes::Bytes;
+use common::{CLI, Dev, TIDE, stop};
 use serde_json::{Value, json};
 use tideline_client::{
     Acks, AutoOffsetReset, ClientConfig, Cluster, Consumer, ConsumerConfig, Producer,
     ProducerConfig, ProducerRecord,
 };
 
-const TIDE: &str = env!("CARGO_BIN_EXE_tide");
 const TOPIC: &str = "moving";
 const PARTITIONS: usize = 4;
 const REPLICATION: usize = 3;
-/// Longest wait for an ordinary CLI call.
-const CLI: Duration = Duration::from_secs(60);
 /// Longest wait for `reassign --balance --wait`.
 const REASSIGN: Duration = Duration::from_secs(120);
 /// A header on every record, so that the moved logs hold some data for the throttle.
 static PADDING: [u8; 512] = [b'x'; 512];
-
-/// A running `tide dev`, stopped (SIGTERM, then SIGKILL) when dropped.
-#[derive(Debug)]
-struct Dev {
-    child: Child,
-    bootstrap: String,
-}
-
-impl Dev {
-    fn start(data: &Path) -> Dev {
-        let mut child = Command::new(TIDE)
-            .args(["dev", "--brokers", "3", "--coordinators", "1", "--broker-lease-ms", "3000"])
-            .args(["--controller-port", "0", "--broker-port", "0", "--coordinator-port", "0"])
-            .arg("--data-dir")
-            .arg(data)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        // Read stdout (all of it, so that it never blocks) for the bootstrap addresses.
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(b) = line.trim().strip_prefix("export TIDELINE_BOOTSTRAP=") {
-                    let _ = tx.send(b.to_string());
-                }
-            }
-        });
-        let bootstrap = rx.recv_timeout(Duration::from_secs(120)).expect("tide dev became ready");
-        Dev { child, bootstrap }
-    }
-
-    /// Runs `tide ARGS` against the cluster, killing it and failing after `within`.
-    fn tide(&self, args: &[&str], within: Duration) -> Output {
-        let mut child = Command::new(TIDE)
-            .args(args)
-            .env("TIDELINE_BOOTSTRAP", &self.bootstrap)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = read_all(child.stdout.take().unwrap());
-        let stderr = read_all(child.stderr.take().unwrap());
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("tide {args:?} did not finish within {within:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
-    }
-
-    /// `tide ARGS`, which must succeed; its stdout.
-    fn ok(&self, args: &[&str], within: Duration) -> String {
-        let out = self.tide(args, within);
-        assert!(
-            out.status.success(),
-            "tide {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `tide ARGS --output json`, which must succeed.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend_from_slice(&["--output", "json"]);
-        let out = self.ok(&all, CLI);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("tide {all:?} printed {out:?}: {e}"))
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        stop(&mut self.child, Duration::from_secs(60));
-    }
-}
 
 /// A broker process started by the test, stopped when dropped (its log printed if the test is
 /// failing).
@@ -165,31 +77,6 @@ impl Drop for Broker {
             eprintln!("--- end of the fourth broker's log ---\n{}", self.log_tail());
         }
     }
-}
-
-/// SIGTERM, then SIGKILL if it has not exited within `grace`.
-fn stop(child: &mut Child, grace: Duration) {
-    if !matches!(child.try_wait(), Ok(None)) {
-        return;
-    }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn read_all(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let _ = from.read_to_end(&mut all);
-        all
-    })
 }
 
 /// Calls `check` until it gives `Ok`, failing with its last `Err` after `within`.
@@ -398,7 +285,7 @@ async fn consume(bootstrap: Vec<String>, load: Arc<Load>) {
 #[test]
 fn a_fourth_broker_takes_its_share_under_load_and_no_record_is_lost() {
     let root = tempfile::tempdir().unwrap();
-    let dev = Dev::start(&root.path().join("dev"));
+    let dev = Dev::start(&root.path().join("dev"), &["--brokers", "3", "--coordinators", "1"]);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 
@@ -413,7 +300,7 @@ fn a_fourth_broker_takes_its_share_under_load_and_no_record_is_lost() {
     let partitions = PARTITIONS.to_string();
     let replication = REPLICATION.to_string();
     let create = ["topic", "create", TOPIC, "--partitions", &partitions];
-    dev.ok(&[&create[..], &["--replication-factor", &replication]].concat(), CLI);
+    dev.ok(&[&create[..], &["--replication-factor", &replication]].concat(), None);
 
     // The load: it runs from before the fourth broker starts until after the move.
     let load = Arc::new(Load::default());
@@ -462,7 +349,8 @@ fn a_fourth_broker_takes_its_share_under_load_and_no_record_is_lost() {
 
     let throttle = (10 << 20).to_string();
     let started = Instant::now();
-    let moved = dev.ok(&[&balance[..], &["--throttle", &throttle, "--wait"]].concat(), REASSIGN);
+    let reassign = [&balance[..], &["--throttle", &throttle, "--wait"]].concat();
+    let moved = dev.ok_within(&reassign, None, REASSIGN);
     println!("reassigned in {:.1?}:\n{moved}", started.elapsed());
     broker.assert_running();
 
@@ -556,7 +444,7 @@ fn invalid_plans_are_refused(dev: &Dev, dir: &Path, brokers: &BTreeSet<i64>) {
         let plan = json!({ "partitions": [partition] });
         let file = dir.join(format!("{name}.json"));
         std::fs::write(&file, plan.to_string()).unwrap();
-        let out = dev.tide(&["partitions", "reassign", "--plan", file.to_str().unwrap()], CLI);
+        let out = dev.tide(&["partitions", "reassign", "--plan", file.to_str().unwrap()], None);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name}: {plan} was accepted: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
