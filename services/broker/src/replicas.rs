@@ -465,6 +465,8 @@ impl ReplicaManager {
             let mut progress = replica.progress.lock().unwrap_or_else(|e| e.into_inner());
             if new_leadership {
                 *progress = Progress::new(p.leader_epoch, replica.log.log_end_offset());
+                // Offsets of another leader's epoch may name other records (after truncation).
+                replica.traces.lock().unwrap_or_else(|e| e.into_inner()).clear();
             } else {
                 // A follower that left the ISR starts afresh: what it had before (another
                 // process, maybe with a shorter log) must not count when it asks back in.
