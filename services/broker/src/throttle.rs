@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// How much unused budget (as time) a fetch may draw on: about one fetch's worth at
+/// [`Throttle::fetch_size`].
+const CREDIT: Duration = Duration::from_millis(250);
+
 /// A shared byte budget refilled at a rate (see the module doc).
 #[derive(Debug, Default)]
 pub struct Throttle {
@@ -25,8 +29,11 @@ impl Throttle {
         }
         let now = Instant::now();
         let mut paid_until = self.paid_until.lock().unwrap_or_else(|e| e.into_inner());
-        // Unused budget does not pile up: an idle while does not allow a burst afterwards.
-        let start = paid_until.filter(|t| *t > now).unwrap_or(now);
+        // The time a fetch itself took counts towards the budget (else the copy would run at
+        // the throttle minus that), but at most [`CREDIT`] of it: a long idle while does not
+        // allow a burst afterwards.
+        let floor = now.checked_sub(CREDIT).unwrap_or(now);
+        let start = paid_until.map_or(now, |t| t.max(floor));
         let end = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
         *paid_until = Some(end);
         end - now
@@ -44,7 +51,8 @@ impl Throttle {
 mod tests {
     use super::*;
 
-    /// Fetchers sharing the budget wait in turn; an idle while earns no burst.
+    /// Fetchers sharing the budget wait in turn; time spent fetching counts, an idle while
+    /// earns at most a quarter second of credit.
     #[tokio::test(start_paused = true)]
     async fn shared_budget_at_the_rate_without_bursts() {
         let t = Throttle::default();
@@ -53,8 +61,11 @@ mod tests {
         assert_eq!(t.charge(mib, mib), Duration::from_secs(1));
         assert_eq!(t.charge(mib, mib), Duration::from_secs(2), "the second fetcher waits longer");
         assert_eq!(t.charge(mib / 2, mib), Duration::from_millis(2500));
+        // The budget ran until 2.5 s; a fetch that took until 2.6 s pays from 2.5 s.
+        tokio::time::advance(Duration::from_millis(2600)).await;
+        assert_eq!(t.charge(mib / 2, mib), Duration::from_millis(400));
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(t.charge(mib, 2 * mib), Duration::from_millis(500), "no credit from idling");
+        assert_eq!(t.charge(mib, 2 * mib), Duration::from_millis(250), "a quarter second credit");
         assert_eq!(Throttle::fetch_size(mib, 8 << 20), 256 << 10);
         assert_eq!(Throttle::fetch_size(1000, 8 << 20), 64 << 10);
         assert_eq!(Throttle::fetch_size(u64::MAX, 8 << 20), 8 << 20);
