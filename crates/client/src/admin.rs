@@ -247,9 +247,10 @@ impl Admin {
     /// voters after the change. Adding a voter again at the same address changes nothing.
     ///
     /// # Errors
-    /// [`ClientError::Server`] with `INVALID_REQUEST` (bad id or address, id in use elsewhere)
-    /// or `REQUEST_TIMED_OUT` (the node did not catch up: not running, or not reachable);
-    /// [`ClientError::TimedOut`].
+    /// [`ClientError::Server`] with `INVALID_REQUEST` (bad id or address, no controller of that
+    /// id answering there, the id or the address in use by another member);
+    /// [`ClientError::TimedOut`] when it is still catching up as a learner once the request
+    /// timeout passes (it stays a learner: call again to go on waiting).
     pub async fn add_controller(
         &self,
         node_id: i32,

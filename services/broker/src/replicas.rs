@@ -111,11 +111,16 @@ pub struct Replica {
     pub state: Arc<std::sync::RwLock<PartitionState>>,
     /// Produce requests waiting for the partition's writer (group commit).
     pub appends: Arc<crate::appender::AppendQueue>,
-    /// While leading: the `traceparent` of recent traced produces with the offsets each
-    /// appended (first, last), oldest first, at most [`MAX_TRACES`]. Replica fetch answers
-    /// carrying those offsets pass them on, so followers' replication joins the traces.
-    pub traces: Arc<std::sync::Mutex<std::collections::VecDeque<(i64, i64, String)>>>,
+    /// While leading: the `traceparent` of recent traced produces with the leader epoch they
+    /// were appended at and the offsets each appended (first, last), oldest first, at most
+    /// [`MAX_TRACES`]. Replica fetch answers carrying those offsets at the same epoch pass them
+    /// on, so followers' replication joins the traces.
+    pub traces: Arc<std::sync::Mutex<std::collections::VecDeque<ProduceTrace>>>,
 }
+
+/// A traced produce a leader remembers: (leader epoch, first offset, last offset,
+/// traceparent).
+pub type ProduceTrace = (i32, i64, i64, String);
 
 /// Most traced produces a replica remembers for its followers (a follower a long way behind
 /// does not join those traces).
@@ -193,21 +198,23 @@ impl Progress {
 
 impl Replica {
     /// Remembers that a traced produce appended offsets `first..=last`.
-    pub fn record_trace(&self, first: i64, last: i64, traceparent: String) {
+    pub fn record_trace(&self, leader_epoch: i32, first: i64, last: i64, traceparent: String) {
         let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
         if traces.len() == MAX_TRACES {
             traces.pop_front();
         }
-        traces.push_back((first, last, traceparent));
+        traces.push_back((leader_epoch, first, last, traceparent));
     }
 
-    /// The traceparents of remembered produces with records in `from..to`.
+    /// The traceparents of remembered produces of the current leader epoch with records in
+    /// `from..to` (offsets of another epoch may name other records, after a truncation).
     pub fn traces_between(&self, from: i64, to: i64) -> Vec<String> {
+        let epoch = self.leader_epoch;
         let traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
         traces
             .iter()
-            .filter(|(first, last, _)| *last >= from && *first < to)
-            .map(|(_, _, traceparent)| traceparent.clone())
+            .filter(|(e, first, last, _)| *e == epoch && *last >= from && *first < to)
+            .map(|(_, _, _, traceparent)| traceparent.clone())
             .collect()
     }
 
@@ -465,8 +472,6 @@ impl ReplicaManager {
             let mut progress = replica.progress.lock().unwrap_or_else(|e| e.into_inner());
             if new_leadership {
                 *progress = Progress::new(p.leader_epoch, replica.log.log_end_offset());
-                // Offsets of another leader's epoch may name other records (after truncation).
-                replica.traces.lock().unwrap_or_else(|e| e.into_inner()).clear();
             } else {
                 // A follower that left the ISR starts afresh: what it had before (another
                 // process, maybe with a shorter log) must not count when it asks back in.

@@ -417,13 +417,22 @@ async fn run_fetcher(shared: Arc<Shared>, topic: String, partition: i32, leader_
                 if !pause.is_zero() {
                     metrics::histogram!("tideline_broker_reassignment_throttle_wait_seconds")
                         .record(pause.as_secs_f64());
-                    // New metadata may lift the throttle (the replica joined the ISR, the move
-                    // completed or was cancelled, or the throttle changed): fetch again then.
+                    // New metadata that changes this replica's throttle (it joined the ISR, the
+                    // move completed or was cancelled, another rate) ends the pause; other
+                    // metadata, frequent during a rebalance, does not.
+                    let deadline = tokio::time::Instant::now() + pause;
                     let mut applied = shared.metadata_applied.subscribe();
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = applied.changed() => {}
-                        _ = stop.wait_for(|s| *s) => return,
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(deadline) => break,
+                            changed = applied.changed() => {
+                                let now = shared.replicas.get(&topic, partition).map(|r| r.throttle);
+                                if changed.is_err() || now != Some(throttle) {
+                                    break;
+                                }
+                            }
+                            _ = stop.wait_for(|s| *s) => return,
+                        }
                     }
                 }
             }

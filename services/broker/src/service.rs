@@ -456,7 +456,7 @@ impl pb::broker_service_server::BrokerService for BrokerApi {
         crate::metrics::produced(&topic, appended, info.last_offset - info.first_offset + 1);
         // A traced produce: followers that replicate these records join its trace.
         if let Some(traceparent) = tideline_common::trace_context::current_traceparent() {
-            replica.record_trace(info.first_offset, info.last_offset, traceparent);
+            replica.record_trace(epoch, info.first_offset, info.last_offset, traceparent);
         }
         replica.raise_log_end(info.last_offset + 1);
         crate::replication::update_leader_high_watermark(&replica, me);

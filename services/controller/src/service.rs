@@ -143,6 +143,37 @@ fn random_id(name: &str) -> [u8; 16] {
     id
 }
 
+/// Checks that a controller of node id `id` answers at `address` (within 5 s).
+async fn probe_controller(id: u64, address: &str) -> Result<(), Status> {
+    let ask = async {
+        let mut c =
+            tideline_proto::v1::controller_service_client::ControllerServiceClient::connect(
+                format!("http://{address}"),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        c.get_controller_status(pb::GetControllerStatusRequest {})
+            .await
+            .map(|r| r.into_inner().node_id)
+            .map_err(|s| s.message().to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), ask).await {
+        Ok(Ok(node)) if i64::from(node) == id as i64 => Ok(()),
+        Ok(Ok(node)) => Err(status(
+            ErrorCode::InvalidRequest,
+            format!("{address} is controller {node}, not controller {id}"),
+        )),
+        Ok(Err(e)) => Err(status(
+            ErrorCode::InvalidRequest,
+            format!("no controller answers at {address} (start it with --join first): {e}"),
+        )),
+        Err(_) => Err(status(
+            ErrorCode::InvalidRequest,
+            format!("no controller answers at {address} within 5 s (start it with --join first)"),
+        )),
+    }
+}
+
 /// The proto form of partition `index`.
 pub fn partition_pb(index: i32, p: &PartitionRecord) -> pb::PartitionMetadata {
     pb::PartitionMetadata {
@@ -1133,9 +1164,21 @@ impl ControllerService for ControllerApi {
                 format!("controller {id} is already a voter at {}", known.unwrap_or_default()),
             ));
         }
+        // The address must be a controller of this id, running and reachable from here, and
+        // no other member's: a typo must neither add a learner that never answers nor make one
+        // process count as two voters.
+        if let Some((other, _)) =
+            membership.nodes().find(|(n, node)| **n != id && node.addr == req.address)
+        {
+            return Err(status(
+                ErrorCode::InvalidRequest,
+                format!("{} is the address of controller {other} already", req.address),
+            ));
+        }
+        probe_controller(id, &req.address).await?;
         // A learner first: it receives the log (or a snapshot) without counting in the quorum,
-        // so a slow or unreachable node cannot stall commits. A learner already there (a
-        // retried request) must be at the same address.
+        // so a slow node cannot stall commits. A learner already there (a retried request)
+        // must be at the same address.
         match membership.nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone()) {
             Some(known) if known != req.address => {
                 return Err(status(
@@ -1158,57 +1201,41 @@ impl ControllerService for ControllerApi {
         }
         // It becomes a voter only once it holds the whole log as of now, the learner entry
         // included (openraft's own blocking add counts a learner that never answered as caught
-        // up on a short log). One that never answers in time is taken out again, so a wrong
-        // address never becomes a voter the quorum would wait for.
+        // up on a short log). Waiting ends early if this controller stops leading.
         let target = self.inner.raft.metrics().borrow().last_log_index.unwrap_or(0);
         let mut metrics = self.inner.raft.metrics();
-        let caught_up = tokio::time::timeout(
+        let waited = tokio::time::timeout(
             ADD_CONTROLLER_TIMEOUT,
             metrics.wait_for(|m| {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).copied().flatten())
-                    .is_some_and(|matched| matched.index >= target)
+                m.current_leader != Some(m.id)
+                    || m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).copied().flatten())
+                        .is_some_and(|matched| matched.index >= target)
             }),
         )
         .await
-        .is_ok_and(|seen| seen.is_ok());
-        if !caught_up {
-            // Alive but behind (a large log): it stays a learner, and the same request again
-            // goes on waiting for it.
-            let matched = self
-                .inner
-                .raft
-                .metrics()
-                .borrow()
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&id).copied().flatten().map(|l| l.index));
-            if let Some(at) = matched {
-                return Err(status(
-                    ErrorCode::RequestTimedOut,
-                    format!(
-                        "controller {id} is still catching up as a learner (at log index {at} \
-                         of {target}); run the same request again to wait for it"
-                    ),
-                ));
-            }
-            let learner = std::collections::BTreeSet::from([id]);
-            if let Err(e) = self
-                .inner
-                .raft
-                .change_membership(openraft::ChangeMembers::RemoveNodes(learner), false)
-                .await
-            {
-                tracing::warn!(node_id = id, error = %e, "could not take the learner out again");
-            }
+        .map(|seen| seen.is_ok());
+        let (leading, matched) = {
+            let m = self.inner.raft.metrics().borrow().clone();
+            let matched = m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten());
+            (m.current_leader == Some(m.id), matched.map(|l| l.index))
+        };
+        if !leading {
+            // The learner (if its entry was committed) stays; the same request to the new
+            // leader goes on from there.
+            let leader = self.inner.raft.metrics().borrow().current_leader;
+            return Err(self.not_controller(leader, None));
+        }
+        if waited != Ok(true) || matched.is_none_or(|at| at < target) {
+            // Reachable (probed above) but behind, e.g. receiving a snapshot of a large state:
+            // it stays a learner, and the same request again goes on waiting for it.
             return Err(status(
                 ErrorCode::RequestTimedOut,
                 format!(
-                    "controller {id} at {} did not answer within {} s (not running, not \
-                     reachable at that address, or this controller lost the lead); it was \
-                     taken out again",
-                    req.address,
+                    "controller {id} is still catching up as a learner (at log index {} of \
+                     {target} after {} s); run the same request again to wait for it",
+                    matched.map_or("none".to_string(), |at| at.to_string()),
                     ADD_CONTROLLER_TIMEOUT.as_secs()
                 ),
             ));

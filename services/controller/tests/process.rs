@@ -373,9 +373,9 @@ async fn create_anywhere(addrs: &[(u64, String)], name: &str) {
 /// --peers) catches up as a learner and becomes a voter while topics keep being created; one of
 /// the first three is then removed. With the removed one and another of the first three
 /// stopped, the remaining two (the new one among them) still make a majority of the three
-/// voters and take writes, which they could not if the new one did not vote. A controller at
-/// an address where nothing runs is refused with REQUEST_TIMED_OUT and never becomes a voter;
-/// bad requests get INVALID_REQUEST.
+/// voters and take writes, which they could not if the new one did not vote. Adding at an
+/// address where no controller answers, or at another member's, is refused with
+/// INVALID_REQUEST and changes nothing, as are other bad requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controllers_join_and_leave_while_writes_go_on() {
     let root = tempfile::tempdir().unwrap();
@@ -428,17 +428,22 @@ async fn controllers_join_and_leave_while_writes_go_on() {
     })
     .await;
 
-    // A controller that is not there never becomes a voter: it does not catch up as a learner,
-    // and is taken out again.
+    // An address where no controller answers, or another member's, is refused before anything
+    // changes: neither becomes a learner the leader replicates to, let alone a voter.
     let nobody = format!("127.0.0.1:{}", free_port());
-    let absent = on_leader(&addrs, |mut c| {
-        let address = nobody.clone();
-        async move { c.add_controller(pb::AddControllerRequest { node_id: 5, address }).await }
-    })
-    .await
-    .unwrap_err();
-    assert_eq!(error_code_of(&absent), Some(ErrorCode::RequestTimedOut), "{absent:?}");
-    assert_eq!(voters(&listen4).await.unwrap(), [1, 2, 3, 4]);
+    for (address, why) in [(nobody, "no controller answers"), (listen4.clone(), "controller 4")] {
+        let refused = on_leader(&addrs, |mut c| {
+            let address = address.clone();
+            async move { c.add_controller(pb::AddControllerRequest { node_id: 5, address }).await }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(error_code_of(&refused), Some(ErrorCode::InvalidRequest), "{refused:?}");
+        assert!(refused.message().contains(why), "{refused:?}");
+    }
+    let mut c = client(&listen4).await.unwrap();
+    let status = c.get_controller_status(pb::GetControllerStatusRequest {}).await.unwrap();
+    assert_eq!(status.into_inner().members.len(), 4, "no member added");
 
     // Remove one of the first three, then stop it.
     let removed = (1..=3).find(|id| *id != first).unwrap();
