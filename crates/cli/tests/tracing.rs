@@ -105,8 +105,12 @@ async fn a_produce_is_one_trace_across_client_leader_and_follower() {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
+    // As the services filter (`process::init_tracing`): openraft's debug and trace spans in
+    // the in-process controller would otherwise flood the batch exporter's queue, which drops
+    // spans once full.
     tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test-client")))
+        .with(tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"))
         .init();
 
     // A controller in-process, a broker process exporting to the receiver.
@@ -196,20 +200,31 @@ async fn a_produce_is_one_trace_across_client_leader_and_follower() {
     assert!(client.trace.iter().any(|b| *b != 0), "a real trace id");
     // The controller runs in this process (its spans go out as "test-client"), but its task is
     // not the caller's: only the traceparent in the request can make it the admin span's child.
-    wait_until(Duration::from_secs(30), "the admin call's server span", || {
+    // Flushed again each round: the server span may end after the flush above.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let flushing = provider.clone();
+        tokio::task::spawn_blocking(move || flushing.force_flush()).await.unwrap().unwrap();
         let spans = spans.lock().unwrap().clone();
-        async move {
-            let caller = spans.iter().find(|s| s.name == "admin-call")?;
-            spans
-                .iter()
-                .any(|s| {
-                    s.name == "tideline.v1.ControllerService/DescribeTopic"
-                        && s.parent == caller.span
-                        && s.trace == caller.trace
-                })
-                .then_some(())
+        let caller = spans.iter().find(|s| s.name == "admin-call");
+        let found = caller.is_some_and(|caller| {
+            spans.iter().any(|s| {
+                s.name == "tideline.v1.ControllerService/DescribeTopic"
+                    && s.parent == caller.span
+                    && s.trace == caller.trace
+            })
+        });
+        if found {
+            break;
         }
-    })
-    .await;
+        if std::time::Instant::now() > deadline {
+            let seen: Vec<&Received> = spans
+                .iter()
+                .filter(|s| s.name == "admin-call" || s.name.ends_with("/DescribeTopic"))
+                .collect();
+            panic!("no DescribeTopic server span under the admin-call span in 30 s: {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     controller.shutdown().await;
 }
