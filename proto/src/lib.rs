@@ -20,9 +20,14 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tide
 /// `("tideline.v1.BrokerService", "Produce")`.
 pub const GRPC_METHODS: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/grpc_methods.rs"));
 
+/// The method `method` of `service` (full name), as a `'static` name, if there is one.
+pub fn known_method(service: &str, method: &str) -> Option<&'static str> {
+    GRPC_METHODS.iter().find(|(s, m)| *s == service && *m == method).map(|(_, m)| *m)
+}
+
 /// Whether `service` (full name) has a method `method`.
 pub fn has_method(service: &str, method: &str) -> bool {
-    GRPC_METHODS.iter().any(|(s, m)| *s == service && *m == method)
+    known_method(service, method).is_some()
 }
 
 #[cfg(test)]

@@ -93,7 +93,8 @@ fn topic_json(t: &pb::TopicMetadata) -> Value {
     })
 }
 
-fn ids(v: &[i32]) -> String {
+/// Broker ids as `1,2,3`.
+pub(crate) fn ids(v: &[i32]) -> String {
     v.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
 }
 

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tideline_client::Admin;
 use tideline_client::reassign::{Assignment, balance_plan};
+use tideline_client::{Admin, Metadata};
 use tideline_proto::v1 as pb;
 
-use crate::admin::connect;
+use crate::admin::{connect, ids};
 use crate::output::{self, Output};
 
 /// `tide partitions` subcommands.
@@ -125,15 +125,8 @@ pub async fn partitions(
 /// The moves that balance the chosen topics over the chosen brokers.
 async fn balance(admin: &Admin, args: &ReassignArgs) -> anyhow::Result<Vec<Assignment>> {
     let m = admin.metadata(&[]).await?;
-    let moving: Vec<String> = m
-        .topics()
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .filter(|p| !p.target_replicas.is_empty())
-                .map(|p| format!("{}/{}", t.name, p.partition))
-        })
-        .collect();
+    let moving: Vec<String> =
+        moving(&m).iter().map(|(topic, p)| format!("{topic}/{}", p.partition)).collect();
     if !moving.is_empty() {
         bail!(
             "{} partition(s) are moving ({}); wait for them (--status) or --cancel first",
@@ -225,15 +218,7 @@ fn report(
 /// Every partition moving now: replicas, target, adding, removing, ISR.
 async fn status(admin: &Admin, out: Output) -> anyhow::Result<()> {
     let m = admin.metadata(&[]).await?;
-    let moving: Vec<(&str, &pb::PartitionMetadata)> = m
-        .topics()
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .filter(|p| !p.target_replicas.is_empty())
-                .map(move |p| (t.name.as_str(), p))
-        })
-        .collect();
+    let moving = moving(&m);
     if out == Output::Json {
         output::json(&json!({
             "reassignments": moving.iter().map(|(topic, p)| json!({
@@ -331,6 +316,12 @@ async fn wait(admin: &Admin, moves: &[Assignment]) -> anyhow::Result<()> {
     }
 }
 
-fn ids(v: &[i32]) -> String {
-    v.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+/// Every partition moving now, with its topic.
+fn moving(m: &Metadata) -> Vec<(&str, &pb::PartitionMetadata)> {
+    m.topics()
+        .flat_map(|t| {
+            let moving = t.partitions.iter().filter(|p| !p.target_replicas.is_empty());
+            moving.map(move |p| (t.name.as_str(), p))
+        })
+        .collect()
 }

@@ -120,10 +120,7 @@ async fn unary(
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     // The caller's trace context (W3C `traceparent`), when OpenTelemetry is set up: the
     // broker's span of this call joins the caller's trace.
-    let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
-    opentelemetry::global::get_text_map_propagator(|p| {
-        p.inject_context(&context, &mut HeaderInjector(headers));
-    });
+    inject_current_context(&mut HeaderInjector(headers));
 
     std::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
@@ -191,13 +188,16 @@ pub(crate) type Traced = tonic::service::interceptor::InterceptedService<Channel
 
 impl tonic::service::Interceptor for TraceContext {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        let context =
-            tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
-        opentelemetry::global::get_text_map_propagator(|p| {
-            p.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
-        });
+        inject_current_context(&mut MetadataInjector(request.metadata_mut()));
         Ok(request)
     }
+}
+
+/// Writes the current span's W3C trace context with the global propagator (nothing without an
+/// OpenTelemetry layer).
+fn inject_current_context(injector: &mut dyn opentelemetry::propagation::Injector) {
+    let context = tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current());
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, injector));
 }
 
 /// Writes W3C trace context into a tonic request's metadata.

@@ -70,6 +70,7 @@ pub fn balance_plan(
     }
     let mut plan: Vec<Vec<i32>> = sorted.iter().map(|(_, _, r)| r.clone()).collect();
     let topics: Vec<&str> = sorted.iter().map(|(t, _, _)| t.as_str()).collect();
+    let all: Vec<usize> = (0..plan.len()).collect();
 
     // 1. Replicas on brokers outside the plan go to the broker of the plan with the fewest
     //    replicas of that topic, then the fewest overall.
@@ -78,7 +79,6 @@ pub fn balance_plan(
             if brokers.contains(&plan[i][slot]) {
                 continue;
             }
-            let all: Vec<usize> = (0..plan.len()).collect();
             let of_topic: Vec<usize> =
                 (0..plan.len()).filter(|j| topics[*j] == topics[i]).collect();
             let (counts, topic_counts) =
@@ -100,7 +100,6 @@ pub fn balance_plan(
         let of_topic: Vec<usize> = (0..plan.len()).filter(|j| topics[*j] == name).collect();
         even_out(&mut plan, &of_topic, &brokers, |_, _, _| 0);
     }
-    let all: Vec<usize> = (0..plan.len()).collect();
     let skew = |plan: &[Vec<i32>], i: usize, (most, least): (i32, i32)| {
         let count = |b: i32| {
             (0..plan.len()).filter(|j| topics[*j] == topics[i] && plan[*j].contains(&b)).count()

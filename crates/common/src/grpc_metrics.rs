@@ -56,30 +56,25 @@ impl<S> Metered<S> {
 /// when the call's future was dropped first (a client that gave up or went away).
 struct Record {
     service: &'static str,
-    method: String,
+    /// The method's label: a real method's name, or `unknown`.
+    method: &'static str,
     started: Instant,
     code: &'static str,
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
-        // Only real method names: a client must not grow the label set with made-up ones.
-        let method = if tideline_proto::has_method(self.service, &self.method) {
-            self.method.clone()
-        } else {
-            "unknown".to_string()
-        };
         metrics::counter!(
             "tideline_grpc_requests_total",
             "service" => self.service,
-            "method" => method.clone(),
+            "method" => self.method,
             "code" => self.code,
         )
         .increment(1);
         metrics::histogram!(
             "tideline_grpc_request_duration_seconds",
             "service" => self.service,
-            "method" => method,
+            "method" => self.method,
         )
         .record(self.started.elapsed().as_secs_f64());
     }
@@ -127,8 +122,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
         let started = Instant::now();
+        let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+        // Only real method names label metrics: a client must not grow the label set with
+        // made-up ones. The names are `'static`: nothing is allocated per call for them.
+        let label = tideline_proto::known_method(S::NAME, method).unwrap_or("unknown");
         let span = if self.traced {
             let parent = opentelemetry::global::get_text_map_propagator(|p| {
                 p.extract(&HeaderExtractor(request.headers()))
@@ -139,7 +137,7 @@ where
                 otel.kind = "server",
                 rpc.system = "grpc",
                 rpc.service = S::NAME,
-                rpc.method = method.as_str(),
+                rpc.method = method,
             );
             // Without an OpenTelemetry layer there is nothing to parent: not an error.
             let _ = span.set_parent(parent);
@@ -147,7 +145,7 @@ where
         } else {
             tracing::Span::none()
         };
-        let mut record = Record { service: S::NAME, method, started, code: "CANCELLED" };
+        let mut record = Record { service: S::NAME, method: label, started, code: "CANCELLED" };
         let call = self.inner.call(request).instrument(span);
         Box::pin(async move {
             let result = call.await;

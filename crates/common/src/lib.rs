@@ -25,6 +25,13 @@ pub use error::{
 };
 pub use ids::{BrokerId, InvalidTopicName, LeaderEpoch, NodeId, PartitionId, TopicName};
 
+/// `addr` as `HOST:PORT`: the host (possibly empty) and the port, or `None` when it has no
+/// `:PORT` with a valid port number.
+pub fn host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    Some((host, port.parse().ok()?))
+}
+
 /// The internal topic holding consumer groups and committed offsets; each partition is a shard
 /// owned by one group coordinator.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";

@@ -107,7 +107,7 @@ impl BrokerConfig {
             return Err("no controller address given".into());
         }
         for c in &self.controllers {
-            if c.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+            if tideline_common::host_port(c).is_none() {
                 return Err(format!("controller address {c:?} is not HOST:PORT"));
             }
         }

@@ -1232,19 +1232,17 @@ fn complete_reassignment(p: &mut PartitionRecord, brokers: &BTreeMap<i32, Broker
     if !p.is_moving() || !p.target.iter().all(|r| p.isr.contains(r)) {
         return false;
     }
-    let isr: Vec<i32> = p.isr.iter().copied().filter(|r| p.target.contains(r)).collect();
-    let in_sync_live = |r: &i32| isr.contains(r) && is_live(brokers, *r);
+    // Every target replica is in sync (checked above): liveness alone decides the lead.
+    let live = |r: &i32| is_live(brokers, *r);
     let leader = match p.target.first() {
-        Some(first) if in_sync_live(first) => *first,
+        Some(first) if live(first) => *first,
         _ if p.target.contains(&p.leader) => p.leader,
-        _ => match p.target.iter().find(|r| in_sync_live(r)) {
+        _ => match p.target.iter().find(|r| live(r)) {
             Some(r) => *r,
             None => return false,
         },
     };
-    if isr.is_empty() {
-        return false;
-    }
+    let isr: Vec<i32> = p.isr.iter().copied().filter(|r| p.target.contains(r)).collect();
     if leader != p.leader {
         p.leader = leader;
         p.leader_epoch += 1;

@@ -92,7 +92,7 @@ impl Options {
                 .trim()
                 .parse()
                 .map_err(|_| format!("--peers entry {p:?}: {id:?} is not a node id"))?;
-            if addr.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+            if tideline_common::host_port(addr).is_none() {
                 return Err(format!("--peers entry {p:?}: {addr:?} is not HOST:PORT"));
             }
             if peers.insert(id, addr.trim().to_string()).is_some() {
@@ -102,8 +102,7 @@ impl Options {
         let listen = match (o.listen, peers.get(&node_id)) {
             (Some(a), _) => a,
             (None, Some(own)) => {
-                let port: u16 =
-                    own.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("checked");
+                let (_, port) = tideline_common::host_port(own).expect("checked");
                 SocketAddr::from(([0, 0, 0, 0], port))
             }
             (None, None) => {

@@ -1141,11 +1141,7 @@ impl ControllerService for ControllerApi {
                 format!("node id must be positive, got {}", req.node_id),
             )
         })?;
-        if req
-            .address
-            .rsplit_once(':')
-            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-        {
+        if tideline_common::host_port(&req.address).is_none_or(|(host, _)| host.is_empty()) {
             return Err(status(
                 ErrorCode::InvalidRequest,
                 format!("controller address must be HOST:PORT, got {:?}", req.address),
@@ -1153,9 +1149,8 @@ impl ControllerService for ControllerApi {
         }
         self.require_leader().await?;
         let membership = self.inner.raft.metrics().borrow().membership_config.clone();
+        let known = membership.nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone());
         if membership.voter_ids().any(|v| v == id) {
-            let known =
-                membership.nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone());
             if known.as_deref() == Some(req.address.as_str()) {
                 return Ok(Response::new(pb::AddControllerResponse { members: self.voters() }));
             }
@@ -1179,7 +1174,7 @@ impl ControllerService for ControllerApi {
         // A learner first: it receives the log (or a snapshot) without counting in the quorum,
         // so a slow node cannot stall commits. A learner already there (a retried request)
         // must be at the same address.
-        match membership.nodes().find(|(n, _)| **n == id).map(|(_, node)| node.addr.clone()) {
+        match known {
             Some(known) if known != req.address => {
                 return Err(status(
                     ErrorCode::InvalidRequest,
@@ -1204,7 +1199,8 @@ impl ControllerService for ControllerApi {
         // up on a short log). Waiting ends early if this controller stops leading.
         let target = self.inner.raft.metrics().borrow().last_log_index.unwrap_or(0);
         let mut metrics = self.inner.raft.metrics();
-        let waited = tokio::time::timeout(
+        // Timing out is not an error here: the state afterwards decides.
+        let _ = tokio::time::timeout(
             ADD_CONTROLLER_TIMEOUT,
             metrics.wait_for(|m| {
                 m.current_leader != Some(m.id)
@@ -1214,20 +1210,18 @@ impl ControllerService for ControllerApi {
                         .is_some_and(|matched| matched.index >= target)
             }),
         )
-        .await
-        .map(|seen| seen.is_ok());
-        let (leading, matched) = {
+        .await;
+        let (leader, leading, matched) = {
             let m = self.inner.raft.metrics().borrow().clone();
             let matched = m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten());
-            (m.current_leader == Some(m.id), matched.map(|l| l.index))
+            (m.current_leader, m.current_leader == Some(m.id), matched.map(|l| l.index))
         };
         if !leading {
             // The learner (if its entry was committed) stays; the same request to the new
             // leader goes on from there.
-            let leader = self.inner.raft.metrics().borrow().current_leader;
             return Err(self.not_controller(leader, None));
         }
-        if waited != Ok(true) || matched.is_none_or(|at| at < target) {
+        if matched.is_none_or(|at| at < target) {
             // Reachable (probed above) but behind, e.g. receiving a snapshot of a large state:
             // it stays a learner, and the same request again goes on waiting for it.
             return Err(status(
